@@ -1,0 +1,110 @@
+# keepalive: `make` installs what is missing and builds everything into build/;
+# `make test` runs every test. Both as root on Debian 12.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+BUILD      := build
+SWIFT      ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
+BPF_CLANG  ?= clang-14
+LLVM_STRIP ?= llvm-strip-14
+PYTHON     ?= $(shell command -v python3)
+ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+# Debian packages the build and the tests need; `deps` installs the missing ones.
+DEBIAN_PACKAGES := clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev \
+                   gcc make busybox-static iproute2 nftables
+PYTHON_PACKAGES := pytest pyyaml
+
+PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
+	-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion \
+	-Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror \
+	-D_FORTIFY_SOURCE=2 -fstack-protector-strong
+PRELOAD_LDFLAGS := -shared -Wl,-z,relro,-z,now,--no-undefined,--as-needed
+PRELOAD_LIBS := $(BUILD)/lib/libkeepalive.so $(BUILD)/lib/libkeepalive_listen.so \
+                $(BUILD)/lib/libkeepalive_socket.so
+PRELOAD_SHARED := preload/keepalive_options.c preload/keepalive_options.h bpf/keepalive_policy.h
+
+BPF_OBJECT   := $(BUILD)/bpf/keepalive.bpf.o
+BPF_EMBEDDED := Sources/KeepaliveCore/Generated/keepalive.bpf.o
+SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.h' -o -name '*.modulemap') Package.swift
+
+.PHONY: all deps preload bpf swift test test-swift test-integration clean
+
+all: deps preload swift
+
+# --- dependencies -----------------------------------------------------------
+
+deps: $(BUILD)/.deps
+
+$(BUILD)/.deps: Makefile
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@for m in $(PYTHON_PACKAGES); do \
+	    mod=$$m; [ $$m = pyyaml ] && mod=yaml; \
+	    $(PYTHON) -c "import $$mod" 2>/dev/null || $(PYTHON) -m pip install -q $$m; done
+	@mkdir -p $(BUILD) && touch $@
+
+# --- preload libraries: one shared source, three wrappers --------------------
+
+preload: $(PRELOAD_LIBS)
+
+$(BUILD)/lib/libkeepalive.so: preload/connect.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(BUILD)/lib/libkeepalive_listen.so: preload/listen.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(BUILD)/lib/libkeepalive_socket.so: preload/socket.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(PRELOAD_LIBS):
+	@mkdir -p $(@D)
+	gcc $(PRELOAD_CFLAGS) $(PRELOAD_LDFLAGS) -o $@ preload/keepalive_options.c $<
+
+# --- BPF program: compiled for the BPF target, embedded in the binary --------
+
+bpf: $(BPF_EMBEDDED)
+
+$(BUILD)/bpf/vmlinux.h: | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BPF_OBJECT): bpf/keepalive.bpf.c bpf/keepalive_policy.h $(BUILD)/bpf/vmlinux.h
+	$(BPF_CLANG) -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror \
+	    -I$(BUILD)/bpf -Ibpf -c $< -o $@.debug
+	$(LLVM_STRIP) -g $@.debug -o $@   # keep BTF, drop DWARF
+
+$(BPF_EMBEDDED): $(BPF_OBJECT)
+	@mkdir -p $(@D)
+	cp $< $@
+
+# --- the Swift command --------------------------------------------------------
+
+swift: $(BUILD)/bin/keepalive
+
+$(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_EMBEDDED)
+	$(SWIFT) build -c release --static-swift-stdlib --product keepalive
+	@mkdir -p $(@D)
+	cp "$$($(SWIFT) build -c release --show-bin-path)/keepalive" $@
+
+# --- tests --------------------------------------------------------------------
+
+TEST_HELPERS := $(BUILD)/test/foreign.bpf.o
+
+$(BUILD)/test/foreign.bpf.o: Tests/integration/helpers/foreign.bpf.c $(BUILD)/bpf/vmlinux.h
+	@mkdir -p $(@D)
+	$(BPF_CLANG) -g -O2 -target bpf -mcpu=v3 -Wall -Werror -I$(BUILD)/bpf -c $< -o $@
+
+test: all $(TEST_HELPERS)
+	@rc=0; \
+	$(MAKE) --no-print-directory test-swift || rc=1; \
+	$(MAKE) --no-print-directory test-integration || rc=1; \
+	exit $$rc
+
+test-swift: $(BPF_EMBEDDED)
+	$(SWIFT) test
+
+test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS)
+	$(PYTHON) -m pytest -p no:cacheprovider Tests/integration
+
+clean:
+	rm -rf $(BUILD) .build Sources/KeepaliveCore/Generated

@@ -1,0 +1,117 @@
+import BPF
+import CLibBPF
+import Glibc
+
+/// keepalive's kernel state, pinned in bpffs so that it outlives every process:
+///
+///     <root>/prog                the sock_ops program
+///     <root>/ka_policies         cgroup id -> policy
+///     <root>/ka_sockets          policy slot -> sockets configured
+///     <root>/ka_errors           option -> failed setsockopt calls (per CPU)
+///     <root>/links/<cgroup id>   one link per covered subtree
+///
+/// The CLI and the agent share it; every change happens in a `transaction`,
+/// under an exclusive flock on <root>, so they never fight.
+public final class PinnedState {
+    public static let defaultRoot = BPFFS.defaultMount + "/keepalive"
+    static let programName = "keepalive_sockops"
+
+    public let root: String
+    public let cgroups: CgroupFS
+    let program: BPFProgram
+    let policies: BPFMap<UInt64, ka_policy>
+    let sockets: BPFMap<UInt32, UInt64>
+    let errors: BPFMap<UInt32, UInt64>
+    private let rootFD: FileDescriptor
+
+    var linksDirectory: String { root + "/links" }
+    func linkPath(_ id: UInt64) -> String { linksDirectory + "/\(id)" }
+
+    private init(root: String, cgroups: CgroupFS, rootFD: FileDescriptor) throws {
+        self.root = root
+        self.cgroups = cgroups
+        self.rootFD = rootFD
+        program = try BPFProgram.pinned(at: root + "/prog")
+        policies = try .pinned(at: root + "/ka_policies", name: "ka_policies")
+        sockets = try .pinned(at: root + "/ka_sockets", name: "ka_sockets")
+        errors = try .pinned(at: root + "/ka_errors", name: "ka_errors")
+    }
+
+    /// Opens the pinned state; with `create`, mounts bpffs and loads the
+    /// embedded program first if nothing is pinned yet. Nil if absent and not created.
+    public static func open(root: String = defaultRoot, cgroups: CgroupFS, create: Bool) throws -> PinnedState? {
+        if create {
+            if root.hasPrefix(BPFFS.defaultMount + "/") { try BPFFS.ensureMounted() }
+            guard mkdir(root, 0o700) == 0 || errno == EEXIST else {
+                throw BPFError("create \(root)", errno: errno)
+            }
+        }
+        guard BPFFS.exists(root) else { return nil }
+        let rootFD = try FileDescriptor.open(root)
+        try lock(rootFD, root)
+        defer { flock(rootFD.raw, LOCK_UN) }
+        guard BPFFS.exists(root + "/prog") else {
+            guard create else { return nil }
+            try loadAndPin(root: root)
+            return try PinnedState(root: root, cgroups: cgroups, rootFD: rootFD)
+        }
+        return try PinnedState(root: root, cgroups: cgroups, rootFD: rootFD)
+    }
+
+    /// Loads the embedded object, reusing any maps already pinned (a loader that
+    /// died half-way), and pins what is missing; the program last, as the mark
+    /// that the state is complete.
+    private static func loadAndPin(root: String) throws {
+        let object = try BPFObject(bytes: PackageResources.keepalive_bpf_o, name: "keepalive")
+        let mapNames = ["ka_policies", "ka_sockets", "ka_errors"]
+        for name in mapNames where BPFFS.exists(root + "/" + name) {
+            try object.reuseMap(named: name, BPFFS.open(pinned: root + "/" + name))
+        }
+        try object.load()
+        for name in mapNames where !BPFFS.exists(root + "/" + name) {
+            try BPFFS.pin(object.mapDescriptor(named: name), at: root + "/" + name)
+        }
+        guard mkdir(root + "/links", 0o700) == 0 || errno == EEXIST else {
+            throw BPFError("create \(root)/links", errno: errno)
+        }
+        try BPFFS.pin(object.program(named: programName).fd, at: root + "/prog")
+    }
+
+    private static func lock(_ fd: FileDescriptor, _ path: String) throws {
+        guard flock(fd.raw, LOCK_EX) == 0 else { throw BPFError("lock \(path)", errno: errno) }
+    }
+
+    /// Runs `body` holding the exclusive lock, on a fresh view of the state.
+    public func transaction<T>(_ body: (Transaction) throws -> T) throws -> T {
+        try Self.lock(rootFD, root)
+        defer { flock(rootFD.raw, LOCK_UN) }
+        return try body(Transaction(state: self))
+    }
+
+    /// Failed bpf_setsockopt calls since the state was created, by option.
+    public func setsockoptErrors() throws -> [(option: String, count: UInt64)] {
+        try Transaction.errorOptionNames.enumerated().map { index, name in
+            (name, try errors.lookupSumPerCPU(UInt32(index)))
+        }
+    }
+
+    /// The cgroup ids that have a link pinned.
+    func pinnedLinkIDs() -> Set<UInt64> {
+        guard let dir = opendir(linksDirectory) else { return [] }
+        defer { closedir(dir) }
+        var ids: Set<UInt64> = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let id = UInt64(name) { ids.insert(id) }
+        }
+        return ids
+    }
+
+    /// Removes every pin and the root itself; links go, so enforcement ends.
+    func unpinAll() throws {
+        for id in pinnedLinkIDs() { try BPFFS.unpin(linkPath(id)) }
+        rmdir(linksDirectory)
+        for name in ["prog", "ka_policies", "ka_sockets", "ka_errors"] { try BPFFS.unpin(root + "/" + name) }
+        guard rmdir(root) == 0 || errno == ENOENT else { throw BPFError("remove \(root)", errno: errno) }
+    }
+}

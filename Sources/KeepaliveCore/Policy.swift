@@ -1,0 +1,89 @@
+import CLibBPF
+
+/// The keepalive settings for one cgroup, as the user gave them.
+/// 0 leaves the system default; userTimeout -1 derives it from the others.
+public struct Policy: Equatable, Hashable, Sendable {
+    public var keepidle = PolicyOption.keepidle.defaultValue
+    public var keepintvl = PolicyOption.keepintvl.defaultValue
+    public var keepcnt = PolicyOption.keepcnt.defaultValue
+    public var userTimeout = PolicyOption.userTimeout.defaultValue
+    public var syncnt = PolicyOption.syncnt.defaultValue
+    public var maxseg = PolicyOption.maxseg.defaultValue
+    public var windowClamp = PolicyOption.windowClamp.defaultValue
+
+    public init() {}
+
+    /// A policy from already-validated values; options not given keep their defaults.
+    public init(_ values: [PolicyOption: Int32]) {
+        for (option, value) in values { self[option] = value }
+    }
+
+    public subscript(option: PolicyOption) -> Int32 {
+        get {
+            switch option {
+            case .keepidle: keepidle
+            case .keepintvl: keepintvl
+            case .keepcnt: keepcnt
+            case .userTimeout: userTimeout
+            case .syncnt: syncnt
+            case .maxseg: maxseg
+            case .windowClamp: windowClamp
+            }
+        }
+        set {
+            switch option {
+            case .keepidle: keepidle = newValue
+            case .keepintvl: keepintvl = newValue
+            case .keepcnt: keepcnt = newValue
+            case .userTimeout: userTimeout = newValue
+            case .syncnt: syncnt = newValue
+            case .maxseg: maxseg = newValue
+            case .windowClamp: windowClamp = newValue
+            }
+        }
+    }
+
+    /// The user timeout in force: for -1, derived by the header's ka_derived_user_timeout.
+    public var effectiveUserTimeout: Int32 {
+        guard userTimeout == KA_USER_TIMEOUT_DERIVED else { return userTimeout }
+        return ka_derived_user_timeout(keepidle, keepintvl, keepcnt)
+    }
+
+    /// The record the BPF program reads (user timeout resolved).
+    public func record(slot: UInt32) -> ka_policy {
+        ka_policy(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt,
+                  user_timeout: effectiveUserTimeout, syncnt: syncnt, maxseg: maxseg,
+                  window_clamp: windowClamp,
+                  flags: userTimeout == KA_USER_TIMEOUT_DERIVED ? KA_POLICY_USER_TIMEOUT_DERIVED : 0,
+                  slot: slot, reserved: 0)
+    }
+
+    /// The policy a record was made from.
+    public init(record: ka_policy) {
+        keepidle = record.keepidle
+        keepintvl = record.keepintvl
+        keepcnt = record.keepcnt
+        userTimeout = record.flags & KA_POLICY_USER_TIMEOUT_DERIVED != 0
+            ? KA_USER_TIMEOUT_DERIVED : record.user_timeout
+        syncnt = record.syncnt
+        maxseg = record.maxseg
+        windowClamp = record.window_clamp
+    }
+}
+
+extension Policy {
+    /// "keepidle=15 keepintvl=15 keepcnt=9 user_timeout=150000(derived)" and the rest when set.
+    public var summary: String {
+        PolicyOption.allCases.compactMap { option -> String? in
+            let value = self[option]
+            switch option {
+            case .userTimeout:
+                return "\(option.key)=\(effectiveUserTimeout)" + (value == KA_USER_TIMEOUT_DERIVED ? "(derived)" : "")
+            case .syncnt, .maxseg, .windowClamp:
+                return value == 0 ? nil : "\(option.key)=\(value)"
+            default:
+                return "\(option.key)=\(value)"
+            }
+        }.joined(separator: " ")
+    }
+}

@@ -1,0 +1,105 @@
+import CLibBPF
+
+/// The options a policy sets. Names, defaults and ranges come from
+/// bpf/keepalive_policy.h, the one place they are defined.
+public enum PolicyOption: String, CaseIterable, Sendable {
+    case keepidle, keepintvl, keepcnt, userTimeout, syncnt, maxseg, windowClamp
+
+    /// Key in the agent's YAML and `status --json`; the CLI flag is the same with dashes.
+    public var key: String {
+        switch self {
+        case .keepidle: KA_KEEPIDLE_KEY
+        case .keepintvl: KA_KEEPINTVL_KEY
+        case .keepcnt: KA_KEEPCNT_KEY
+        case .userTimeout: KA_USER_TIMEOUT_KEY
+        case .syncnt: KA_SYNCNT_KEY
+        case .maxseg: KA_MAXSEG_KEY
+        case .windowClamp: KA_WINDOW_CLAMP_KEY
+        }
+    }
+
+    public var flag: String { "--" + String(key.map { $0 == "_" ? "-" : $0 }) }
+
+    /// The preload library's environment variable for the same option.
+    public var environmentVariable: String {
+        switch self {
+        case .keepidle: KA_KEEPIDLE_ENV
+        case .keepintvl: KA_KEEPINTVL_ENV
+        case .keepcnt: KA_KEEPCNT_ENV
+        case .userTimeout: KA_USER_TIMEOUT_ENV
+        case .syncnt: KA_SYNCNT_ENV
+        case .maxseg: KA_MAXSEG_ENV
+        case .windowClamp: KA_WINDOW_CLAMP_ENV
+        }
+    }
+
+    public var defaultValue: Int32 {
+        switch self {
+        case .keepidle: KA_KEEPIDLE_DEFAULT
+        case .keepintvl: KA_KEEPINTVL_DEFAULT
+        case .keepcnt: KA_KEEPCNT_DEFAULT
+        case .userTimeout: KA_USER_TIMEOUT_DEFAULT
+        case .syncnt: KA_SYNCNT_DEFAULT
+        case .maxseg: KA_MAXSEG_DEFAULT
+        case .windowClamp: KA_WINDOW_CLAMP_DEFAULT
+        }
+    }
+
+    /// Accepted values besides 0 (the system default).
+    public var range: ClosedRange<Int64> {
+        switch self {
+        case .keepidle: Int64(KA_KEEPIDLE_MIN)...Int64(KA_KEEPIDLE_MAX)
+        case .keepintvl: Int64(KA_KEEPINTVL_MIN)...Int64(KA_KEEPINTVL_MAX)
+        case .keepcnt: Int64(KA_KEEPCNT_MIN)...Int64(KA_KEEPCNT_MAX)
+        case .userTimeout: Int64(KA_USER_TIMEOUT_MIN)...Int64(KA_USER_TIMEOUT_MAX)
+        case .syncnt: Int64(KA_SYNCNT_MIN)...Int64(KA_SYNCNT_MAX)
+        case .maxseg: Int64(KA_MAXSEG_MIN)...Int64(KA_MAXSEG_MAX)
+        case .windowClamp: Int64(KA_WINDOW_CLAMP_MIN)...Int64(KA_WINDOW_CLAMP_MAX)
+        }
+    }
+
+    public var unit: String {
+        switch self {
+        case .keepidle, .keepintvl: "seconds"
+        case .keepcnt, .syncnt: "count"
+        case .userTimeout: "milliseconds"
+        case .maxseg, .windowClamp: "bytes"
+        }
+    }
+
+    /// Checks a value against the kernel's range; the error is one line.
+    public func validate(_ value: Int64) throws(PolicyError) -> Int32 {
+        guard value == 0 || range.contains(value) else {
+            throw PolicyError.outOfRange(option: self, value: String(value))
+        }
+        return Int32(value)
+    }
+
+    /// Parses and checks a textual value (CLI flag, YAML scalar).
+    public func parse(_ text: String) throws(PolicyError) -> Int32 {
+        guard let value = Int64(text) else {
+            throw PolicyError.notANumber(option: self, value: text)
+        }
+        return try validate(value)
+    }
+}
+
+public enum PolicyError: Error, CustomStringConvertible, Equatable {
+    case notANumber(option: PolicyOption, value: String)
+    case outOfRange(option: PolicyOption, value: String)
+
+    public var description: String {
+        switch self {
+        case let .notANumber(option, value):
+            "\(option.key): '\(value)' is not a whole number"
+        case let .outOfRange(option, value):
+            "\(option.key): \(value) is out of range (0 for the system default, or \(option.rangeText) \(option.unit))"
+        }
+    }
+}
+
+extension PolicyOption {
+    var rangeText: String {
+        self == .userTimeout ? "-1 to derive, or 1..\(range.upperBound)" : "\(range.lowerBound)..\(range.upperBound)"
+    }
+}

@@ -1,0 +1,190 @@
+import BPF
+import CLibBPF
+import Glibc
+
+/// A consistent view of the pinned state, valid while its lock is held.
+///
+/// Invariant kept by every change: the program is linked exactly at the
+/// topmost cgroups that have a policy, so each socket runs it once, and it
+/// finds its nearest policy by walking up from its own cgroup.
+public final class Transaction {
+    let state: PinnedState
+    private var records: [UInt64: ka_policy]
+    private var linked: Set<UInt64>
+    private var usedSlots: Set<UInt32>
+    private var slotCursor: UInt32 = 0
+
+    static let errorOptionNames = ["keepalive", "keepidle", "keepintvl", "keepcnt",
+                                   "user_timeout", "syncnt", "maxseg", "window_clamp"]
+
+    init(state: PinnedState) throws {
+        self.state = state
+        var records: [UInt64: ka_policy] = [:]
+        for (id, record) in try state.policies.entries() { records[id] = record }
+        self.records = records
+        usedSlots = Set(records.values.map(\.slot))
+        linked = state.pinnedLinkIDs()
+    }
+
+    public enum Change: String, Sendable {
+        case created, updated, unchanged
+    }
+
+    /// The policy in force on a cgroup itself (not inherited), if any.
+    public func policy(of cgroup: Cgroup) -> Policy? {
+        records[cgroup.id].map(Policy.init(record:))
+    }
+
+    public var policyCount: Int { records.count }
+
+    /// Sets a cgroup's policy: a new one is attached, an existing one updated in place.
+    @discardableResult
+    public func apply(_ policy: Policy, to cgroup: Cgroup) throws -> Change {
+        let previous = records[cgroup.id]
+        if let previous, Policy(record: previous) == policy, isCovered(cgroup) { return .unchanged }
+        let slot = try previous?.slot ?? allocateSlot()
+        if previous == nil { try state.sockets.update(slot, 0) }  // a reused slot starts from zero
+        let record = policy.record(slot: slot)
+        try state.policies.update(cgroup.id, record)
+        records[cgroup.id] = record
+        usedSlots.insert(slot)
+        do {
+            try cover(cgroup)
+        } catch {
+            try restore(cgroup.id, previous)
+            throw error
+        }
+        return previous == nil ? .created : .updated
+    }
+
+    /// Removes a cgroup's policy; its sockets fall back to the nearest ancestor's.
+    /// Returns false if it had none.
+    @discardableResult
+    public func remove(_ cgroup: Cgroup) throws -> Bool {
+        guard records[cgroup.id] != nil else { return false }
+        if linked.contains(cgroup.id) {
+            // Hand coverage down first, so no socket below goes unconfigured.
+            for top in topmostPolicies(below: cgroup) { try link(top) }
+            try unlink(cgroup.id)
+        }
+        try restore(cgroup.id, nil)
+        return true
+    }
+
+    /// Removes every policy, link and pin: enforcement ends everywhere.
+    public func removeAll() throws {
+        try state.unpinAll()
+        records = [:]
+        linked = []
+        usedSlots = []
+    }
+
+    /// Drops policies and links of cgroups that no longer exist (ids are never reused).
+    /// Returns the ids dropped.
+    @discardableResult
+    public func prune() throws -> [UInt64] {
+        let live = liveIDs()
+        let gone = Set(records.keys).union(linked).subtracting(live)
+        for id in gone {
+            if linked.contains(id) { try unlink(id) }
+            if records[id] != nil { try restore(id, nil) }
+        }
+        return gone.sorted()
+    }
+
+    // MARK: status
+
+    public struct Entry: Sendable {
+        /// Relative to the cgroup2 mount; nil if the cgroup was removed.
+        public let path: String?
+        public let cgroupID: UInt64
+        public let policy: Policy
+        public let effectiveUserTimeout: Int32
+        public let socketsConfigured: UInt64
+        /// Whether the program is linked at this cgroup (the top of a covered subtree).
+        public let attached: Bool
+    }
+
+    public func entries() throws -> [Entry] {
+        var paths: [UInt64: String] = [:]
+        let root = try state.cgroups.root
+        if records[root.id] != nil { paths[root.id] = root.relativePath }
+        state.cgroups.walk(below: root) { cgroup in
+            if records[cgroup.id] != nil { paths[cgroup.id] = cgroup.relativePath }
+            return true
+        }
+        return try records.map { id, record in
+            Entry(path: paths[id], cgroupID: id, policy: Policy(record: record),
+                  effectiveUserTimeout: record.user_timeout,
+                  socketsConfigured: try state.sockets.lookup(record.slot) ?? 0,
+                  attached: linked.contains(id))
+        }.sorted { ($0.path ?? "~", $0.cgroupID) < ($1.path ?? "~", $1.cgroupID) }
+    }
+
+    // MARK: coverage
+
+    private func isCovered(_ cgroup: Cgroup) -> Bool {
+        linked.contains(cgroup.id) || state.cgroups.ancestors(of: cgroup).contains { linked.contains($0.id) }
+    }
+
+    /// Makes sure the program runs for `cgroup`'s sockets: linked here unless an
+    /// ancestor's link covers it, and then no longer below (which would run it twice).
+    private func cover(_ cgroup: Cgroup) throws {
+        guard !isCovered(cgroup) else { return }
+        try link(cgroup)
+        var redundant: [UInt64] = []
+        state.cgroups.walk(below: cgroup) { child in
+            if linked.contains(child.id) { redundant.append(child.id) }
+            return true
+        }
+        for id in redundant { try unlink(id) }
+    }
+
+    /// The cgroups strictly below `cgroup` that have a policy and no policy between.
+    private func topmostPolicies(below cgroup: Cgroup) -> [Cgroup] {
+        var tops: [Cgroup] = []
+        state.cgroups.walk(below: cgroup) { child in
+            guard records[child.id] != nil else { return true }
+            tops.append(child)
+            return false
+        }
+        return tops
+    }
+
+    private func link(_ cgroup: Cgroup) throws {
+        let cgroupFD = try FileDescriptor.open(cgroup.path)
+        let link = try state.program.attach(cgroup: cgroupFD, type: BPF_CGROUP_SOCK_OPS, cgroupPath: cgroup.path)
+        try link.pin(at: state.linkPath(cgroup.id))
+        linked.insert(cgroup.id)
+    }
+
+    private func unlink(_ id: UInt64) throws {
+        try BPFFS.unpin(state.linkPath(id))
+        linked.remove(id)
+    }
+
+    private func restore(_ id: UInt64, _ record: ka_policy?) throws {
+        if let record {
+            try state.policies.update(id, record)
+            records[id] = record
+        } else {
+            try state.policies.delete(id)
+            if let slot = records.removeValue(forKey: id)?.slot { usedSlots.remove(slot) }
+        }
+    }
+
+    private func allocateSlot() throws -> UInt32 {
+        guard usedSlots.count < Int(KA_MAX_POLICIES) else {
+            throw BPFError("add policy (all \(KA_MAX_POLICIES) slots in use)", errno: ENOSPC)
+        }
+        while usedSlots.contains(slotCursor) { slotCursor = (slotCursor + 1) % UInt32(KA_MAX_POLICIES) }
+        return slotCursor
+    }
+
+    private func liveIDs() -> Set<UInt64> {
+        guard let root = try? state.cgroups.root else { return [] }
+        var ids: Set<UInt64> = [root.id]
+        state.cgroups.walk(below: root) { ids.insert($0.id); return true }
+        return ids
+    }
+}

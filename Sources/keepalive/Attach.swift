@@ -1,0 +1,71 @@
+import ArgumentParser
+import KeepaliveCore
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Give every TCP socket of a cgroup subtree a keepalive policy (or update it in place).",
+        discussion: "Values of 0 leave the system default. TCP_DEFER_ACCEPT is a preload-mode option only."
+    )
+
+    @Argument(help: "cgroup v2 directory: absolute, or relative to the cgroup2 mount.")
+    var cgroup: String
+
+    @Option(help: ArgumentHelp("Idle seconds before the first probe (1..32767).", valueName: "s"))
+    var keepidle: String?
+    @Option(help: ArgumentHelp("Seconds between probes (1..32767).", valueName: "s"))
+    var keepintvl: String?
+    @Option(help: ArgumentHelp("Unanswered probes before the connection is dropped (1..127).", valueName: "n"))
+    var keepcnt: String?
+    @Option(help: ArgumentHelp("Milliseconds unacknowledged data may wait; -1 derives (idle + intvl*cnt) s.",
+                               valueName: "ms"))
+    var userTimeout: String?
+    @Option(help: ArgumentHelp("SYN retransmissions on connect (1..127).", valueName: "n"))
+    var syncnt: String?
+    @Option(help: ArgumentHelp("Maximum segment size on connect (88..32767).", valueName: "bytes"))
+    var maxseg: String?
+    @Option(help: ArgumentHelp("Clamp of the advertised window.", valueName: "bytes"))
+    var windowClamp: String?
+    @Option(help: .hidden)
+    var deferAccept: String?
+
+    @OptionGroup var state: StateOptions
+
+    /// The policy the flags describe; every value checked before anything changes.
+    func policy() throws -> Policy {
+        if deferAccept != nil {
+            throw CommandError("--defer-accept: TCP_DEFER_ACCEPT cannot be set from BPF (bpf_setsockopt refuses it); use libkeepalive_listen.so or libkeepalive_socket.so")
+        }
+        let given: [(PolicyOption, String?)] = [
+            (.keepidle, keepidle), (.keepintvl, keepintvl), (.keepcnt, keepcnt), (.userTimeout, userTimeout),
+            (.syncnt, syncnt), (.maxseg, maxseg), (.windowClamp, windowClamp),
+        ]
+        var values: [PolicyOption: Int32] = [:]
+        for (option, text) in given {
+            guard let text else { continue }
+            do { values[option] = try option.parse(text) } catch { throw CommandError("\(option.flag) \(error.valueText)") }
+        }
+        return Policy(values)
+    }
+
+    func run() throws {
+        let policy = try policy()
+        let (cgroups, opened) = try state.open(create: false)
+        let target = try cgroups.resolve(cgroup)
+        let pinned = try opened ?? state.open(create: true).1!
+        let change = try pinned.transaction { txn in
+            try txn.prune()
+            return try txn.apply(policy, to: target)
+        }
+        print("\(change.rawValue) policy on \(target.relativePath): \(policy.summary)")
+    }
+}
+
+extension PolicyError {
+    /// The message without the option's key (the flag is named by the caller).
+    var valueText: String {
+        switch self {
+        case let .notANumber(_, value): "'\(value)' is not a whole number"
+        case .outOfRange: String(description.drop { $0 != ":" }.dropFirst(2))
+        }
+    }
+}

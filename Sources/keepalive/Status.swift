@@ -1,0 +1,56 @@
+import ArgumentParser
+import Foundation
+import KeepaliveCore
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List every cgroup with a policy: values in force and sockets configured."
+    )
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    @OptionGroup var state: StateOptions
+
+    func run() throws {
+        let (_, opened) = try state.open(create: false)
+        let entries = try opened?.transaction { try $0.entries() } ?? []
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: entries.map(\.json),
+                                                  options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        guard !entries.isEmpty else {
+            print("no policies")
+            return
+        }
+        let header = ["CGROUP", "IDLE", "INTVL", "CNT", "USER_TIMEOUT", "SYNCNT", "MAXSEG", "CLAMP", "SOCKETS", "ATTACHED"]
+        let rows = entries.map { e -> [String] in
+            let ut = "\(e.effectiveUserTimeout)" + (e.policy.userTimeout == -1 ? " (derived)" : "")
+            return [e.path ?? "(removed, id \(e.cgroupID))", "\(e.policy.keepidle)", "\(e.policy.keepintvl)",
+                    "\(e.policy.keepcnt)", ut, "\(e.policy.syncnt)", "\(e.policy.maxseg)",
+                    "\(e.policy.windowClamp)", "\(e.socketsConfigured)", e.attached ? "yes" : "inherited"]
+        }
+        let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
+        for row in [header] + rows {
+            print(row.enumerated().map { i, cell in cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+        }
+    }
+}
+
+extension Transaction.Entry {
+    var json: [String: Any] {
+        var object: [String: Any] = [
+            "cgroup": path as Any? ?? NSNull(),
+            "cgroup_id": cgroupID,
+            "sockets_configured": socketsConfigured,
+            "attached": attached,
+            "user_timeout_derived": policy.userTimeout == -1,
+        ]
+        for option in PolicyOption.allCases { object[option.key] = Int(policy[option]) }
+        object[PolicyOption.userTimeout.key] = Int(effectiveUserTimeout)
+        return object
+    }
+}

@@ -1,0 +1,35 @@
+import ArgumentParser
+import BPF
+import Glibc
+import KeepaliveCore
+
+func printError(_ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+}
+
+/// Options every privileged subcommand shares.
+struct StateOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("bpffs directory of keepalive's pinned state.", valueName: "path"))
+    var pinPath: String = getenv("KEEPALIVE_PIN_PATH").map { String(cString: $0) } ?? PinnedState.defaultRoot
+
+    @Flag(name: .long, help: "Print libbpf's messages.")
+    var verbose = false
+
+    /// Checks privilege, then opens (or creates) the pinned state.
+    func open(create: Bool) throws -> (CgroupFS, PinnedState?) {
+        let missing = Privileges.missingForBPF()
+        guard missing.isEmpty else {
+            throw CommandError("missing privilege: \(missing.joined(separator: " and ")) (run as root)")
+        }
+        Libbpf.setVerbose(verbose)
+        let cgroups = try CgroupFS.discover()
+        return (cgroups, try PinnedState.open(root: pinPath, cgroups: cgroups, create: create))
+    }
+}
+
+/// A failure worth one line to the user.
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""A real client and server whose sockets' options are read back from the kernel.
+
+Prints one JSON object on stdout. With --cgroup DIR the process first moves
+itself into that cgroup, so everything it does afterwards is covered by it.
+
+    sockprobe.py [--cgroup DIR] pair [--family 4|6|mapped]
+        listen, connect, accept; options of the listening, connected and accepted sockets
+    sockprobe.py [--cgroup DIR] connect HOST PORT [--nonblock]
+        result of one connect: {"errno": N, "options": {...}}
+    sockprobe.py [--cgroup DIR] other
+        options of a UDP socket and of a connected UNIX stream socket
+    sockprobe.py [--cgroup DIR] threads N PER_THREAD
+        N threads connecting at once; every connected socket's options
+"""
+import argparse
+import errno
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+
+TCP_OPTIONS = {
+    "keepidle": socket.TCP_KEEPIDLE,
+    "keepintvl": socket.TCP_KEEPINTVL,
+    "keepcnt": socket.TCP_KEEPCNT,
+    "user_timeout": 18,  # TCP_USER_TIMEOUT
+    "syncnt": socket.TCP_SYNCNT,
+    "maxseg": socket.TCP_MAXSEG,
+    "window_clamp": socket.TCP_WINDOW_CLAMP,
+    "defer_accept": socket.TCP_DEFER_ACCEPT,
+    "notsent_lowat": 25,  # TCP_NOTSENT_LOWAT, set by the tests' foreign BPF program
+}
+
+
+def options(sock):
+    result = {"keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)}
+    if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+        for name, opt in TCP_OPTIONS.items():
+            result[name] = sock.getsockopt(socket.IPPROTO_TCP, opt)
+    return result
+
+
+def pair(family):
+    if family == "4":
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        target = listener.getsockname()
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    else:
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        if family == "mapped":
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            listener.bind(("::", 0))
+            target = ("::ffff:127.0.0.1", listener.getsockname()[1])
+        else:
+            listener.bind(("::1", 0))
+            target = listener.getsockname()[:2]
+        client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.listen(8)
+    client.connect(target)
+    accepted, _ = listener.accept()
+    return {"listening": options(listener), "connected": options(client), "accepted": options(accepted)}
+
+
+def connect(host, port, nonblock):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | (socket.SOCK_NONBLOCK if nonblock else 0))
+    code = sock.connect_ex((host, port))
+    return {"errno": code, "errno_name": errno.errorcode.get(code, "0"), "options": options(sock)}
+
+
+def other():
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", 9))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "s")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(1)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(path)
+        accepted, _ = server.accept()
+        return {"udp": options(udp), "unix_client": options(client),
+                "unix_listener": options(server), "unix_accepted": options(accepted)}
+
+
+def threads(count, per_thread):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    results, lock, start = [], threading.Lock(), threading.Barrier(count)
+
+    def worker():
+        start.wait()
+        for _ in range(per_thread):
+            with socket.create_connection(listener.getsockname()) as s:
+                o = options(s)
+            with lock:
+                results.append(o)
+
+    def acceptor():
+        for _ in range(count * per_thread):
+            listener.accept()[0].close()
+
+    acc = threading.Thread(target=acceptor)
+    acc.start()
+    workers = [threading.Thread(target=worker) for _ in range(count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    acc.join()
+    return {"connected": results}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cgroup")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("pair")
+    p.add_argument("--family", choices=["4", "6", "mapped"], default="4")
+    c = sub.add_parser("connect")
+    c.add_argument("host")
+    c.add_argument("port", type=int)
+    c.add_argument("--nonblock", action="store_true")
+    sub.add_parser("other")
+    t = sub.add_parser("threads")
+    t.add_argument("count", type=int)
+    t.add_argument("per_thread", type=int)
+    args = parser.parse_args()
+    if args.cgroup:
+        with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    if args.mode == "pair":
+        out = pair(args.family)
+    elif args.mode == "connect":
+        out = connect(args.host, args.port, args.nonblock)
+    elif args.mode == "other":
+        out = other()
+    else:
+        out = threads(args.count, args.per_thread)
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

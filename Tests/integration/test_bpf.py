@@ -1,0 +1,289 @@
+"""Privileged mode: keepalive attach/detach/status against real cgroups and sockets."""
+import ctypes
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import (BUILD, BPFFS, KEEPALIVE, PYTHON, attached_programs, probe, run, unique)
+
+KERNEL_DEFAULT = {"keepalive": 0, "keepidle": 7200, "keepintvl": 75, "keepcnt": 9, "user_timeout": 0}
+SEED_DEFAULT = {"keepalive": 1, "keepidle": 15, "keepintvl": 15, "keepcnt": 9, "user_timeout": 150000}
+FOREIGN_OBJECT = os.path.join(BUILD, "test", "foreign.bpf.o")
+FOREIGN_LOWAT = 123457
+
+
+def keepalive_values(options):
+    return {k: options[k] for k in ("keepalive", "keepidle", "keepintvl", "keepcnt", "user_timeout")}
+
+
+def values(idle, intvl, cnt, user_timeout):
+    return {"keepalive": 1, "keepidle": idle, "keepintvl": intvl, "keepcnt": cnt, "user_timeout": user_timeout}
+
+
+def our_attachments(path):
+    return [p for p in attached_programs(path) if p.get("name") == "keepalive_sockops"]
+
+
+@pytest.mark.parametrize("family", ["4", "6", "mapped"])
+def test_default_policy_on_connected_accepted_and_listening_sockets(keepalive, cgroups, family):
+    cg = cgroups.make()
+    keepalive("attach", cg)
+    out = probe("pair", "--family", family, cgroup=cg)
+    for side in ("connected", "accepted", "listening"):
+        assert keepalive_values(out[side]) == SEED_DEFAULT, side
+
+
+def test_sockets_outside_the_cgroup_untouched(keepalive, cgroups):
+    covered, other = cgroups.make(), cgroups.make()
+    keepalive("attach", covered, "--keepidle", "33")
+    out = probe("pair", cgroup=other)
+    for side in ("connected", "accepted", "listening"):
+        assert keepalive_values(out[side]) == KERNEL_DEFAULT, side
+
+
+def test_custom_values_status_and_counter(keepalive, cgroups):
+    cg = cgroups.make()
+    relative = os.path.relpath(cg, cgroups.mount)
+    result = keepalive("attach", relative, "--keepidle", "5", "--keepintvl", "2", "--keepcnt", "3",
+                       "--syncnt", "2", "--maxseg", "1200", "--window-clamp", "50000")
+    assert "created" in result.stdout
+    out = probe("pair", cgroup=cg)
+    assert keepalive_values(out["connected"]) == values(5, 2, 3, 11000)
+    assert out["connected"]["syncnt"] == 2
+    assert 0 < out["connected"]["maxseg"] <= 1200
+    assert out["connected"]["window_clamp"] == 50000
+    assert keepalive_values(out["accepted"]) == values(5, 2, 3, 11000)
+    [entry] = keepalive.status()
+    assert entry["cgroup"] == relative
+    assert (entry["keepidle"], entry["keepintvl"], entry["keepcnt"], entry["user_timeout"]) == (5, 2, 3, 11000)
+    assert entry["user_timeout_derived"] is True
+    assert entry["sockets_configured"] == 3  # listening, connected, accepted
+    table = keepalive("status").stdout
+    assert relative in table and "11000 (derived)" in table
+
+
+def test_explicit_and_system_default_user_timeout(keepalive, cgroups):
+    a, b = cgroups.make(), cgroups.make()
+    keepalive("attach", a, "--user-timeout", "4500")
+    keepalive("attach", b, "--user-timeout", "0")
+    assert probe("pair", cgroup=a)["connected"]["user_timeout"] == 4500
+    assert probe("pair", cgroup=b)["connected"]["user_timeout"] == 0
+    assert probe("pair", cgroup=b)["connected"]["keepalive"] == 1
+
+
+def test_nested_policies_nearest_ancestor_wins(keepalive, cgroups):
+    parent = cgroups.make()
+    child = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/child")
+    grandchild = cgroups.make(os.path.relpath(child, cgroups.mount) + "/grandchild")
+    sibling = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/sibling")
+
+    keepalive("attach", parent, "--keepidle", "10", "--user-timeout", "0")
+    keepalive("attach", child, "--keepidle", "20", "--user-timeout", "0")
+    assert probe("pair", cgroup=parent)["connected"]["keepidle"] == 10
+    assert probe("pair", cgroup=sibling)["connected"]["keepidle"] == 10
+    assert probe("pair", cgroup=child)["connected"]["keepidle"] == 20
+    assert probe("pair", cgroup=grandchild)["connected"]["keepidle"] == 20
+    # One attachment for the whole subtree, at its top.
+    assert len(our_attachments(parent)) == 1
+    assert our_attachments(child) == [] and our_attachments(grandchild) == []
+
+    keepalive("detach", child)  # the child falls back to the parent's policy
+    assert probe("pair", cgroup=grandchild)["connected"]["keepidle"] == 10
+
+    keepalive("attach", child, "--keepidle", "20", "--user-timeout", "0")
+    keepalive("detach", parent)  # coverage moves down to the child before the parent's link goes
+    assert len(our_attachments(child)) == 1 and our_attachments(parent) == []
+    assert probe("pair", cgroup=grandchild)["connected"]["keepidle"] == 20
+    assert keepalive_values(probe("pair", cgroup=sibling)["connected"]) == KERNEL_DEFAULT
+
+    keepalive("detach", child)  # the last one: kernel defaults
+    assert keepalive_values(probe("pair", cgroup=grandchild)["connected"]) == KERNEL_DEFAULT
+    assert our_attachments(child) == [] and our_attachments(parent) == []
+    assert keepalive.status() == []
+
+
+def test_child_policy_attached_first_then_parent(keepalive, cgroups):
+    parent = cgroups.make()
+    child = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/child")
+    keepalive("attach", child, "--keepidle", "20")
+    assert len(our_attachments(child)) == 1
+    keepalive("attach", parent, "--keepidle", "10")
+    # The parent's link now covers the child: the child's own link is gone (no double run).
+    assert len(our_attachments(parent)) == 1 and our_attachments(child) == []
+    assert probe("pair", cgroup=child)["connected"]["keepidle"] == 20
+    assert probe("pair", cgroup=parent)["connected"]["keepidle"] == 10
+    entries = {e["cgroup"]: e for e in keepalive.status()}
+    assert entries[os.path.relpath(parent, cgroups.mount)]["attached"] is True
+    assert entries[os.path.relpath(child, cgroups.mount)]["attached"] is False
+
+
+def test_update_in_place_without_second_attachment(keepalive, cgroups):
+    cg = cgroups.make()
+    keepalive("attach", cg, "--keepidle", "10")
+    prog_ids = [p["id"] for p in our_attachments(cg)]
+    result = keepalive("attach", cg, "--keepidle", "25")
+    assert "updated" in result.stdout
+    assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 25
+    assert [p["id"] for p in our_attachments(cg)] == prog_ids and len(prog_ids) == 1
+    assert "unchanged" in keepalive("attach", cg, "--keepidle", "25").stdout
+
+
+def load_foreign(pin):
+    run(["bpftool", "prog", "load", FOREIGN_OBJECT, pin, "type", "sockops"])
+
+
+def test_foreign_sock_ops_program_keeps_working(keepalive, cgroups):
+    cg = cgroups.make()
+    pin = os.path.join(BPFFS, unique("foreign"))
+    load_foreign(pin)
+    try:
+        run(["bpftool", "cgroup", "attach", cg, "sock_ops", "pinned", pin, "multi"])
+        try:
+            before = probe("pair", cgroup=cg)["connected"]
+            assert before["notsent_lowat"] == FOREIGN_LOWAT and before["keepalive"] == 0
+            keepalive("attach", cg, "--keepidle", "12")
+            both = probe("pair", cgroup=cg)
+            for side in ("connected", "accepted"):
+                assert both[side]["notsent_lowat"] == FOREIGN_LOWAT, side
+                assert both[side]["keepidle"] == 12 and both[side]["keepalive"] == 1, side
+            keepalive("detach", cg)
+            after = probe("pair", cgroup=cg)["connected"]
+            assert after["notsent_lowat"] == FOREIGN_LOWAT and after["keepalive"] == 0
+        finally:
+            run(["bpftool", "cgroup", "detach", cg, "sock_ops", "pinned", pin], check=False)
+    finally:
+        os.unlink(pin)
+
+
+def pidfd_getfd(pid, fd):
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
+        if copy < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+        return copy
+    finally:
+        os.close(pidfd)
+
+
+def socket_fds(pid):
+    fds = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                fds.append(int(name))
+        except OSError:
+            pass
+    return fds
+
+
+def options_of_fd(fd):
+    s = socket.socket(fileno=fd)
+    try:
+        return {"keepalive": s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "keepidle": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                "keepintvl": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                "keepcnt": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                "user_timeout": s.getsockopt(socket.IPPROTO_TCP, 18)}
+    finally:
+        s.close()
+
+
+def test_statically_linked_client(keepalive, cgroups):
+    busybox = "/bin/busybox"
+    assert "statically linked" in run(["file", "-L", busybox], check=False).stdout or \
+        "NEEDED" not in run(["readelf", "-d", busybox]).stdout
+    cg = cgroups.make()
+    keepalive("attach", cg, "--keepidle", "21", "--keepintvl", "4", "--keepcnt", "2")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = subprocess.Popen(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec {busybox} nc 127.0.0.1 {port}'],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        conn, _ = server.accept()
+        accepted_outside = options_of_fd(os.dup(conn.fileno()))
+        [fd] = socket_fds(client.pid)
+        theirs = options_of_fd(pidfd_getfd(client.pid, fd))
+        assert theirs == values(21, 4, 2, (21 + 8) * 1000)
+        assert accepted_outside == KERNEL_DEFAULT  # the server is outside the cgroup
+        conn.close()
+    finally:
+        client.kill()
+        client.wait()
+        server.close()
+
+
+def test_rejected_input_changes_nothing(keepalive, cgroups):
+    cg = cgroups.make()
+    keepalive("attach", cg, "--keepidle", "10")
+    before = keepalive.status()
+    for bad in (["--keepidle", "abc"], ["--keepidle", "0x10"], ["--keepidle", "32768"], ["--keepcnt", "128"],
+                ["--keepintvl", "-3"], ["--user-timeout", "-2"], ["--syncnt", "200"], ["--maxseg", "20"],
+                ["--keepidle", "99999999999999999999"], ["--defer-accept", "5"]):
+        result = keepalive("attach", cg, *bad, check=False)
+        assert result.returncode != 0, bad
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("keepalive: error:"), (bad, result.stderr)
+        assert bad[0] in lines[0], lines
+        assert result.stdout == ""
+    assert keepalive.status() == before
+    assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 10
+
+
+def test_defer_accept_is_explained(keepalive, cgroups):
+    cg = cgroups.make()
+    result = keepalive("attach", cg, "--defer-accept", "5", check=False)
+    assert result.returncode != 0 and "TCP_DEFER_ACCEPT cannot be set from BPF" in result.stderr
+
+
+@pytest.mark.parametrize("target,message", [
+    ("does-not-exist-{u}", "does not exist"),
+    ("/tmp", "is not a cgroup v2 directory"),
+    ("/sys/fs/cgroup/cpu", "is not a cgroup v2 directory"),
+])
+def test_bad_cgroup_refused(keepalive, cgroups, target, message):
+    result = keepalive("attach", target.format(u=unique("x")), check=False)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_detach_without_policy_fails(keepalive, cgroups):
+    cg = cgroups.make()
+    result = keepalive("detach", cg, check=False)
+    assert result.returncode != 0 and "no policy" in result.stderr
+
+
+def test_unprivileged_caller_refused(keepalive, cgroups):
+    cg = cgroups.make()
+    result = keepalive("attach", cg, check=False, user=65534)  # nobody
+    assert result.returncode != 0
+    assert "missing privilege" in result.stderr and "CAP_BPF" in result.stderr and "CAP_NET_ADMIN" in result.stderr
+    assert not os.path.exists(keepalive.pin_path)
+
+
+def test_enforcement_outlives_the_command_and_detach_all(keepalive, cgroups):
+    a, b = cgroups.make(), cgroups.make()
+    keepalive("attach", a)
+    keepalive("attach", b, "--keepidle", "9")
+    # Each attach was a separate process that has exited; the pins keep enforcing.
+    assert os.path.exists(os.path.join(keepalive.pin_path, "prog"))
+    assert keepalive_values(probe("pair", cgroup=a)["connected"]) == SEED_DEFAULT
+    keepalive("detach", "--all")
+    assert not os.path.exists(keepalive.pin_path)
+    assert our_attachments(a) == [] and our_attachments(b) == []
+    assert keepalive_values(probe("pair", cgroup=b)["connected"]) == KERNEL_DEFAULT
+
+
+def test_removed_cgroup_is_pruned(keepalive, cgroups):
+    keep, gone = cgroups.make(), cgroups.make()
+    keepalive("attach", gone)
+    os.rmdir(gone)
+    assert [e["cgroup"] for e in keepalive.status()] == [None]
+    keepalive("attach", keep)
+    assert [e["cgroup"] for e in keepalive.status()] == [os.path.relpath(keep, cgroups.mount)]
+    assert sorted(os.listdir(os.path.join(keepalive.pin_path, "links"))) == [str(os.stat(keep).st_ino)]
