@@ -189,3 +189,20 @@ def attached_programs(cgroup_path):
     """Programs attached at exactly this cgroup, as bpftool reports them."""
     out = run(["bpftool", "-j", "cgroup", "show", cgroup_path]).stdout.strip()
     return json.loads(out) if out else []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Prints the dead-peer suite's measured detection times, when it ran."""
+    try:
+        from test_dead_peer import RESULTS
+    except ImportError:
+        return
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("dead-peer detection: measured against configured")
+    write(f"{'mode':34} {'case':28} {'configured':>10} {'measured':>9}  result")
+    for mode, case, configured, measured, error in RESULTS:
+        shown = f"{measured:.2f} s" if measured is not None else "-"
+        write(f"{mode:34} {case:28} {configured:>8.1f} s {shown:>9}  {error}")
