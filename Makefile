@@ -14,7 +14,7 @@ ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 # Debian packages the build and the tests need; `deps` installs the missing ones.
 DEBIAN_PACKAGES := clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev \
                    gcc make busybox-static iproute2 nftables
-PYTHON_PACKAGES := pytest pyyaml
+PYTHON_PACKAGES := pytest pyyaml kubernetes-validate
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
 	-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion \
@@ -29,7 +29,7 @@ BPF_OBJECT   := $(BUILD)/bpf/keepalive.bpf.o
 BPF_EMBEDDED := Sources/KeepaliveCore/Generated/keepalive.bpf.o
 SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.h' -o -name '*.modulemap') Package.swift
 
-.PHONY: all deps preload bpf swift test test-swift test-integration clean
+.PHONY: all deps preload bpf swift run test test-swift test-integration clean
 
 all: deps preload swift
 
@@ -45,7 +45,7 @@ $(BUILD)/.deps: Makefile
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@for m in $(PYTHON_PACKAGES); do \
-	    mod=$$m; [ $$m = pyyaml ] && mod=yaml; \
+	    mod=$$m; [ $$m = pyyaml ] && mod=yaml; [ $$m = kubernetes-validate ] && mod=kubernetes_validate; \
 	    $(PYTHON) -c "import $$mod" 2>/dev/null || $(PYTHON) -m pip install -q $$m; done
 	@mkdir -p $(BUILD) && touch $@
 
@@ -85,6 +85,13 @@ $(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_EMBEDDED)
 	$(SWIFT) build -c release --static-swift-stdlib --product keepalive
 	@mkdir -p $(@D)
 	cp "$$($(SWIFT) build -c release --show-bin-path)/keepalive" $@
+
+# --- the agent on the shipped default policy, in the foreground ---------------
+
+METRICS_ADDRESS ?= 127.0.0.1:9464
+
+run: all
+	$(BUILD)/bin/keepalive agent --config deploy/keepalive.yaml --metrics-address $(METRICS_ADDRESS)
 
 # --- tests --------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ enum ka_bpf_option {
 
 /* ka_policy.flags */
 #define KA_POLICY_USER_TIMEOUT_DERIVED  (1u << 0)  /* user_timeout was -1 */
+#define KA_POLICY_AGENT                 (1u << 1)  /* set by the agent's policy file */
 
 /*
  * A policy in force, keyed by cgroup id (the cgroup directory's inode number)

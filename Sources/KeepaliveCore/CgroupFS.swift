@@ -12,8 +12,17 @@ public struct CgroupFS: Sendable {
         self.mountPoint = mountPoint
     }
 
-    /// Finds the cgroup2 mount of this process's mount namespace.
-    public static func discover(mountinfo path: String = "/proc/self/mountinfo") throws(CgroupError) -> CgroupFS {
+    /// Finds the cgroup2 mount of this process's mount namespace, unless `override`
+    /// names one (in a container, the host's cgroup2 mounted at a path of its own).
+    public static func discover(override: String? = nil,
+                                mountinfo path: String = "/proc/self/mountinfo") throws(CgroupError) -> CgroupFS {
+        if let override {
+            let normalized = Cgroup.normalize(override)
+            guard CgroupFS(mountPoint: normalized).isCgroup2(normalized) else {
+                throw .notCgroup2(override, mountPoint: "(not found)")
+            }
+            return CgroupFS(mountPoint: normalized)
+        }
         guard let text = try? readTextFile(path), let mount = cgroup2MountPoint(inMountinfo: text) else {
             throw .notMounted
         }
@@ -129,12 +138,16 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
     case notMounted
     case notFound(String)
     case notCgroup2(String, mountPoint: String)
+    case noProcess(Int32)
+    case noUnit(String)
 
     public var description: String {
         switch self {
         case .notMounted: "no cgroup2 filesystem is mounted (see /proc/self/mountinfo)"
         case let .notFound(path): "cgroup '\(path)' does not exist"
         case let .notCgroup2(path, mount): "'\(path)' is not a cgroup v2 directory (cgroup2 is mounted at \(mount))"
+        case let .noProcess(pid): "no process \(pid) with a cgroup v2 path (see /proc/\(pid)/cgroup)"
+        case let .noUnit(name): "no cgroup for unit '\(name)' (it is not running, or not under a slice)"
         }
     }
 }

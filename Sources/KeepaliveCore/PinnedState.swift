@@ -1,5 +1,6 @@
 import BPF
 import CLibBPF
+import Foundation
 import Glibc
 
 /// keepalive's kernel state, pinned in bpffs so that it outlives every process:
@@ -11,8 +12,9 @@ import Glibc
 ///     <root>/links/<cgroup id>   one link per covered subtree
 ///
 /// The CLI and the agent share it; every change happens in a `transaction`,
-/// under an exclusive flock on <root>, so they never fight.
-public final class PinnedState {
+/// under an exclusive flock on <root>, so they never fight. (flock excludes
+/// other processes; a mutex excludes this process's other threads.)
+public final class PinnedState: @unchecked Sendable {
     public static let defaultRoot = BPFFS.defaultMount + "/keepalive"
     static let programName = "keepalive_sockops"
 
@@ -23,6 +25,7 @@ public final class PinnedState {
     let sockets: BPFMap<UInt32, UInt64>
     let errors: BPFMap<UInt32, UInt64>
     private let rootFD: FileDescriptor
+    private let threads = NSLock()
 
     var linksDirectory: String { root + "/links" }
     func linkPath(_ id: UInt64) -> String { linksDirectory + "/\(id)" }
@@ -83,9 +86,16 @@ public final class PinnedState {
 
     /// Runs `body` holding the exclusive lock, on a fresh view of the state.
     public func transaction<T>(_ body: (Transaction) throws -> T) throws -> T {
+        threads.lock()
+        defer { threads.unlock() }
         try Self.lock(rootFD, root)
         defer { flock(rootFD.raw, LOCK_UN) }
         return try body(Transaction(state: self))
+    }
+
+    /// Every policy with its counters: a read-only view that needs no lock.
+    public func entries() throws -> [Transaction.Entry] {
+        try Transaction(state: self).entries()
     }
 
     /// Failed bpf_setsockopt calls since the state was created, by option.

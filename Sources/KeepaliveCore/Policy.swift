@@ -1,5 +1,12 @@
 import CLibBPF
 
+/// Who set a policy: the agent reconciles only its own, and leaves the CLI's alone.
+public enum PolicyOwner: String, Sendable {
+    case cli, agent
+
+    init(record: ka_policy) { self = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli }
+}
+
 /// The keepalive settings for one cgroup, as the user gave them.
 /// 0 leaves the system default; userTimeout -1 derives it from the others.
 public struct Policy: Equatable, Hashable, Sendable {
@@ -50,12 +57,12 @@ public struct Policy: Equatable, Hashable, Sendable {
     }
 
     /// The record the BPF program reads (user timeout resolved).
-    public func record(slot: UInt32) -> ka_policy {
-        ka_policy(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt,
-                  user_timeout: effectiveUserTimeout, syncnt: syncnt, maxseg: maxseg,
-                  window_clamp: windowClamp,
-                  flags: userTimeout == KA_USER_TIMEOUT_DERIVED ? KA_POLICY_USER_TIMEOUT_DERIVED : 0,
-                  slot: slot, reserved: 0)
+    public func record(slot: UInt32, owner: PolicyOwner = .cli) -> ka_policy {
+        var flags = owner == .agent ? KA_POLICY_AGENT : 0
+        if userTimeout == KA_USER_TIMEOUT_DERIVED { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
+        return ka_policy(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt,
+                         user_timeout: effectiveUserTimeout, syncnt: syncnt, maxseg: maxseg,
+                         window_clamp: windowClamp, flags: flags, slot: slot, reserved: 0)
     }
 
     /// The policy a record was made from.

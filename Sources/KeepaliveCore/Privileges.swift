@@ -1,16 +1,24 @@
 /// Whether this process may load and attach BPF programs.
 public enum Privileges {
-    static let capNetAdmin = 12, capSysAdmin = 21, capBPF = 39
+    static let capNetAdmin = 12, capSysAdmin = 21, capPerfmon = 38, capBPF = 39
 
     /// The capabilities missing for the privileged mode, by name; empty if none.
     public static func missingForBPF(status path: String = "/proc/self/status") -> [String] {
         guard let text = try? readTextFile(path), let mask = effectiveCapabilities(inStatus: text) else {
-            return ["CAP_BPF", "CAP_NET_ADMIN"]
+            return ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]
         }
+        return missing(fromEffective: mask)
+    }
+
+    /// CAP_BPF loads programs, CAP_NET_ADMIN attaches them to cgroups, CAP_PERFMON
+    /// lets the verifier accept the BTF reads of a socket's cgroup. CAP_SYS_ADMIN
+    /// stands in for CAP_BPF and CAP_PERFMON, as on kernels before 5.8.
+    static func missing(fromEffective mask: UInt64) -> [String] {
+        let has = { (cap: Int) in mask & (1 << UInt64(cap)) != 0 }
         var missing: [String] = []
-        // CAP_SYS_ADMIN stands in for CAP_BPF, as on kernels before 5.8.
-        if mask & (1 << capBPF) == 0 && mask & (1 << capSysAdmin) == 0 { missing.append("CAP_BPF") }
-        if mask & (1 << capNetAdmin) == 0 { missing.append("CAP_NET_ADMIN") }
+        if !has(capBPF) && !has(capSysAdmin) { missing.append("CAP_BPF") }
+        if !has(capNetAdmin) { missing.append("CAP_NET_ADMIN") }
+        if !has(capPerfmon) && !has(capSysAdmin) { missing.append("CAP_PERFMON") }
         return missing
     }
 

@@ -37,14 +37,28 @@ public final class Transaction {
 
     public var policyCount: Int { records.count }
 
+    /// Ids of the cgroups whose policy `owner` set.
+    public func cgroupIDs(ownedBy owner: PolicyOwner) -> Set<UInt64> {
+        Set(records.filter { PolicyOwner(record: $0.value) == owner }.keys)
+    }
+
+    /// Every existing cgroup by id, the root included.
+    public func cgroupsByID() throws -> [UInt64: Cgroup] {
+        let root = try state.cgroups.root
+        var all = [root.id: root]
+        state.cgroups.walk(below: root) { all[$0.id] = $0; return true }
+        return all
+    }
+
     /// Sets a cgroup's policy: a new one is attached, an existing one updated in place.
     @discardableResult
-    public func apply(_ policy: Policy, to cgroup: Cgroup) throws -> Change {
+    public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli) throws -> Change {
         let previous = records[cgroup.id]
-        if let previous, Policy(record: previous) == policy, isCovered(cgroup) { return .unchanged }
+        if let previous, Policy(record: previous) == policy, PolicyOwner(record: previous) == owner,
+           isCovered(cgroup) { return .unchanged }
         let slot = try previous?.slot ?? allocateSlot()
         if previous == nil { try state.sockets.update(slot, 0) }  // a reused slot starts from zero
-        let record = policy.record(slot: slot)
+        let record = policy.record(slot: slot, owner: owner)
         try state.policies.update(cgroup.id, record)
         records[cgroup.id] = record
         usedSlots.insert(slot)
@@ -99,6 +113,7 @@ public final class Transaction {
         public let path: String?
         public let cgroupID: UInt64
         public let policy: Policy
+        public let owner: PolicyOwner
         public let effectiveUserTimeout: Int32
         public let socketsConfigured: UInt64
         /// Whether the program is linked at this cgroup (the top of a covered subtree).
@@ -114,7 +129,7 @@ public final class Transaction {
             return true
         }
         return try records.map { id, record in
-            Entry(path: paths[id], cgroupID: id, policy: Policy(record: record),
+            Entry(path: paths[id], cgroupID: id, policy: Policy(record: record), owner: PolicyOwner(record: record),
                   effectiveUserTimeout: record.user_timeout,
                   socketsConfigured: try state.sockets.lookup(record.slot) ?? 0,
                   attached: linked.contains(id))
@@ -182,9 +197,6 @@ public final class Transaction {
     }
 
     private func liveIDs() -> Set<UInt64> {
-        guard let root = try? state.cgroups.root else { return [] }
-        var ids: Set<UInt64> = [root.id]
-        state.cgroups.walk(below: root) { ids.insert($0.id); return true }
-        return ids
+        Set(((try? cgroupsByID()) ?? [:]).keys)
     }
 }

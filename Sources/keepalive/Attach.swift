@@ -7,8 +7,7 @@ struct Attach: ParsableCommand {
         discussion: "Values of 0 leave the system default. TCP_DEFER_ACCEPT is a preload-mode option only."
     )
 
-    @Argument(help: "cgroup v2 directory: absolute, or relative to the cgroup2 mount.")
-    var cgroup: String
+    @OptionGroup var target: TargetOptions
 
     @Option(help: ArgumentHelp("Idle seconds before the first probe (1..32767).", valueName: "s"))
     var keepidle: String?
@@ -50,13 +49,13 @@ struct Attach: ParsableCommand {
     func run() throws {
         let policy = try policy()
         let (cgroups, opened) = try state.open(create: false)
-        let target = try cgroups.resolve(cgroup)
+        let cgroup = try target.resolve(cgroups)
         let pinned = try opened ?? state.open(create: true).1!
         let change = try pinned.transaction { txn in
             try txn.prune()
-            return try txn.apply(policy, to: target)
+            return try txn.apply(policy, to: cgroup)
         }
-        print("\(change.rawValue) policy on \(target.relativePath): \(policy.summary)")
+        print("\(change.rawValue) policy on \(cgroup.relativePath): \(policy.summary)")
     }
 }
 

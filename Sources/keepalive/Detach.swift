@@ -6,8 +6,7 @@ struct Detach: ParsableCommand {
         abstract: "Remove a cgroup's policy (its sockets fall back to an ancestor's), or every policy with --all."
     )
 
-    @Argument(help: "cgroup v2 directory: absolute, or relative to the cgroup2 mount.")
-    var cgroup: String?
+    @OptionGroup var target: TargetOptions
 
     @Flag(help: "Remove every policy, link and pin: keepalive no longer acts anywhere.")
     var all = false
@@ -15,16 +14,16 @@ struct Detach: ParsableCommand {
     @OptionGroup var state: StateOptions
 
     func validate() throws {
-        guard (cgroup == nil) != (!all) else {
+        guard (target.given == 0) != (!all) else {
             throw ValidationError(all ? "give a cgroup or --all, not both" : "give a cgroup, or --all")
         }
     }
 
     func run() throws {
         let (cgroups, opened) = try state.open(create: false)
-        let target = try cgroup.map { try cgroups.resolve($0) }
+        let cgroup = all ? nil : try target.resolve(cgroups)
         guard let pinned = opened else {
-            if let target { throw CommandError("no policy on \(target.relativePath)") }
+            if let cgroup { throw CommandError("no policy on \(cgroup.relativePath)") }
             print("nothing to remove")
             return
         }
@@ -33,12 +32,12 @@ struct Detach: ParsableCommand {
             print("removed every policy and \(pinned.root)")
             return
         }
-        guard let target else { return }
+        guard let cgroup else { return }
         let removed = try pinned.transaction { txn in
             try txn.prune()
-            return try txn.remove(target)
+            return try txn.remove(cgroup)
         }
-        guard removed else { throw CommandError("no policy on \(target.relativePath)") }
-        print("removed policy from \(target.relativePath)")
+        guard removed else { throw CommandError("no policy on \(cgroup.relativePath)") }
+        print("removed policy from \(cgroup.relativePath)")
     }
 }

@@ -3,7 +3,7 @@ import Glibc
 import KeepaliveCore
 
 @main
-struct Keepalive: ParsableCommand {
+struct Keepalive: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keepalive",
         abstract: "Makes dead TCP connections die on time, for programs that cannot be changed.",
@@ -12,14 +12,18 @@ struct Keepalive: ParsableCommand {
             TCP socket of a cgroup v2 subtree, through a BPF sock_ops program.
             """,
         version: KeepaliveVersion.string,
-        subcommands: [Attach.self, Detach.self, Status.self]
+        subcommands: [Attach.self, Detach.self, Status.self, AgentCommand.self]
     )
 
     /// Errors as one line on stderr and a non-zero exit; help and version as usual.
-    static func main() {
+    static func main() async {
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch {
             let code = exitCode(for: error)
             if code == .success || code == .validationFailure && isHelpRequest(error) {

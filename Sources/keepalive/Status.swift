@@ -14,7 +14,7 @@ struct Status: ParsableCommand {
 
     func run() throws {
         let (_, opened) = try state.open(create: false)
-        let entries = try opened?.transaction { try $0.entries() } ?? []
+        let entries = try opened?.entries() ?? []
         if json {
             let data = try JSONSerialization.data(withJSONObject: entries.map(\.json),
                                                   options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
@@ -25,12 +25,14 @@ struct Status: ParsableCommand {
             print("no policies")
             return
         }
-        let header = ["CGROUP", "IDLE", "INTVL", "CNT", "USER_TIMEOUT", "SYNCNT", "MAXSEG", "CLAMP", "SOCKETS", "ATTACHED"]
+        let header = ["CGROUP", "IDLE", "INTVL", "CNT", "USER_TIMEOUT", "SYNCNT", "MAXSEG", "CLAMP", "SOCKETS",
+                      "ATTACHED", "BY"]
         let rows = entries.map { e -> [String] in
             let ut = "\(e.effectiveUserTimeout)" + (e.policy.userTimeout == -1 ? " (derived)" : "")
             return [e.path ?? "(removed, id \(e.cgroupID))", "\(e.policy.keepidle)", "\(e.policy.keepintvl)",
                     "\(e.policy.keepcnt)", ut, "\(e.policy.syncnt)", "\(e.policy.maxseg)",
-                    "\(e.policy.windowClamp)", "\(e.socketsConfigured)", e.attached ? "yes" : "inherited"]
+                    "\(e.policy.windowClamp)", "\(e.socketsConfigured)", e.attached ? "yes" : "inherited",
+                    e.owner.rawValue]
         }
         let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
         for row in [header] + rows {
@@ -48,6 +50,7 @@ extension Transaction.Entry {
             "sockets_configured": socketsConfigured,
             "attached": attached,
             "user_timeout_derived": policy.userTimeout == -1,
+            "owner": owner.rawValue,
         ]
         for option in PolicyOption.allCases { object[option.key] = Int(policy[option]) }
         object[PolicyOption.userTimeout.key] = Int(effectiveUserTimeout)

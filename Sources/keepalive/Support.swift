@@ -13,6 +13,10 @@ struct StateOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("bpffs directory of keepalive's pinned state.", valueName: "path"))
     var pinPath: String = getenv("KEEPALIVE_PIN_PATH").map { String(cString: $0) } ?? PinnedState.defaultRoot
 
+    @Option(name: .long, help: ArgumentHelp("cgroup2 mount to use instead of the one in /proc/self/mountinfo.",
+                                            valueName: "path"))
+    var cgroupRoot: String? = getenv("KEEPALIVE_CGROUP_ROOT").map { String(cString: $0) }
+
     @Flag(name: .long, help: "Print libbpf's messages.")
     var verbose = false
 
@@ -20,10 +24,10 @@ struct StateOptions: ParsableArguments {
     func open(create: Bool) throws -> (CgroupFS, PinnedState?) {
         let missing = Privileges.missingForBPF()
         guard missing.isEmpty else {
-            throw CommandError("missing privilege: \(missing.joined(separator: " and ")) (run as root)")
+            throw CommandError("missing privilege: \(missing.joined(separator: ", ")) (run as root)")
         }
         Libbpf.setVerbose(verbose)
-        let cgroups = try CgroupFS.discover()
+        let cgroups = try CgroupFS.discover(override: cgroupRoot)
         return (cgroups, try PinnedState.open(root: pinPath, cgroups: cgroups, create: create))
     }
 }

@@ -45,4 +45,11 @@ import Testing
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n"
         #expect(Privileges.effectiveCapabilities(inStatus: status) == 0x1ff_ffff_ffff)
     }
+
+    @Test func namesEachMissingCapability() {
+        #expect(Privileges.missing(fromEffective: 0) == ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"])
+        #expect(Privileges.missing(fromEffective: 1 << 39 | 1 << 12 | 1 << 38) == [])
+        #expect(Privileges.missing(fromEffective: 1 << 21 | 1 << 12) == [])  // CAP_SYS_ADMIN covers BPF, PERFMON
+        #expect(Privileges.missing(fromEffective: 1 << 39 | 1 << 38) == ["CAP_NET_ADMIN"])
+    }
 }

@@ -1,0 +1,44 @@
+import ArgumentParser
+import KeepaliveAgent
+import KeepaliveCore
+import Logging
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Run as a daemon: enforce a policy file, cover cgroups as they appear, reload on SIGHUP.",
+        discussion: """
+            SIGTERM and SIGINT stop the agent with exit 0; its policies stay in force (pinned in bpffs). \
+            `keepalive detach --all` removes everything.
+            """
+    )
+
+    @Option(help: ArgumentHelp("YAML policy file.", valueName: "path"))
+    var config: String
+
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics.", valueName: "host:port"))
+    var metricsAddress: String?
+
+    @Flag(help: "Check the policy file and exit (needs no privilege).")
+    var check = false
+
+    @OptionGroup var state: StateOptions
+
+    func run() async throws {
+        if check {
+            let parsed = try Agent.loadConfig(config)
+            print("\(config): ok, \(parsed.policies.count) policy entries")
+            return
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+        let logger = Logger(label: "keepalive.agent")
+        _ = try Agent.loadConfig(config)  // a bad file stops the start, before anything changes
+        let (_, opened) = try state.open(create: true)
+        guard let pinned = opened else { throw CommandError("could not create \(state.pinPath)") }
+        try await Agent(configPath: config, metricsAddress: metricsAddress, state: pinned, logger: logger).run()
+    }
+}

@@ -1,0 +1,110 @@
+"""The shipped deployment files: valid, and consistent with what the agent relies on."""
+import configparser
+import os
+import subprocess
+import tempfile
+
+import yaml
+
+from conftest import KEEPALIVE, ROOT, run
+
+DEPLOY = os.path.join(ROOT, "deploy")
+MANIFEST = os.path.join(DEPLOY, "kubernetes", "keepalive.yaml")
+UNIT = os.path.join(DEPLOY, "systemd", "keepalive.service")
+
+
+def manifests():
+    with open(MANIFEST) as f:
+        return {doc["kind"]: doc for doc in yaml.safe_load_all(f) if doc}
+
+
+def test_kubernetes_manifests_validate_against_the_schema():
+    result = run(["kubernetes-validate", "--strict", MANIFEST], check=False)
+    if result.returncode == 127 or "No such file" in result.stderr:
+        result = run(["python3", "-m", "kubernetes_validate", "--strict", MANIFEST], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_daemonset_gives_the_agent_what_it_needs():
+    docs = manifests()
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in pod["tolerations"]
+    security = container["securityContext"]
+    assert security["privileged"] is False
+    assert {"BPF", "NET_ADMIN", "PERFMON"} <= set(security["capabilities"]["add"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["bpffs"]["mountPath"] == "/sys/fs/bpf" and volumes["bpffs"]["hostPath"]["path"] == "/sys/fs/bpf"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KEEPALIVE_CGROUP_ROOT"] == mounts["host-cgroup2"]["mountPath"]
+    assert volumes["host-cgroup2"]["hostPath"]["path"] == "/sys/fs/cgroup"
+    assert env["KEEPALIVE_PIN_PATH"].startswith(mounts["bpffs"]["mountPath"] + "/")
+    config_path = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--config="))
+    assert os.path.dirname(config_path) == mounts["policy"]["mountPath"]
+    assert os.path.basename(config_path) in docs["ConfigMap"]["data"]
+    metrics_port = int(next(a for a in container["args"] if a.startswith("--metrics-address=")).rsplit(":", 1)[1])
+    assert container["ports"][0]["containerPort"] == metrics_port
+
+
+def check_policy(text, tmp_path, name):
+    path = tmp_path / name
+    path.write_text(text)
+    result = run([KEEPALIVE, "agent", "--config", str(path), "--check"], check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_configmap_policy_is_accepted_by_the_agent(tmp_path):
+    out = check_policy(manifests()["ConfigMap"]["data"]["keepalive.yaml"], tmp_path, "configmap.yaml")
+    assert "2 policy entries" in out
+
+
+def test_shipped_default_policy_is_accepted_by_the_agent(tmp_path):
+    with open(os.path.join(DEPLOY, "keepalive.yaml")) as f:
+        assert "policy entries" in check_policy(f.read(), tmp_path, "default.yaml")
+
+
+def test_check_rejects_a_bad_policy_without_privilege():
+    with tempfile.TemporaryDirectory() as tmp:  # readable by nobody, unlike pytest's tmp_path
+        os.chmod(tmp, 0o755)
+        path = os.path.join(tmp, "bad.yaml")
+        with open(path, "w") as f:
+            f.write("policies:\n  - cgroup: x\n    keepcnt: 999\n")
+        os.chmod(path, 0o644)
+        result = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                      KEEPALIVE, "agent", "--config", path, "--check"], check=False)
+    assert result.returncode != 0
+    assert f"{path}:3: keepcnt: 999 is out of range" in result.stderr
+
+
+def unit_file():
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(UNIT)
+    return parser
+
+
+def test_systemd_unit_is_hardened_and_keeps_bpf_reachable():
+    service = unit_file()["Service"]
+    assert "bpf" in service["SystemCallFilter"].split()
+    assert "@system-service" in service["SystemCallFilter"].split()
+    assert service["ReadWritePaths"] == "/sys/fs/bpf" and service["ProtectKernelTunables"] == "yes"
+    caps = set(service["CapabilityBoundingSet"].split())
+    assert {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"} <= caps
+    assert service["ExecReload"].endswith("kill -HUP $MAINPID")
+    assert "--config /etc/keepalive/keepalive.yaml" in service["ExecStart"]
+
+
+def test_systemd_unit_verifies(tmp_path):
+    with open(UNIT) as f:
+        text = f.read().replace("/usr/local/bin/keepalive", KEEPALIVE)
+    copy = tmp_path / "keepalive.service"
+    copy.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(copy)],
+                              capture_output=True, text=True)
+    exposure = float(security.stdout.rsplit("level for keepalive.service:", 1)[1].split()[0])
+    assert exposure <= 5.0, security.stdout
