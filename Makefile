@@ -25,10 +25,12 @@ PRELOAD_LIBS := $(BUILD)/lib/libkeepalive.so $(BUILD)/lib/libkeepalive_listen.so
                 $(BUILD)/lib/libkeepalive_socket.so
 PRELOAD_SHARED := preload/keepalive_options.c preload/keepalive_options.h bpf/keepalive_policy.h
 
-BPF_OBJECT   := $(BUILD)/bpf/keepalive.bpf.o
-BPF_EMBEDDED := Sources/KeepaliveCore/Generated/keepalive.bpf.o
+BPF_PROGRAMS := keepalive keepalive_iter
+BPF_EMBEDDED := $(BPF_PROGRAMS:%=Sources/KeepaliveCore/Generated/%.bpf.o)
+BPF_HEADERS  := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h
 SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.h' -o -name '*.modulemap') Package.swift
 
+.SECONDARY:  # keep intermediate objects
 .PHONY: all deps preload bpf swift run test test-swift test-integration clean
 
 all: deps preload swift
@@ -68,12 +70,12 @@ $(BUILD)/bpf/vmlinux.h: | $(BUILD)/.deps
 	@mkdir -p $(@D)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
-$(BPF_OBJECT): bpf/keepalive.bpf.c bpf/keepalive_policy.h $(BUILD)/bpf/vmlinux.h
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
 	$(BPF_CLANG) -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror \
 	    -I$(BUILD)/bpf -Ibpf -c $< -o $@.debug
 	$(LLVM_STRIP) -g $@.debug -o $@   # keep BTF, drop DWARF
 
-$(BPF_EMBEDDED): $(BPF_OBJECT)
+Sources/KeepaliveCore/Generated/%.bpf.o: $(BUILD)/bpf/%.bpf.o
 	@mkdir -p $(@D)
 	cp $< $@
 

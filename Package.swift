@@ -29,8 +29,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
-            // Built by `make` from bpf/keepalive.bpf.c; the binary needs no file at run time.
-            resources: [.embedInCode("Generated/keepalive.bpf.o")]
+            // Built by `make` from bpf/*.bpf.c; the binary needs no file at run time.
+            resources: [
+                .embedInCode("Generated/keepalive.bpf.o"),
+                .embedInCode("Generated/keepalive_iter.bpf.o"),
+            ]
         ),
         // The daemon: watches cgroups, reloads on SIGHUP, serves /metrics.
         .target(

@@ -111,6 +111,43 @@ struct ka_policy {
 	__u32 reserved;
 };
 
+/* ka_iter_config: what one run of the TCP iterator does (keepalive_iter.bpf.c). */
+enum ka_iter_mode {
+	KA_ITER_INSPECT = 0,   /* report the subtree's sockets */
+	KA_ITER_APPLY   = 1,   /* give them their nearest policy, then report */
+};
+
+struct ka_iter_config {
+	__u64 cgroup_id;       /* the subtree's top */
+	__u32 mode;            /* enum ka_iter_mode */
+	__u32 reserved;
+};
+
+/* ka_socket_record.flags */
+#define KA_SOCKET_APPLIED  (1u << 0)   /* a policy was applied by this run */
+
+/*
+ * One socket of the subtree, as the iterator writes it (binary, in order).
+ * Values are read back from the kernel with bpf_getsockopt after any apply.
+ */
+struct ka_socket_record {
+	__u64 cgroup_id;       /* the socket's own cgroup */
+	__u64 inode;           /* the socket's inode, to find owning processes */
+	__u32 family;          /* AF_INET or AF_INET6 */
+	__u32 state;           /* TCP_ESTABLISHED, TCP_LISTEN, ... */
+	__u8  local_addr[16];  /* IPv4 in the first 4 bytes */
+	__u8  remote_addr[16];
+	__u16 local_port;      /* host order */
+	__u16 remote_port;     /* host order */
+	__u32 flags;           /* KA_SOCKET_* */
+	__s32 keepalive;
+	__s32 keepidle;
+	__s32 keepintvl;
+	__s32 keepcnt;
+	__s32 user_timeout;
+	__u32 reserved;
+};
+
 /*
  * The user timeout KA_USER_TIMEOUT_DERIVED stands for, in milliseconds:
  * (idle + intvl * cnt) * 1000, counting the kernel's default for an option

@@ -27,6 +27,9 @@ struct Attach: ParsableCommand {
     @Option(help: .hidden)
     var deferAccept: String?
 
+    @Flag(help: "Also apply the policy now to the subtree's TCP sockets that already exist (BPF TCP iterator).")
+    var existing = false
+
     @OptionGroup var state: StateOptions
 
     /// The policy the flags describe; every value checked before anything changes.
@@ -56,6 +59,10 @@ struct Attach: ParsableCommand {
             return try txn.apply(policy, to: cgroup)
         }
         print("\(change.rawValue) policy on \(cgroup.relativePath): \(policy.summary)")
+        if existing {
+            let result = try SocketIterator(state: pinned, cgroups: cgroups).run(cgroup, mode: .apply)
+            print("updated \(result.applied) existing sockets in \(result.namespaces) network namespaces")
+        }
     }
 }
 

@@ -12,7 +12,7 @@ struct Keepalive: AsyncParsableCommand {
             TCP socket of a cgroup v2 subtree, through a BPF sock_ops program.
             """,
         version: KeepaliveVersion.string,
-        subcommands: [Attach.self, Detach.self, Status.self, AgentCommand.self]
+        subcommands: [Attach.self, Detach.self, Status.self, Inspect.self, AgentCommand.self]
     )
 
     /// Errors as one line on stderr and a non-zero exit; help and version as usual.

@@ -34,11 +34,7 @@ struct Status: ParsableCommand {
                     "\(e.policy.windowClamp)", "\(e.socketsConfigured)", e.attached ? "yes" : "inherited",
                     e.owner.rawValue]
         }
-        let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
-        for row in [header] + rows {
-            print(row.enumerated().map { i, cell in cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
-                .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
-        }
+        printTable(header: header, rows: rows)
     }
 }
 

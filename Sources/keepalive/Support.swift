@@ -8,6 +8,15 @@ func printError(_ line: String) {
     _ = text.withCString { write(STDERR_FILENO, $0, strlen($0)) }
 }
 
+/// Columns padded to their widest cell.
+func printTable(header: [String], rows: [[String]]) {
+    let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
+    for row in [header] + rows {
+        let cells = row.enumerated().map { i, cell in cell + String(repeating: " ", count: widths[i] - cell.count) }
+        print(String(cells.joined(separator: "  ").reversed().drop { $0 == " " }.reversed()))
+    }
+}
+
 /// Options every privileged subcommand shares.
 struct StateOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("bpffs directory of keepalive's pinned state.", valueName: "path"))

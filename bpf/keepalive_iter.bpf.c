@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * keepalive's TCP iterator: visits every TCP socket of the reader's network
+ * namespace in one pass, in the kernel, without stopping any process. For the
+ * sockets of one cgroup subtree it applies the nearest policy (`attach
+ * --existing`) and/or reports the values in force (`inspect`).
+ *
+ * Needs iter/tcp with bpf_setsockopt/bpf_getsockopt (Linux 5.14 or later).
+ */
+#include "keepalive_common.bpf.h"
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ka_iter_config);
+} ka_iter_config SEC(".maps");
+
+static __always_inline bool in_subtree(struct tcp_sock *tp, __u64 top)
+{
+	struct cgroup *cgrp = socket_cgroup(tp);
+
+	for (int level = 0; level < KA_MAX_CGROUP_DEPTH && cgrp; level++) {
+		if (cgrp->kn->id == top)
+			return true;
+		cgrp = parent_cgroup(cgrp);
+	}
+	return false;
+}
+
+static __always_inline int get_int(struct sock *sk, int level, int optname)
+{
+	int value = 0;
+
+	bpf_getsockopt(sk, level, optname, &value, sizeof(value));
+	return value;
+}
+
+static __always_inline void read_back(struct ka_socket_record *r, struct tcp_sock *tp)
+{
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	struct sock_common *skc = &sk->__sk_common;
+
+	r->cgroup_id = socket_cgroup(tp)->kn->id;
+	r->family = skc->skc_family;
+	r->state = skc->skc_state;
+	r->local_port = skc->skc_num;
+	r->remote_port = bpf_ntohs(skc->skc_dport);
+	if (r->family == 2 /* AF_INET */) {
+		__builtin_memcpy(r->local_addr, &skc->skc_rcv_saddr, 4);
+		__builtin_memcpy(r->remote_addr, &skc->skc_daddr, 4);
+	} else {
+		__builtin_memcpy(r->local_addr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(r->remote_addr, &skc->skc_v6_daddr, 16);
+	}
+	if (sk->sk_socket && sk->sk_socket->file)
+		r->inode = sk->sk_socket->file->f_inode->i_ino;
+	r->keepalive = (skc->skc_flags >> SOCK_KEEPOPEN) & 1;
+	r->keepidle = get_int(sk, SOL_TCP, TCP_KEEPIDLE);
+	r->keepintvl = get_int(sk, SOL_TCP, TCP_KEEPINTVL);
+	r->keepcnt = get_int(sk, SOL_TCP, TCP_KEEPCNT);
+	r->user_timeout = get_int(sk, SOL_TCP, TCP_USER_TIMEOUT);
+}
+
+SEC("iter/tcp")
+int keepalive_iter(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct ka_socket_record record = {};
+	struct ka_iter_config *config;
+	struct ka_policy *policy;
+	struct tcp_sock *tp;
+	__u32 zero = 0;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);  /* NULL for time-wait and request sockets */
+	if (!tp)
+		return 0;
+	config = bpf_map_lookup_elem(&ka_iter_config, &zero);
+	if (!config || !in_subtree(tp, config->cgroup_id))
+		return 0;
+	if (config->mode == KA_ITER_APPLY) {
+		policy = nearest_policy(tp);
+		if (policy) {
+			apply_policy(tp, policy, false);
+			count_configured(policy);
+			record.flags |= KA_SOCKET_APPLIED;
+		}
+	}
+	read_back(&record, tp);
+	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
+	return 0;
+}
