@@ -84,11 +84,9 @@ static __always_inline struct cgroup *parent_cgroup(struct cgroup *cgrp)
 	return parent ? parent->cgroup : NULL;
 }
 
-/* Nearest policy from the socket's own cgroup upwards: one lookup per level. */
-static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp)
+/* Nearest policy from `cgrp` upwards: one lookup per level. */
+static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp)
 {
-	struct cgroup *cgrp = socket_cgroup(tp);
-
 	for (int level = 0; level < KA_MAX_CGROUP_DEPTH && cgrp; level++) {
 		__u64 id = cgrp->kn->id;
 		struct ka_policy *policy = bpf_map_lookup_elem(&ka_policies, &id);
@@ -98,6 +96,12 @@ static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp)
 		cgrp = parent_cgroup(cgrp);
 	}
 	return NULL;
+}
+
+/* Nearest policy for a socket, from its own cgroup (sk_cgrp_data) upwards. */
+static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp)
+{
+	return nearest_policy_from(socket_cgroup(tp));
 }
 
 /* SYN count and MSS act before the handshake: only for a connecting socket. */

@@ -83,9 +83,12 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 	config = bpf_map_lookup_elem(&ka_iter_config, &zero);
 	if (!config || !in_subtree(tp, config->cgroup_id))
 		return 0;
-	if (config->mode == KA_ITER_APPLY) {
-		policy = nearest_policy(tp);
-		if (policy) {
+	policy = nearest_policy(tp);
+	if (policy) {
+		record.flags |= KA_SOCKET_HAS_POLICY;
+		if (policy->flags & KA_POLICY_PRECEDENCE_POLICY)
+			record.flags |= KA_SOCKET_PRECEDENCE_POLICY;
+		if (config->mode == KA_ITER_APPLY) {
 			apply_policy(tp, policy, false);
 			count_configured(policy);
 			record.flags |= KA_SOCKET_APPLIED;

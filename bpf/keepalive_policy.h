@@ -93,6 +93,12 @@ enum ka_bpf_option {
 /* ka_policy.flags */
 #define KA_POLICY_USER_TIMEOUT_DERIVED  (1u << 0)  /* user_timeout was -1 */
 #define KA_POLICY_AGENT                 (1u << 1)  /* set by the agent's policy file */
+#define KA_POLICY_PRECEDENCE_POLICY     (1u << 2)  /* the policy overrides the program's setsockopt */
+
+/* Who wins when a program sets keepalive options itself. */
+#define KA_PRECEDENCE_KEY          "precedence"
+#define KA_PRECEDENCE_APPLICATION  "application"  /* default: the policy is only the default */
+#define KA_PRECEDENCE_POLICY       "policy"
 
 /*
  * A policy in force, keyed by cgroup id (the cgroup directory's inode number)
@@ -124,7 +130,9 @@ struct ka_iter_config {
 };
 
 /* ka_socket_record.flags */
-#define KA_SOCKET_APPLIED  (1u << 0)   /* a policy was applied by this run */
+#define KA_SOCKET_APPLIED            (1u << 0)  /* a policy was applied by this run */
+#define KA_SOCKET_HAS_POLICY         (1u << 1)  /* some cgroup of the socket has a policy */
+#define KA_SOCKET_PRECEDENCE_POLICY  (1u << 2)  /* ... and it takes precedence over the program */
 
 /*
  * One socket of the subtree, as the iterator writes it (binary, in order).

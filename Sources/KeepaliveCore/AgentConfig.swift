@@ -71,6 +71,7 @@ public struct PolicySpec: Equatable, Sendable {
         }
         var target: Target?
         var values: [PolicyOption: Int32] = [:]
+        var precedence = Precedence.application
         for (keyNode, value) in mapping {
             let key = keyNode.string ?? ""
             switch key {
@@ -92,9 +93,14 @@ public struct PolicySpec: Equatable, Sendable {
                     }
                     target = .unit(text)
                 }
+            case Precedence.key:
+                do { precedence = try Precedence(parsing: value.scalar?.string ?? "") } catch {
+                    throw ConfigError(file: file, node: value, message: error.description)
+                }
             default:
                 guard let option = PolicyOption.allCases.first(where: { $0.key == key }) else {
-                    let known = (["cgroup", "unit"] + PolicyOption.allCases.map(\.key)).joined(separator: ", ")
+                    let known = (["cgroup", "unit"] + PolicyOption.allCases.map(\.key) + [Precedence.key])
+                        .joined(separator: ", ")
                     throw ConfigError(file: file, node: keyNode, message: "unknown key '\(key)' (known: \(known))")
                 }
                 guard let scalar = value.scalar, scalar.style == .plain, let number = Int64(scalar.string) else {
@@ -108,7 +114,7 @@ public struct PolicySpec: Equatable, Sendable {
         guard let target else {
             throw ConfigError(file: file, node: node, message: "a policy needs 'cgroup' or 'unit'")
         }
-        self.init(target: target, policy: Policy(values), source: "\(file):\(node.mark?.line ?? 0)")
+        self.init(target: target, policy: Policy(values, precedence: precedence), source: "\(file):\(node.mark?.line ?? 0)")
     }
 }
 

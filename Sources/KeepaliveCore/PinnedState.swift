@@ -5,36 +5,40 @@ import Glibc
 
 /// keepalive's kernel state, pinned in bpffs so that it outlives every process:
 ///
-///     <root>/prog                the sock_ops program
-///     <root>/ka_policies         cgroup id -> policy
-///     <root>/ka_sockets          policy slot -> sockets configured
-///     <root>/ka_errors           option -> failed setsockopt calls (per CPU)
-///     <root>/links/<cgroup id>   one link per covered subtree
+///     <root>/prog                          the sock_ops program
+///     <root>/prog-setsockopt               the cgroup/setsockopt program
+///     <root>/ka_policies                   cgroup id -> policy
+///     <root>/ka_sockets                    policy slot -> sockets configured
+///     <root>/ka_errors                     option -> failed setsockopt calls (per CPU)
+///     <root>/links/<cgroup id>             sock_ops: one link per covered subtree
+///     <root>/links-setsockopt/<cgroup id>  setsockopt: one per subtree with `precedence: policy`
 ///
 /// The CLI and the agent share it; every change happens in a `transaction`,
 /// under an exclusive flock on <root>, so they never fight. (flock excludes
 /// other processes; a mutex excludes this process's other threads.)
 public final class PinnedState: @unchecked Sendable {
     public static let defaultRoot = BPFFS.defaultMount + "/keepalive"
-    static let programName = "keepalive_sockops"
+    static let mapNames = ["ka_policies", "ka_sockets", "ka_errors"]
 
     public let root: String
     public let cgroups: CgroupFS
-    let program: BPFProgram
+    let programs: [Attachment: BPFProgram]
     let policies: BPFMap<UInt64, ka_policy>
     let sockets: BPFMap<UInt32, UInt64>
     let errors: BPFMap<UInt32, UInt64>
     private let rootFD: FileDescriptor
     private let threads = NSLock()
 
-    var linksDirectory: String { root + "/links" }
-    func linkPath(_ id: UInt64) -> String { linksDirectory + "/\(id)" }
+    func linksDirectory(_ kind: Attachment) -> String { root + "/" + kind.linksDirectory }
+    func linkPath(_ kind: Attachment, _ id: UInt64) -> String { linksDirectory(kind) + "/\(id)" }
 
     private init(root: String, cgroups: CgroupFS, rootFD: FileDescriptor) throws {
         self.root = root
         self.cgroups = cgroups
         self.rootFD = rootFD
-        program = try BPFProgram.pinned(at: root + "/prog")
+        var programs: [Attachment: BPFProgram] = [:]
+        for kind in Attachment.allCases { programs[kind] = try BPFProgram.pinned(at: root + "/" + kind.programPin) }
+        self.programs = programs
         policies = try .pinned(at: root + "/ka_policies", name: "ka_policies")
         sockets = try .pinned(at: root + "/ka_sockets", name: "ka_sockets")
         errors = try .pinned(at: root + "/ka_errors", name: "ka_errors")
@@ -53,20 +57,19 @@ public final class PinnedState: @unchecked Sendable {
         let rootFD = try FileDescriptor.open(root)
         try lock(rootFD, root)
         defer { flock(rootFD.raw, LOCK_UN) }
-        guard BPFFS.exists(root + "/prog") else {
-            guard create else { return nil }
+        let complete = Attachment.allCases.allSatisfy { BPFFS.exists(root + "/" + $0.programPin) }
+        if !complete {
+            guard create else { return BPFFS.exists(root + "/prog") ? try upgradeRequired(root) : nil }
             try loadAndPin(root: root)
-            return try PinnedState(root: root, cgroups: cgroups, rootFD: rootFD)
         }
         return try PinnedState(root: root, cgroups: cgroups, rootFD: rootFD)
     }
 
     /// Loads the embedded object, reusing any maps already pinned (a loader that
-    /// died half-way), and pins what is missing; the program last, as the mark
-    /// that the state is complete.
+    /// died half-way, or state from before a program was added), and pins what
+    /// is missing; the programs last, as the mark that the state is complete.
     private static func loadAndPin(root: String) throws {
         let object = try BPFObject(bytes: PackageResources.keepalive_bpf_o, name: "keepalive")
-        let mapNames = ["ka_policies", "ka_sockets", "ka_errors"]
         for name in mapNames where BPFFS.exists(root + "/" + name) {
             try object.reuseMap(named: name, BPFFS.open(pinned: root + "/" + name))
         }
@@ -74,10 +77,20 @@ public final class PinnedState: @unchecked Sendable {
         for name in mapNames where !BPFFS.exists(root + "/" + name) {
             try BPFFS.pin(object.mapDescriptor(named: name), at: root + "/" + name)
         }
-        guard mkdir(root + "/links", 0o700) == 0 || errno == EEXIST else {
-            throw BPFError("create \(root)/links", errno: errno)
+        for kind in Attachment.allCases {
+            guard mkdir(root + "/" + kind.linksDirectory, 0o700) == 0 || errno == EEXIST else {
+                throw BPFError("create \(root)/\(kind.linksDirectory)", errno: errno)
+            }
         }
-        try BPFFS.pin(object.program(named: programName).fd, at: root + "/prog")
+        for kind in Attachment.allCases where !BPFFS.exists(root + "/" + kind.programPin) {
+            try BPFFS.pin(object.program(named: kind.programName).fd, at: root + "/" + kind.programPin)
+        }
+    }
+
+    /// Read-only commands do not change the state: an older one is completed by the next attach.
+    private static func upgradeRequired(_ root: String) throws -> PinnedState? {
+        throw BPFError("\(root) was made by an older keepalive; run `keepalive attach` once to complete it",
+                       errno: ENOENT)
     }
 
     private static func lock(_ fd: FileDescriptor, _ path: String) throws {
@@ -105,9 +118,9 @@ public final class PinnedState: @unchecked Sendable {
         }
     }
 
-    /// The cgroup ids that have a link pinned.
-    func pinnedLinkIDs() -> Set<UInt64> {
-        guard let dir = opendir(linksDirectory) else { return [] }
+    /// The cgroup ids that have a link of this kind pinned.
+    func pinnedLinkIDs(_ kind: Attachment) -> Set<UInt64> {
+        guard let dir = opendir(linksDirectory(kind)) else { return [] }
         defer { closedir(dir) }
         var ids: Set<UInt64> = []
         while let entry = readdir(dir) {
@@ -119,9 +132,12 @@ public final class PinnedState: @unchecked Sendable {
 
     /// Removes every pin and the root itself; links go, so enforcement ends.
     func unpinAll() throws {
-        for id in pinnedLinkIDs() { try BPFFS.unpin(linkPath(id)) }
-        rmdir(linksDirectory)
-        for name in ["prog", "ka_policies", "ka_sockets", "ka_errors"] { try BPFFS.unpin(root + "/" + name) }
+        for kind in Attachment.allCases {
+            for id in pinnedLinkIDs(kind) { try BPFFS.unpin(linkPath(kind, id)) }
+            rmdir(linksDirectory(kind))
+            try BPFFS.unpin(root + "/" + kind.programPin)
+        }
+        for name in Self.mapNames { try BPFFS.unpin(root + "/" + name) }
         guard rmdir(root) == 0 || errno == ENOENT else { throw BPFError("remove \(root)", errno: errno) }
     }
 }

@@ -7,6 +7,21 @@ public enum PolicyOwner: String, Sendable {
     init(record: ka_policy) { self = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli }
 }
 
+/// Who wins when a program sets keepalive options itself.
+public enum Precedence: String, CaseIterable, Sendable {
+    /// The policy is the default; the program may change it later (Go, Java, drivers do).
+    case application = "application"  // KA_PRECEDENCE_APPLICATION
+    /// The program's own keepalive setsockopt calls get the policy's values (and still succeed).
+    case policy = "policy"            // KA_PRECEDENCE_POLICY
+
+    public static let key = KA_PRECEDENCE_KEY
+
+    public init(parsing text: String) throws(PolicyError) {
+        guard let value = Precedence(rawValue: text) else { throw .badPrecedence(text) }
+        self = value
+    }
+}
+
 /// The keepalive settings for one cgroup, as the user gave them.
 /// 0 leaves the system default; userTimeout -1 derives it from the others.
 public struct Policy: Equatable, Hashable, Sendable {
@@ -17,12 +32,14 @@ public struct Policy: Equatable, Hashable, Sendable {
     public var syncnt = PolicyOption.syncnt.defaultValue
     public var maxseg = PolicyOption.maxseg.defaultValue
     public var windowClamp = PolicyOption.windowClamp.defaultValue
+    public var precedence = Precedence.application
 
     public init() {}
 
     /// A policy from already-validated values; options not given keep their defaults.
-    public init(_ values: [PolicyOption: Int32]) {
+    public init(_ values: [PolicyOption: Int32], precedence: Precedence = .application) {
         for (option, value) in values { self[option] = value }
+        self.precedence = precedence
     }
 
     public subscript(option: PolicyOption) -> Int32 {
@@ -60,6 +77,7 @@ public struct Policy: Equatable, Hashable, Sendable {
     public func record(slot: UInt32, owner: PolicyOwner = .cli) -> ka_policy {
         var flags = owner == .agent ? KA_POLICY_AGENT : 0
         if userTimeout == KA_USER_TIMEOUT_DERIVED { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
+        if precedence == .policy { flags |= KA_POLICY_PRECEDENCE_POLICY }
         return ka_policy(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt,
                          user_timeout: effectiveUserTimeout, syncnt: syncnt, maxseg: maxseg,
                          window_clamp: windowClamp, flags: flags, slot: slot, reserved: 0)
@@ -75,6 +93,7 @@ public struct Policy: Equatable, Hashable, Sendable {
         syncnt = record.syncnt
         maxseg = record.maxseg
         windowClamp = record.window_clamp
+        precedence = record.flags & KA_POLICY_PRECEDENCE_POLICY != 0 ? .policy : .application
     }
 }
 
@@ -91,6 +110,6 @@ extension Policy {
             default:
                 return "\(option.key)=\(value)"
             }
-        }.joined(separator: " ")
+        }.joined(separator: " ") + (precedence == .policy ? " precedence=policy" : "")
     }
 }

@@ -87,6 +87,7 @@ public enum PolicyOption: String, CaseIterable, Sendable {
 public enum PolicyError: Error, CustomStringConvertible, Equatable {
     case notANumber(option: PolicyOption, value: String)
     case outOfRange(option: PolicyOption, value: String)
+    case badPrecedence(String)
 
     public var description: String {
         switch self {
@@ -94,6 +95,8 @@ public enum PolicyError: Error, CustomStringConvertible, Equatable {
             "\(option.key): '\(value)' is not a whole number"
         case let .outOfRange(option, value):
             "\(option.key): \(value) is out of range (0 for the system default, or \(option.rangeText) \(option.unit))"
+        case let .badPrecedence(value):
+            "precedence: '\(value)' is neither 'application' nor 'policy'"
         }
     }
 }

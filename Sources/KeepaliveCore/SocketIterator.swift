@@ -85,6 +85,8 @@ public struct SocketReport: Sendable {
     public let keepintvl: Int32
     public let keepcnt: Int32
     public let userTimeout: Int32
+    /// The precedence of the socket's nearest policy; nil if it has none.
+    public let precedence: Precedence?
     /// Processes holding the socket (pid, command); empty if none in the subtree.
     public let owners: [(pid: Int32, command: String)]
 
@@ -100,6 +102,8 @@ public struct SocketReport: Sendable {
         keepintvl = r.keepintvl
         keepcnt = r.keepcnt
         userTimeout = r.user_timeout
+        precedence = r.flags & KA_SOCKET_HAS_POLICY == 0 ? nil
+            : r.flags & KA_SOCKET_PRECEDENCE_POLICY != 0 ? .policy : .application
         self.owners = owners
     }
 

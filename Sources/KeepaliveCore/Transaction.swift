@@ -4,13 +4,13 @@ import Glibc
 
 /// A consistent view of the pinned state, valid while its lock is held.
 ///
-/// Invariant kept by every change: the program is linked exactly at the
-/// topmost cgroups that have a policy, so each socket runs it once, and it
-/// finds its nearest policy by walking up from its own cgroup.
+/// Invariant kept by every change, for each Attachment kind: its program is
+/// linked exactly at the topmost cgroups whose policy wants it, so it runs
+/// once per socket, and finds the nearest policy by walking up the cgroups.
 public final class Transaction {
     let state: PinnedState
     private var records: [UInt64: ka_policy]
-    private var linked: Set<UInt64>
+    private var linked: [Attachment: Set<UInt64>] = [:]
     private var usedSlots: Set<UInt32>
     private var slotCursor: UInt32 = 0
 
@@ -23,7 +23,7 @@ public final class Transaction {
         for (id, record) in try state.policies.entries() { records[id] = record }
         self.records = records
         usedSlots = Set(records.values.map(\.slot))
-        linked = state.pinnedLinkIDs()
+        for kind in Attachment.allCases { linked[kind] = state.pinnedLinkIDs(kind) }
     }
 
     public enum Change: String, Sendable {
@@ -55,7 +55,7 @@ public final class Transaction {
     public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli) throws -> Change {
         let previous = records[cgroup.id]
         if let previous, Policy(record: previous) == policy, PolicyOwner(record: previous) == owner,
-           isCovered(cgroup) { return .unchanged }
+           Attachment.allCases.allSatisfy({ !$0.wants(previous) || isCovered(cgroup, $0) }) { return .unchanged }
         let slot = try previous?.slot ?? allocateSlot()
         if previous == nil { try state.sockets.update(slot, 0) }  // a reused slot starts from zero
         let record = policy.record(slot: slot, owner: owner)
@@ -63,7 +63,13 @@ public final class Transaction {
         records[cgroup.id] = record
         usedSlots.insert(slot)
         do {
-            try cover(cgroup)
+            for kind in Attachment.allCases {
+                if kind.wants(record) {
+                    try cover(cgroup, kind)
+                } else if linked[kind, default: []].contains(cgroup.id) {
+                    try uncover(cgroup, kind)  // e.g. precedence back to application
+                }
+            }
         } catch {
             try restore(cgroup.id, previous)
             throw error
@@ -76,10 +82,8 @@ public final class Transaction {
     @discardableResult
     public func remove(_ cgroup: Cgroup) throws -> Bool {
         guard records[cgroup.id] != nil else { return false }
-        if linked.contains(cgroup.id) {
-            // Hand coverage down first, so no socket below goes unconfigured.
-            for top in topmostPolicies(below: cgroup) { try link(top) }
-            try unlink(cgroup.id)
+        for kind in Attachment.allCases where linked[kind, default: []].contains(cgroup.id) {
+            try uncover(cgroup, kind)
         }
         try restore(cgroup.id, nil)
         return true
@@ -89,7 +93,7 @@ public final class Transaction {
     public func removeAll() throws {
         try state.unpinAll()
         records = [:]
-        linked = []
+        linked = [:]
         usedSlots = []
     }
 
@@ -98,9 +102,10 @@ public final class Transaction {
     @discardableResult
     public func prune() throws -> [UInt64] {
         let live = liveIDs()
-        let gone = Set(records.keys).union(linked).subtracting(live)
+        let allLinked = linked.values.reduce(Set<UInt64>()) { $0.union($1) }
+        let gone = Set(records.keys).union(allLinked).subtracting(live)
         for id in gone {
-            if linked.contains(id) { try unlink(id) }
+            for kind in Attachment.allCases where linked[kind, default: []].contains(id) { try unlink(id, kind) }
             if records[id] != nil { try restore(id, nil) }
         }
         return gone.sorted()
@@ -132,50 +137,59 @@ public final class Transaction {
             Entry(path: paths[id], cgroupID: id, policy: Policy(record: record), owner: PolicyOwner(record: record),
                   effectiveUserTimeout: record.user_timeout,
                   socketsConfigured: try state.sockets.lookup(record.slot) ?? 0,
-                  attached: linked.contains(id))
+                  attached: linked[.sockops, default: []].contains(id))
         }.sorted { ($0.path ?? "~", $0.cgroupID) < ($1.path ?? "~", $1.cgroupID) }
     }
 
     // MARK: coverage
 
-    private func isCovered(_ cgroup: Cgroup) -> Bool {
-        linked.contains(cgroup.id) || state.cgroups.ancestors(of: cgroup).contains { linked.contains($0.id) }
+    private func isCovered(_ cgroup: Cgroup, _ kind: Attachment) -> Bool {
+        let ids = linked[kind, default: []]
+        return ids.contains(cgroup.id) || state.cgroups.ancestors(of: cgroup).contains { ids.contains($0.id) }
     }
 
-    /// Makes sure the program runs for `cgroup`'s sockets: linked here unless an
+    /// Makes sure the program runs for `cgroup`: linked here unless an
     /// ancestor's link covers it, and then no longer below (which would run it twice).
-    private func cover(_ cgroup: Cgroup) throws {
-        guard !isCovered(cgroup) else { return }
-        try link(cgroup)
+    private func cover(_ cgroup: Cgroup, _ kind: Attachment) throws {
+        guard !isCovered(cgroup, kind) else { return }
+        try link(cgroup, kind)
         var redundant: [UInt64] = []
         state.cgroups.walk(below: cgroup) { child in
-            if linked.contains(child.id) { redundant.append(child.id) }
+            if linked[kind, default: []].contains(child.id) { redundant.append(child.id) }
             return true
         }
-        for id in redundant { try unlink(id) }
+        for id in redundant { try unlink(id, kind) }
     }
 
-    /// The cgroups strictly below `cgroup` that have a policy and no policy between.
-    private func topmostPolicies(below cgroup: Cgroup) -> [Cgroup] {
+    /// Removes `cgroup`'s link after handing coverage down to the topmost
+    /// cgroups below that still want it, so nothing below goes uncovered.
+    private func uncover(_ cgroup: Cgroup, _ kind: Attachment) throws {
+        for top in topmostPolicies(below: cgroup, wanting: kind) { try link(top, kind) }
+        try unlink(cgroup.id, kind)
+    }
+
+    /// The cgroups strictly below `cgroup` whose policy wants `kind`, with none between.
+    private func topmostPolicies(below cgroup: Cgroup, wanting kind: Attachment) -> [Cgroup] {
         var tops: [Cgroup] = []
         state.cgroups.walk(below: cgroup) { child in
-            guard records[child.id] != nil else { return true }
+            guard let record = records[child.id], kind.wants(record) else { return true }
             tops.append(child)
             return false
         }
         return tops
     }
 
-    private func link(_ cgroup: Cgroup) throws {
+    private func link(_ cgroup: Cgroup, _ kind: Attachment) throws {
+        guard let program = state.programs[kind] else { return }
         let cgroupFD = try FileDescriptor.open(cgroup.path)
-        let link = try state.program.attach(cgroup: cgroupFD, type: BPF_CGROUP_SOCK_OPS, cgroupPath: cgroup.path)
-        try link.pin(at: state.linkPath(cgroup.id))
-        linked.insert(cgroup.id)
+        let link = try program.attach(cgroup: cgroupFD, type: kind.attachType, cgroupPath: cgroup.path)
+        try link.pin(at: state.linkPath(kind, cgroup.id))
+        linked[kind, default: []].insert(cgroup.id)
     }
 
-    private func unlink(_ id: UInt64) throws {
-        try BPFFS.unpin(state.linkPath(id))
-        linked.remove(id)
+    private func unlink(_ id: UInt64, _ kind: Attachment) throws {
+        try BPFFS.unpin(state.linkPath(kind, id))
+        linked[kind, default: []].remove(id)
     }
 
     private func restore(_ id: UInt64, _ record: ka_policy?) throws {

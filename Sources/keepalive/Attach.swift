@@ -24,6 +24,9 @@ struct Attach: ParsableCommand {
     var maxseg: String?
     @Option(help: ArgumentHelp("Clamp of the advertised window.", valueName: "bytes"))
     var windowClamp: String?
+    @Option(help: ArgumentHelp("Who wins when the program sets keepalive itself: application (default) or policy.",
+                               valueName: "application|policy"))
+    var precedence: String?
     @Option(help: .hidden)
     var deferAccept: String?
 
@@ -46,7 +49,11 @@ struct Attach: ParsableCommand {
             guard let text else { continue }
             do { values[option] = try option.parse(text) } catch { throw CommandError("\(option.flag) \(error.valueText)") }
         }
-        return Policy(values)
+        do {
+            return Policy(values, precedence: try precedence.map(Precedence.init(parsing:)) ?? .application)
+        } catch {
+            throw CommandError("--precedence \(error.valueText)")
+        }
     }
 
     func run() throws {
@@ -71,7 +78,7 @@ extension PolicyError {
     var valueText: String {
         switch self {
         case let .notANumber(_, value): "'\(value)' is not a whole number"
-        case .outOfRange: String(description.drop { $0 != ":" }.dropFirst(2))
+        case .outOfRange, .badPrecedence: String(description.drop { $0 != ":" }.dropFirst(2))
         }
     }
 }

@@ -28,10 +28,12 @@ struct Inspect: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        let header = ["PID", "COMMAND", "STATE", "LOCAL", "REMOTE", "KEEPALIVE", "IDLE", "INTVL", "CNT", "USER_TIMEOUT"]
+        let header = ["PID", "COMMAND", "STATE", "LOCAL", "REMOTE", "KEEPALIVE", "IDLE", "INTVL", "CNT", "USER_TIMEOUT",
+                      "PRECEDENCE"]
         let rows = sockets.map { s -> [String] in
             [s.owners.first.map { "\($0.pid)" } ?? "-", s.owners.first?.command ?? "-", s.state, s.local, s.remote,
-             s.keepalive ? "on" : "off", "\(s.keepidle)", "\(s.keepintvl)", "\(s.keepcnt)", "\(s.userTimeout)"]
+             s.keepalive ? "on" : "off", "\(s.keepidle)", "\(s.keepintvl)", "\(s.keepcnt)", "\(s.userTimeout)",
+             s.precedence?.rawValue ?? "-"]
         }
         printTable(header: header, rows: rows)
     }
@@ -47,6 +49,7 @@ extension SocketReport {
             "keepalive": keepalive, "keepidle": Int(keepidle), "keepintvl": Int(keepintvl),
             "keepcnt": Int(keepcnt), "user_timeout": Int(userTimeout),
             "cgroup_id": cgroupID, "inode": inode,
+            "precedence": precedence?.rawValue as Any? ?? NSNull(),
         ]
     }
 }

@@ -26,12 +26,13 @@ struct Status: ParsableCommand {
             return
         }
         let header = ["CGROUP", "IDLE", "INTVL", "CNT", "USER_TIMEOUT", "SYNCNT", "MAXSEG", "CLAMP", "SOCKETS",
-                      "ATTACHED", "BY"]
+                      "PRECEDENCE", "ATTACHED", "BY"]
         let rows = entries.map { e -> [String] in
             let ut = "\(e.effectiveUserTimeout)" + (e.policy.userTimeout == -1 ? " (derived)" : "")
             return [e.path ?? "(removed, id \(e.cgroupID))", "\(e.policy.keepidle)", "\(e.policy.keepintvl)",
                     "\(e.policy.keepcnt)", ut, "\(e.policy.syncnt)", "\(e.policy.maxseg)",
-                    "\(e.policy.windowClamp)", "\(e.socketsConfigured)", e.attached ? "yes" : "inherited",
+                    "\(e.policy.windowClamp)", "\(e.socketsConfigured)", e.policy.precedence.rawValue,
+                    e.attached ? "yes" : "inherited",
                     e.owner.rawValue]
         }
         printTable(header: header, rows: rows)
@@ -47,6 +48,7 @@ extension Transaction.Entry {
             "attached": attached,
             "user_timeout_derived": policy.userTimeout == -1,
             "owner": owner.rawValue,
+            "precedence": policy.precedence.rawValue,
         ]
         for option in PolicyOption.allCases { object[option.key] = Int(policy[option]) }
         object[PolicyOption.userTimeout.key] = Int(effectiveUserTimeout)

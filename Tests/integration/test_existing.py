@@ -101,6 +101,7 @@ def test_inspect_reports_values_from_the_kernel(keepalive, cgroups, processes):
 
     before = json.loads(keepalive("inspect", cg, "--json").stdout)
     assert len(before) == 3 and all(not s["keepalive"] and s["keepidle"] == 7200 for s in before)
+    assert all(s["precedence"] is None for s in before)  # no policy yet
     keepalive("attach", cg, "--keepidle", "41", "--existing")
     after = json.loads(keepalive("inspect", cg, "--json").stdout)
     by_command = {}
@@ -115,6 +116,7 @@ def test_inspect_reports_values_from_the_kernel(keepalive, cgroups, processes):
     for s in after:
         assert (s["keepalive"], s["keepidle"], s["keepintvl"], s["keepcnt"], s["user_timeout"]) == \
             (True, 41, 15, 9, 176000)
+        assert s["precedence"] == "application"
     # The same values the processes see on their own sockets.
     assert socket_values(client.pid) == [values(41, 15, 9, 176000)]
     table = keepalive("inspect", cg).stdout

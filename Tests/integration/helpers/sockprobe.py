@@ -12,6 +12,10 @@ itself into that cgroup, so everything it does afterwards is covered by it.
         options of a UDP socket and of a connected UNIX stream socket
     sockprobe.py [--cgroup DIR] threads N PER_THREAD
         N threads connecting at once; every connected socket's options
+    sockprobe.py [--cgroup DIR] appset NAME=VALUE...
+        connect, then set options itself as programs do (keepalive, keepidle,
+        keepintvl, keepcnt, user_timeout), in order; each call's result
+        (0 or errno) and the connected socket's options afterwards
 """
 import argparse
 import errno
@@ -116,6 +120,30 @@ def threads(count, per_thread):
     return {"connected": results}
 
 
+SETTABLE = {
+    "keepalive": (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    "keepidle": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    "keepintvl": (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    "keepcnt": (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    "user_timeout": (socket.IPPROTO_TCP, 18),
+}
+
+
+def appset(assignments):
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    calls = []
+    for assignment in assignments:
+        name, value = assignment.split("=")
+        level, opt = SETTABLE[name]
+        try:
+            client.setsockopt(level, opt, int(value))
+            calls.append([name, int(value), 0])
+        except OSError as e:
+            calls.append([name, int(value), e.errno])
+    return {"calls": calls, "connected": options(client)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cgroup")
@@ -130,6 +158,8 @@ def main():
     t = sub.add_parser("threads")
     t.add_argument("count", type=int)
     t.add_argument("per_thread", type=int)
+    a = sub.add_parser("appset")
+    a.add_argument("assignments", nargs="+")
     args = parser.parse_args()
     if args.cgroup:
         with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as f:
@@ -140,6 +170,8 @@ def main():
         out = connect(args.host, args.port, args.nonblock)
     elif args.mode == "other":
         out = other()
+    elif args.mode == "appset":
+        out = appset(args.assignments)
     else:
         out = threads(args.count, args.per_thread)
     json.dump(out, sys.stdout)
