@@ -31,7 +31,7 @@ BPF_HEADERS  := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h
 SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.h' -o -name '*.modulemap') Package.swift
 
 .SECONDARY:  # keep intermediate objects
-.PHONY: all deps preload bpf swift run test test-swift test-integration clean
+.PHONY: all deps preload bpf swift run bench test test-swift test-integration clean
 
 all: deps preload swift
 
@@ -94,6 +94,19 @@ METRICS_ADDRESS ?= 127.0.0.1:9464
 
 run: all
 	$(BUILD)/bin/keepalive agent --config deploy/keepalive.yaml --metrics-address $(METRICS_ADDRESS)
+
+# --- benchmark: connection-path cost of each mode, side by side --------------
+
+$(BUILD)/bench/connrate: bench/connrate.c | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	gcc -O2 -Wall -Wextra -Werror -o $@ $<
+
+$(BUILD)/bench/empty.bpf.o: bench/empty.bpf.c $(BUILD)/bpf/vmlinux.h
+	@mkdir -p $(@D)
+	$(BPF_CLANG) -O2 -target bpf -Wall -Werror -I$(BUILD)/bpf -c $< -o $@
+
+bench: all $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
+	$(PYTHON) bench/bench.py
 
 # --- tests --------------------------------------------------------------------
 

@@ -15,6 +15,52 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/*
+ * What a listener held right after this program configured it. BPF_F_CLONE
+ * copies it to every accepted socket, which inherits the listener's options:
+ * if the policy has not changed since (same generation) and the socket still
+ * holds exactly those values (the program did not change its listener), there
+ * is nothing to set. Times are kept as the kernel stores them (jiffies).
+ */
+struct ka_listener_state {
+	__u32 generation;
+	__u32 keepalive_time;
+	__u32 keepalive_intvl;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct ka_listener_state);
+} ka_listener_state SEC(".maps");
+
+static __always_inline bool holds_policy(struct tcp_sock *tp, const struct ka_policy *p)
+{
+	struct ka_listener_state *s = bpf_sk_storage_get(&ka_listener_state, tp, 0, 0);
+	struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
+
+	return s && s->generation == p->generation &&
+	       ((skc->skc_flags >> SOCK_KEEPOPEN) & 1) &&
+	       (!p->keepidle || tp->keepalive_time == s->keepalive_time) &&
+	       (!p->keepintvl || tp->keepalive_intvl == s->keepalive_intvl) &&
+	       (!p->keepcnt || tp->keepalive_probes == p->keepcnt) &&
+	       (!p->user_timeout || tp->inet_conn.icsk_user_timeout == (__u32)p->user_timeout) &&
+	       !p->window_clamp;  /* recomputed at the handshake: always set */
+}
+
+static __always_inline void remember_listener(struct tcp_sock *tp, const struct ka_policy *p)
+{
+	struct ka_listener_state *s = bpf_sk_storage_get(&ka_listener_state, tp, 0,
+							 BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!s)
+		return;
+	s->generation = p->generation;
+	s->keepalive_time = tp->keepalive_time;
+	s->keepalive_intvl = tp->keepalive_intvl;
+}
+
 SEC("sockops")
 int keepalive_sockops(struct bpf_sock_ops *skops)
 {
@@ -36,7 +82,10 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 	policy = nearest_policy(tp);
 	if (!policy)
 		return 1;
-	apply_policy(skops, policy, op == BPF_SOCK_OPS_TCP_CONNECT_CB);
+	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || !holds_policy(tp, policy))
+		apply_policy(skops, policy, op == BPF_SOCK_OPS_TCP_CONNECT_CB);
+	if (op == BPF_SOCK_OPS_TCP_LISTEN_CB)
+		remember_listener(tp, policy);
 	count_configured(policy);
 	return 1;
 }

@@ -104,10 +104,13 @@ static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp)
 	return nearest_policy_from(socket_cgroup(tp));
 }
 
-/* SYN count and MSS act before the handshake: only for a connecting socket. */
+/*
+ * SYN count and MSS act before the handshake: only for a connecting socket.
+ * SO_KEEPALIVE comes last: it arms the keepalive timer, and TCP_KEEPIDLE set
+ * after it would re-arm it.
+ */
 static __always_inline void apply_policy(void *ctx, const struct ka_policy *p, bool connecting)
 {
-	set_opt(ctx, KA_OPT_KEEPALIVE, SOL_SOCKET, SO_KEEPALIVE, 1);
 	if (p->keepidle)
 		set_opt(ctx, KA_OPT_KEEPIDLE, SOL_TCP, TCP_KEEPIDLE, p->keepidle);
 	if (p->keepintvl)
@@ -122,6 +125,7 @@ static __always_inline void apply_policy(void *ctx, const struct ka_policy *p, b
 		set_opt(ctx, KA_OPT_SYNCNT, SOL_TCP, TCP_SYNCNT, p->syncnt);
 	if (connecting && p->maxseg)
 		set_opt(ctx, KA_OPT_MAXSEG, SOL_TCP, TCP_MAXSEG, p->maxseg);
+	set_opt(ctx, KA_OPT_KEEPALIVE, SOL_SOCKET, SO_KEEPALIVE, 1);
 }
 
 #endif

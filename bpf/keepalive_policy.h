@@ -113,8 +113,9 @@ struct ka_policy {
 	__s32 maxseg;
 	__s32 window_clamp;
 	__u32 flags;
-	__u32 slot;     /* index of this policy's counters in "ka_sockets" */
-	__u32 reserved;
+	__u32 slot;       /* index of this policy's counters in "ka_sockets" */
+	__u32 generation; /* new (random) on every change: tells accepted sockets
+			     whether their listener had these very values */
 };
 
 /* ka_iter_config: what one run of the TCP iterator does (keepalive_iter.bpf.c). */

@@ -74,13 +74,14 @@ public struct Policy: Equatable, Hashable, Sendable {
     }
 
     /// The record the BPF program reads (user timeout resolved).
-    public func record(slot: UInt32, owner: PolicyOwner = .cli) -> ka_policy {
+    public func record(slot: UInt32, owner: PolicyOwner = .cli,
+                       generation: UInt32 = .random(in: 1...UInt32.max)) -> ka_policy {
         var flags = owner == .agent ? KA_POLICY_AGENT : 0
         if userTimeout == KA_USER_TIMEOUT_DERIVED { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
         if precedence == .policy { flags |= KA_POLICY_PRECEDENCE_POLICY }
         return ka_policy(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt,
                          user_timeout: effectiveUserTimeout, syncnt: syncnt, maxseg: maxseg,
-                         window_clamp: windowClamp, flags: flags, slot: slot, reserved: 0)
+                         window_clamp: windowClamp, flags: flags, slot: slot, generation: generation)
     }
 
     /// The policy a record was made from.

@@ -287,3 +287,49 @@ def test_removed_cgroup_is_pruned(keepalive, cgroups):
     keepalive("attach", keep)
     assert [e["cgroup"] for e in keepalive.status()] == [os.path.relpath(keep, cgroups.mount)]
     assert sorted(os.listdir(os.path.join(keepalive.pin_path, "links"))) == [str(os.stat(keep).st_ino)]
+
+
+# A listener made before a policy change, accepting after it.
+LONG_LIVED_LISTENER = """
+import json, os, socket, sys
+open(os.path.join(sys.argv[1], "cgroup.procs"), "w").write(str(os.getpid()))
+listener = socket.create_server(("127.0.0.1", 0))
+print("listening", flush=True)
+for line in sys.stdin:
+    if line.strip() == "own":  # the program changes its listener's idle itself
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 99)
+        print("set", flush=True)
+        continue
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    print(json.dumps([accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                      accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)]), flush=True)
+"""
+
+
+def test_accepted_sockets_follow_policy_changes_after_listen(keepalive, cgroups):
+    cg = cgroups.make()
+    keepalive("attach", cg, "--keepidle", "10")
+    server = subprocess.Popen([PYTHON, "-c", LONG_LIVED_LISTENER, cg], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+
+        def accept_one(command="accept"):
+            server.stdin.write(command + "\n")
+            server.stdin.flush()
+            return json.loads(server.stdout.readline())
+
+        assert accept_one() == [10, 1]           # inherited from the listener: nothing re-set
+        keepalive("attach", cg, "--keepidle", "20")
+        assert accept_one() == [20, 1]           # the listener still has 10; the new policy wins
+        assert accept_one() == [20, 1]
+        keepalive("attach", cg, "--keepidle", "10")
+        assert accept_one() == [10, 1]           # and back
+        server.stdin.write("own\n")
+        server.stdin.flush()
+        assert server.stdout.readline().strip() == "set"
+        assert accept_one() == [10, 1]           # the policy again, at accept, whatever the listener had
+    finally:
+        server.kill()
+        server.wait()
