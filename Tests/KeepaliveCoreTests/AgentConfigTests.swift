@@ -1,0 +1,62 @@
+import Testing
+@testable import KeepaliveCore
+
+@Suite struct AgentConfigTests {
+    @Test func parsesTheDocumentedExample() throws {
+        let text = """
+            policies:
+              - cgroup: system.slice/postgresql.service
+                keepidle: 30
+                keepintvl: 5
+                keepcnt: 3
+                user_timeout: 45000
+              - cgroup: "kubepods.slice/*"
+                keepidle: 60
+              - unit: nginx.service
+                keepidle: 20
+                precedence: policy
+            """
+        let config = try AgentConfig.parse(text, file: "k.yaml")
+        #expect(config.policies.map(\.target) == [
+            .cgroup("system.slice/postgresql.service"), .cgroup("kubepods.slice/*"), .unit("nginx.service"),
+        ])
+        #expect(config.policies[0].policy == Policy([.keepidle: 30, .keepintvl: 5, .keepcnt: 3, .userTimeout: 45000]))
+        #expect(config.policies[1].policy == Policy([.keepidle: 60]))
+        #expect(config.policies[2].policy.precedence == .policy)
+        #expect(config.policies.map(\.source) == ["k.yaml:2", "k.yaml:7", "k.yaml:9"])
+    }
+
+    @Test func emptyFilesHaveNoPolicies() throws {
+        #expect(try AgentConfig.parse("", file: "f").policies.isEmpty)
+        #expect(try AgentConfig.parse("policies: []\n", file: "f").policies.isEmpty)
+        #expect(try AgentConfig.parse("policies:\n", file: "f").policies.isEmpty)
+    }
+
+    @Test(arguments: [
+        ("policies:\n  - cgroup: [unclosed\n", 2, "flow sequence"),
+        ("policies:\n  - cgroup: x\n    keepidel: 5\n", 3, "unknown key 'keepidel'"),
+        ("policies:\n  - cgroup: x\n    keepcnt: 500\n", 3, "keepcnt: 500 is out of range"),
+        ("policies:\n  - cgroup: x\n    keepidle: fast\n", 3, "'keepidle' must be a whole number"),
+        ("policies:\n  - cgroup: x\n    keepidle: \"30\"\n", 3, "'keepidle' must be a whole number"),
+        ("policies:\n  - cgroup: x\n    keepidle: [1]\n", 3, "'keepidle' must be a whole number"),
+        ("policies:\n  cgroup: x\n", 2, "must be a list of mappings"),
+        ("policies:\n  - keepidle: 5\n", 2, "needs 'cgroup' or 'unit'"),
+        ("policies:\n  - cgroup: x\n    unit: y.service\n", 3, "either 'cgroup' or 'unit'"),
+        ("policies:\n  - cgroup: a/../b\n", 2, "must not contain '..'"),
+        ("policies:\n  - unit: a/b.service\n", 2, "a unit name, not a path"),
+        ("policies:\n  - cgroup: x\n    precedence: sometimes\n", 3, "neither 'application' nor 'policy'"),
+        ("policy:\n  - cgroup: x\n", 1, "unknown key 'policy'"),
+        ("- cgroup: x\n", 1, "expected a mapping"),
+    ])
+    func rejectsWithFileLineAndProblem(text: String, line: Int, problem: String) {
+        do {
+            _ = try AgentConfig.parse(text, file: "bad.yaml")
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.file == "bad.yaml" && error.line == line, "\(error)")
+            #expect(error.description.hasPrefix("bad.yaml:\(line): "))
+            #expect(error.description.contains(problem), "\(error)")
+            #expect(!error.description.contains("\n"))
+        }
+    }
+}
