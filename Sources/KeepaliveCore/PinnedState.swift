@@ -57,17 +57,18 @@ public final class PinnedState: @unchecked Sendable {
         let rootFD = try FileDescriptor.open(root)
         try lock(rootFD, root)
         defer { flock(rootFD.raw, LOCK_UN) }
+        // Programs are pinned last: until all are, no policy was ever added.
         let complete = Attachment.allCases.allSatisfy { BPFFS.exists(root + "/" + $0.programPin) }
         if !complete {
-            guard create else { return BPFFS.exists(root + "/prog") ? try upgradeRequired(root) : nil }
+            guard create else { return nil }
             try loadAndPin(root: root)
         }
         return try PinnedState(root: root, cgroups: cgroups, rootFD: rootFD)
     }
 
     /// Loads the embedded object, reusing any maps already pinned (a loader that
-    /// died half-way, or state from before a program was added), and pins what
-    /// is missing; the programs last, as the mark that the state is complete.
+    /// died half-way), and pins what is missing; the programs last, as the mark
+    /// that the state is complete.
     private static func loadAndPin(root: String) throws {
         let object = try BPFObject(bytes: PackageResources.keepalive_bpf_o, name: "keepalive")
         for name in mapNames where BPFFS.exists(root + "/" + name) {
@@ -87,11 +88,6 @@ public final class PinnedState: @unchecked Sendable {
         }
     }
 
-    /// Read-only commands do not change the state: an older one is completed by the next attach.
-    private static func upgradeRequired(_ root: String) throws -> PinnedState? {
-        throw BPFError("\(root) was made by an older keepalive; run `keepalive attach` once to complete it",
-                       errno: ENOENT)
-    }
 
     private static func lock(_ fd: FileDescriptor, _ path: String) throws {
         guard flock(fd.raw, LOCK_EX) == 0 else { throw BPFError("lock \(path)", errno: errno) }

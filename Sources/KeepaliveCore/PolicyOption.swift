@@ -58,6 +58,24 @@ public enum PolicyOption: String, CaseIterable, Sendable {
         }
     }
 
+    /// What the option does, for help texts.
+    public var meaning: String {
+        switch self {
+        case .keepidle: "Idle time before the first keepalive probe"
+        case .keepintvl: "Time between keepalive probes"
+        case .keepcnt: "Unanswered probes before the connection is dropped"
+        case .userTimeout: "How long sent data may stay unacknowledged; -1 derives (idle + intvl * cnt) s"
+        case .syncnt: "SYN retransmissions on connect"
+        case .maxseg: "Maximum segment size on connect"
+        case .windowClamp: "Clamp of the advertised window"
+        }
+    }
+
+    /// One line of help: meaning, accepted values and unit, default.
+    public var help: String {
+        "\(meaning) (0 = system default, or \(rangeText) \(unit); default \(defaultValue))."
+    }
+
     public var unit: String {
         switch self {
         case .keepidle, .keepintvl: "seconds"

@@ -9,21 +9,13 @@ struct Attach: ParsableCommand {
 
     @OptionGroup var target: TargetOptions
 
-    @Option(help: ArgumentHelp("Idle seconds before the first probe (1..32767).", valueName: "s"))
-    var keepidle: String?
-    @Option(help: ArgumentHelp("Seconds between probes (1..32767).", valueName: "s"))
-    var keepintvl: String?
-    @Option(help: ArgumentHelp("Unanswered probes before the connection is dropped (1..127).", valueName: "n"))
-    var keepcnt: String?
-    @Option(help: ArgumentHelp("Milliseconds unacknowledged data may wait; -1 derives (idle + intvl*cnt) s.",
-                               valueName: "ms"))
-    var userTimeout: String?
-    @Option(help: ArgumentHelp("SYN retransmissions on connect (1..127).", valueName: "n"))
-    var syncnt: String?
-    @Option(help: ArgumentHelp("Maximum segment size on connect (88..32767).", valueName: "bytes"))
-    var maxseg: String?
-    @Option(help: ArgumentHelp("Clamp of the advertised window.", valueName: "bytes"))
-    var windowClamp: String?
+    @Option(help: ArgumentHelp(PolicyOption.keepidle.help, valueName: "s")) var keepidle: String?
+    @Option(help: ArgumentHelp(PolicyOption.keepintvl.help, valueName: "s")) var keepintvl: String?
+    @Option(help: ArgumentHelp(PolicyOption.keepcnt.help, valueName: "n")) var keepcnt: String?
+    @Option(help: ArgumentHelp(PolicyOption.userTimeout.help, valueName: "ms")) var userTimeout: String?
+    @Option(help: ArgumentHelp(PolicyOption.syncnt.help, valueName: "n")) var syncnt: String?
+    @Option(help: ArgumentHelp(PolicyOption.maxseg.help, valueName: "bytes")) var maxseg: String?
+    @Option(help: ArgumentHelp(PolicyOption.windowClamp.help, valueName: "bytes")) var windowClamp: String?
     @Option(help: ArgumentHelp("Who wins when the program sets keepalive itself: application (default) or policy.",
                                valueName: "application|policy"))
     var precedence: String?

@@ -44,6 +44,20 @@ def cgroup2_mount():
     return None
 
 
+# What getsockopt reports for a socket nobody configured, and for the seed's defaults.
+KERNEL_DEFAULT = {"keepalive": 0, "keepidle": 7200, "keepintvl": 75, "keepcnt": 9, "user_timeout": 0}
+SEED_DEFAULT = {"keepalive": 1, "keepidle": 15, "keepintvl": 15, "keepcnt": 9, "user_timeout": 150000}
+
+
+def keepalive_values(options):
+    """The keepalive part of a probe's options."""
+    return {k: options[k] for k in ("keepalive", "keepidle", "keepintvl", "keepcnt", "user_timeout")}
+
+
+def values(idle, intvl, cnt, user_timeout):
+    return {"keepalive": 1, "keepidle": idle, "keepintvl": intvl, "keepcnt": cnt, "user_timeout": user_timeout}
+
+
 def require_privilege():
     """Root, cgroup2 and a BPF-capable kernel: missing is a failure in CI, a skip elsewhere."""
     problems = []

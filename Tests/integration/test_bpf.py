@@ -8,20 +8,11 @@ import time
 
 import pytest
 
-from conftest import (BUILD, BPFFS, KEEPALIVE, PYTHON, attached_programs, probe, run, unique)
+from conftest import (BUILD, BPFFS, KERNEL_DEFAULT, PYTHON, SEED_DEFAULT, attached_programs, keepalive_values,
+                      probe, run, unique, values)
 
-KERNEL_DEFAULT = {"keepalive": 0, "keepidle": 7200, "keepintvl": 75, "keepcnt": 9, "user_timeout": 0}
-SEED_DEFAULT = {"keepalive": 1, "keepidle": 15, "keepintvl": 15, "keepcnt": 9, "user_timeout": 150000}
 FOREIGN_OBJECT = os.path.join(BUILD, "test", "foreign.bpf.o")
 FOREIGN_LOWAT = 123457
-
-
-def keepalive_values(options):
-    return {k: options[k] for k in ("keepalive", "keepidle", "keepintvl", "keepcnt", "user_timeout")}
-
-
-def values(idle, intvl, cnt, user_timeout):
-    return {"keepalive": 1, "keepidle": idle, "keepintvl": intvl, "keepcnt": cnt, "user_timeout": user_timeout}
 
 
 def our_attachments(path):

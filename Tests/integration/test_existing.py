@@ -8,10 +8,8 @@ import uuid
 
 import pytest
 
-from conftest import PYTHON, HELPERS, run
-from test_bpf import options_of_fd, pidfd_getfd, socket_fds, values
-
-KERNEL_DEFAULT = {"keepalive": 0, "keepidle": 7200, "keepintvl": 75, "keepcnt": 9, "user_timeout": 0}
+from conftest import KERNEL_DEFAULT, PYTHON, run, values
+from test_bpf import options_of_fd, pidfd_getfd, socket_fds
 
 # A server that joins a cgroup (and optionally a network namespace), accepts
 # `count` connections, prints its port and holds everything open.

@@ -1,20 +1,15 @@
 """Precedence: who wins when a program sets keepalive options itself."""
-import json
 import os
 import signal
 
 import pytest
 
-from conftest import attached_programs, probe
+from conftest import attached_programs, keepalive_values, probe
 from test_agent import agent, AgentProcess  # noqa: F401 (fixture)
 
 # Go's dialer and listener: SO_KEEPALIVE on, then their own idle and interval, after connect.
 GO_SEQUENCE = ["keepalive=1", "keepidle=300", "keepintvl=300"]
 ALL_OPTIONS = ["keepalive=1", "keepidle=300", "keepintvl=60", "keepcnt=5", "user_timeout=1000"]
-
-
-def keepalive_values(options):
-    return {k: options[k] for k in ("keepalive", "keepidle", "keepintvl", "keepcnt", "user_timeout")}
 
 
 def setsockopt_programs(path):

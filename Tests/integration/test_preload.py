@@ -1,11 +1,12 @@
 """The three LD_PRELOAD libraries, against real sockets read back with getsockopt."""
+import json
 import os
 import socket
 import subprocess
 
 import pytest
 
-from conftest import LIB, PYTHON, SOCKPROBE, probe, run
+from conftest import KERNEL_DEFAULT, LIB, PYTHON, SEED_DEFAULT, SOCKPROBE, keepalive_values, probe, run
 
 CONNECT = os.path.join(LIB, "libkeepalive.so")
 LISTEN = os.path.join(LIB, "libkeepalive_listen.so")
@@ -13,8 +14,6 @@ SOCKET = os.path.join(LIB, "libkeepalive_socket.so")
 OPTION_VARS = ["TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT", "TCP_SYNCNT",
                "TCP_MAXSEG", "TCP_WINDOW_CLAMP", "TCP_DEFER_ACCEPT", "LIBKEEPALIVE_DEBUG"]
 
-KERNEL_DEFAULT = {"keepalive": 0, "keepidle": 7200, "keepintvl": 75, "keepcnt": 9, "user_timeout": 0}
-SEED_DEFAULT = {"keepalive": 1, "keepidle": 15, "keepintvl": 15, "keepcnt": 9, "user_timeout": 150000}
 
 
 def env_with(preload, **values):
@@ -23,10 +22,6 @@ def env_with(preload, **values):
         env["LD_PRELOAD"] = preload
     env.update({k: str(v) for k, v in values.items()})
     return env
-
-
-def keepalive_values(options):
-    return {k: options[k] for k in ("keepalive", "keepidle", "keepintvl", "keepcnt", "user_timeout")}
 
 
 @pytest.mark.parametrize("family", ["4", "6", "mapped"])
@@ -151,7 +146,6 @@ BAD_VALUES = ["", "abc", "15x", " 20", "+20", "99999999999999999999", "-5", "327
 def test_bad_value_falls_back_to_default_and_warns_on_stderr(value):
     env = env_with(CONNECT, TCP_KEEPIDLE=value, TCP_KEEPCNT=3, LIBKEEPALIVE_DEBUG=1)
     result = run([PYTHON, SOCKPROBE, "pair"], env=env)
-    import json
     out = json.loads(result.stdout)  # stdout is the program's own: nothing of ours in it
     assert out["connected"]["keepidle"] == 15
     assert out["connected"]["keepcnt"] == 3
