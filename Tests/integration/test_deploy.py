@@ -6,7 +6,7 @@ import tempfile
 
 import yaml
 
-from conftest import KEEPALIVE, ROOT, run
+from conftest import KEEPALIVE, PYTHON, ROOT, run
 
 DEPLOY = os.path.join(ROOT, "deploy")
 MANIFEST = os.path.join(DEPLOY, "kubernetes", "keepalive.yaml")
@@ -19,10 +19,9 @@ def manifests():
 
 
 def test_kubernetes_manifests_validate_against_the_schema():
-    result = run(["kubernetes-validate", "--strict", MANIFEST], check=False)
-    if result.returncode == 127 or "No such file" in result.stderr:
-        result = run(["python3", "-m", "kubernetes_validate", "--strict", MANIFEST], check=False)
+    result = run([PYTHON, "-m", "kubernetes_validate", "--strict", MANIFEST], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "INFO" in result.stdout and "ERROR" not in result.stdout, result.stdout
 
 
 def test_daemonset_gives_the_agent_what_it_needs():
