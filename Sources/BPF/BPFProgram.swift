@@ -11,15 +11,6 @@ public struct BPFProgram {
         BPFProgram(try BPFFS.open(pinned: path))
     }
 
-    public var id: UInt32 {
-        get throws {
-            var info = bpf_prog_info()
-            var size = UInt32(MemoryLayout<bpf_prog_info>.size)
-            try BPFError.check("program info", bpf_obj_get_info_by_fd(fd.raw, &info, &size))
-            return info.id
-        }
-    }
-
     /// Runs an iterator program once (iter/...) and returns everything it wrote.
     /// The iterator works in the network namespace of the calling thread.
     public func iterate() throws -> [UInt8] {

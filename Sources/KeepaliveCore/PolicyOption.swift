@@ -20,19 +20,6 @@ public enum PolicyOption: String, CaseIterable, Sendable {
 
     public var flag: String { "--" + String(key.map { $0 == "_" ? "-" : $0 }) }
 
-    /// The preload library's environment variable for the same option.
-    public var environmentVariable: String {
-        switch self {
-        case .keepidle: KA_KEEPIDLE_ENV
-        case .keepintvl: KA_KEEPINTVL_ENV
-        case .keepcnt: KA_KEEPCNT_ENV
-        case .userTimeout: KA_USER_TIMEOUT_ENV
-        case .syncnt: KA_SYNCNT_ENV
-        case .maxseg: KA_MAXSEG_ENV
-        case .windowClamp: KA_WINDOW_CLAMP_ENV
-        }
-    }
-
     public var defaultValue: Int32 {
         switch self {
         case .keepidle: KA_KEEPIDLE_DEFAULT

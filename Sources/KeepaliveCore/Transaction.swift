@@ -30,13 +30,6 @@ public final class Transaction {
         case created, updated, unchanged
     }
 
-    /// The policy in force on a cgroup itself (not inherited), if any.
-    public func policy(of cgroup: Cgroup) -> Policy? {
-        records[cgroup.id].map(Policy.init(record:))
-    }
-
-    public var policyCount: Int { records.count }
-
     /// Ids of the cgroups whose policy `owner` set.
     public func cgroupIDs(ownedBy owner: PolicyOwner) -> Set<UInt64> {
         Set(records.filter { PolicyOwner(record: $0.value) == owner }.keys)

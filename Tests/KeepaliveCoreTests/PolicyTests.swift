@@ -73,6 +73,5 @@ import Testing
         #expect(PolicyOption.allCases.map(\.key) ==
             ["keepidle", "keepintvl", "keepcnt", "user_timeout", "syncnt", "maxseg", "window_clamp"])
         #expect(PolicyOption.userTimeout.flag == "--user-timeout")
-        #expect(PolicyOption.windowClamp.environmentVariable == "TCP_WINDOW_CLAMP")
     }
 }
