@@ -190,10 +190,16 @@ def scale_rows():
     return rows, agent_row
 
 
+def bpffs_mounted():
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == "/sys/fs/bpf" and " - bpf " in line for line in f)
+
+
 def main():
     if os.geteuid() != 0:
         sys.exit("bench: run as root (make bench)")
     stats_before = sh("sysctl", "-n", "kernel.bpf_stats_enabled").strip()
+    bpffs_before = bpffs_mounted()  # keepalive mounts it when needed; left as found
     mkcg(None)
     try:
         sh("sysctl", "-q", "kernel.bpf_stats_enabled=0")  # accounting costs time on every run: off for rates
@@ -214,6 +220,8 @@ def main():
         shutil.rmtree(PIN, ignore_errors=True)
         if os.path.isdir(BASE):
             remove_tree(BASE)
+        if not bpffs_before and bpffs_mounted():
+            subprocess.run(["umount", "/sys/fs/bpf"], capture_output=True)
     report(rates, costs, scale, agent)
 
 

@@ -90,41 +90,49 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-/* The policy's value for an option a program sets, or 0 to leave it alone. */
-static __always_inline int forced_value(const struct ka_policy *p, int level, int optname)
+/* Which of the policy's options a program's setsockopt sets, or -1 for none of them. */
+static __always_inline int keepalive_option(int level, int optname)
 {
 	if (level == SOL_SOCKET)
-		return optname == SO_KEEPALIVE ? 1 : 0;
+		return optname == SO_KEEPALIVE ? KA_OPT_KEEPALIVE : -1;
+	if (level != SOL_TCP)
+		return -1;
 	switch (optname) {
-	case TCP_KEEPIDLE:     return p->keepidle;
-	case TCP_KEEPINTVL:    return p->keepintvl;
-	case TCP_KEEPCNT:      return p->keepcnt;
-	case TCP_USER_TIMEOUT: return p->user_timeout;
-	default:               return 0;
+	case TCP_KEEPIDLE:     return KA_OPT_KEEPIDLE;
+	case TCP_KEEPINTVL:    return KA_OPT_KEEPINTVL;
+	case TCP_KEEPCNT:      return KA_OPT_KEEPCNT;
+	case TCP_USER_TIMEOUT: return KA_OPT_USER_TIMEOUT;
+	default:               return -1;
 	}
 }
 
-static __always_inline bool is_keepalive_option(int level, int optname)
+/* The policy's value for that option; 0 leaves it to the program. */
+static __always_inline int forced_value(const struct ka_policy *p, int option)
 {
-	if (level == SOL_SOCKET)
-		return optname == SO_KEEPALIVE;
-	return level == SOL_TCP &&
-	       (optname == TCP_KEEPIDLE || optname == TCP_KEEPINTVL ||
-		optname == TCP_KEEPCNT || optname == TCP_USER_TIMEOUT);
+	switch (option) {
+	case KA_OPT_KEEPALIVE:    return 1;
+	case KA_OPT_KEEPIDLE:     return p->keepidle;
+	case KA_OPT_KEEPINTVL:    return p->keepintvl;
+	case KA_OPT_KEEPCNT:      return p->keepcnt;
+	case KA_OPT_USER_TIMEOUT: return p->user_timeout;
+	default:                  return 0;
+	}
 }
 
 SEC("cgroup/setsockopt")
 int keepalive_setsockopt(struct bpf_sockopt *ctx)
 {
-	int level = ctx->level, optname = ctx->optname, forced;
+	/* Context fields are read once, up front: the verifier refuses loads
+	 * through a ctx pointer the compiler has offset later on. */
+	int option = keepalive_option(ctx->level, ctx->optname), forced;
+	void *optval_end = ctx->optval_end;
+	int *optval = ctx->optval;
+	struct bpf_sock *sk = ctx->sk;
 	struct task_struct *task;
 	struct ka_policy *policy;
-	struct bpf_sock *sk;
-	int *optval;
 
-	if (!is_keepalive_option(level, optname))
+	if (option < 0)  /* every other option: no lookup at all */
 		return 1;
-	sk = ctx->sk;
 	if (!sk || sk->protocol != 6 /* IPPROTO_TCP */ || sk->type != 1 /* SOCK_STREAM */)
 		return 1;
 	/* setsockopt runs in the calling process, so its cgroup is the one to
@@ -133,9 +141,8 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	policy = nearest_policy_from(task->cgroups->dfl_cgrp);
 	if (!policy || !(policy->flags & KA_POLICY_PRECEDENCE_POLICY))
 		return 1;
-	forced = forced_value(policy, level, optname);
-	optval = ctx->optval;
-	if (!forced || (void *)(optval + 1) > ctx->optval_end)
+	forced = forced_value(policy, option);
+	if (!forced || (void *)(optval + 1) > optval_end)
 		return 1;
 	*optval = forced;  /* the kernel then sets the policy's value; the call succeeds */
 	return 1;

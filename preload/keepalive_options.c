@@ -16,10 +16,10 @@
 
 struct ka_option {
 	const char *env;
-	int level, optname;
-	int min, max, fallback;  /* non-zero range; 0 always means "system default" */
+	int optname;             /* at IPPROTO_TCP */
+	int min, max;            /* non-zero range; 0 always means "system default" */
 	unsigned sites;
-	int value;               /* in force, set once at load */
+	int value;               /* the default until the environment says otherwise, at load */
 };
 
 #define ALL_SITES (KA_SITE_CONNECT | KA_SITE_LISTEN | KA_SITE_SOCKET)
@@ -27,8 +27,7 @@ struct ka_option {
 enum { IDLE, INTVL, CNT, USER_TIMEOUT, SYNCNT, MAXSEG, WINDOW_CLAMP, DEFER_ACCEPT, N_OPTIONS };
 
 #define OPTION(name, optname, sites) \
-	{ KA_##name##_ENV, IPPROTO_TCP, optname, KA_##name##_MIN, KA_##name##_MAX, \
-	  KA_##name##_DEFAULT, sites, KA_##name##_DEFAULT }
+	{ KA_##name##_ENV, optname, KA_##name##_MIN, KA_##name##_MAX, sites, KA_##name##_DEFAULT }
 
 /* Written only by ka_load (before any wrapper can run), read-only afterwards. */
 static struct ka_option options[N_OPTIONS] = {
@@ -65,7 +64,8 @@ static void say(const char *format, ...)
 	(void)!write(STDERR_FILENO, line, (size_t)n + 1);
 }
 
-/* A whole decimal number (optionally negative) within [min, max], or 0; nothing else. */
+/* A whole decimal number (optionally negative) within [min, max], or 0; nothing
+ * else. *out is written only on success. */
 static int parse_value(const char *text, int min, int max, int *out)
 {
 	char *end;
@@ -90,11 +90,11 @@ static void load_option(struct ka_option *option)
 
 	if (!text)
 		return;
+	/* On failure parse_value leaves the default in place. */
 	if (parse_value(text, option->min, option->max, &option->value) == 0)
 		return;
-	option->value = option->fallback;
 	say("libkeepalive: %s='%s' is invalid (0, or %d..%d); using %d",
-	    option->env, text, option->min, option->max, option->fallback);
+	    option->env, text, option->min, option->max, option->value);
 }
 
 __attribute__((constructor))
@@ -127,7 +127,7 @@ void ka_configure(int fd, enum ka_site site)
 		const struct ka_option *option = &options[i];
 
 		if (option->value && (option->sites & site))
-			set_option(fd, option->level, option->optname, option->value, option->env);
+			set_option(fd, IPPROTO_TCP, option->optname, option->value, option->env);
 	}
 	errno = saved;
 }

@@ -19,7 +19,7 @@ public struct CgroupFS: Sendable {
         if let override {
             let normalized = Cgroup.normalize(override)
             guard CgroupFS(mountPoint: normalized).isCgroup2(normalized) else {
-                throw .notCgroup2(override, mountPoint: "(not found)")
+                throw .badRoot(override)
             }
             return CgroupFS(mountPoint: normalized)
         }
@@ -140,6 +140,7 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
     case notCgroup2(String, mountPoint: String)
     case noProcess(Int32)
     case noUnit(String)
+    case badRoot(String)
 
     public var description: String {
         switch self {
@@ -147,6 +148,7 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
         case let .notFound(path): "cgroup '\(path)' does not exist"
         case let .notCgroup2(path, mount): "'\(path)' is not a cgroup v2 directory (cgroup2 is mounted at \(mount))"
         case let .noProcess(pid): "no process \(pid) with a cgroup v2 path (see /proc/\(pid)/cgroup)"
+        case let .badRoot(path): "cgroup root '\(path)' (--cgroup-root or KEEPALIVE_CGROUP_ROOT) is not a cgroup2 mount"
         case let .noUnit(name): "no cgroup for unit '\(name)' (it is not running, or not under a slice)"
         }
     }

@@ -44,15 +44,23 @@ public final class PinnedState: @unchecked Sendable {
         errors = try .pinned(at: root + "/ka_errors", name: "ka_errors")
     }
 
-    /// Opens the pinned state; with `create`, mounts bpffs and loads the
-    /// embedded program first if nothing is pinned yet. Nil if absent and not created.
-    public static func open(root: String = defaultRoot, cgroups: CgroupFS, create: Bool) throws -> PinnedState? {
-        if create {
-            if root.hasPrefix(BPFFS.defaultMount + "/") { try BPFFS.ensureMounted() }
-            guard mkdir(root, 0o700) == 0 || errno == EEXIST else {
-                throw BPFError("create \(root)", errno: errno)
-            }
+    /// Opens the pinned state, or nil if nothing is pinned yet (so no policy is in force).
+    public static func open(root: String = defaultRoot, cgroups: CgroupFS) throws -> PinnedState? {
+        try open(root: root, cgroups: cgroups, create: false)
+    }
+
+    /// Opens the pinned state, first mounting bpffs and loading the embedded
+    /// program if nothing is pinned yet.
+    public static func openOrCreate(root: String = defaultRoot, cgroups: CgroupFS) throws -> PinnedState {
+        if root.hasPrefix(BPFFS.defaultMount + "/") { try BPFFS.ensureMounted() }
+        guard mkdir(root, 0o700) == 0 || errno == EEXIST else {
+            throw BPFError("create \(root)", errno: errno)
         }
+        // Not nil: with `create`, a missing state is made.
+        return try open(root: root, cgroups: cgroups, create: true)!
+    }
+
+    private static func open(root: String, cgroups: CgroupFS, create: Bool) throws -> PinnedState? {
         guard BPFFS.exists(root) else { return nil }
         let rootFD = try FileDescriptor.open(root)
         try lock(rootFD, root)
@@ -107,11 +115,11 @@ public final class PinnedState: @unchecked Sendable {
         try Transaction(state: self).entries()
     }
 
-    /// Failed bpf_setsockopt calls since the state was created, by option.
+    /// Failed bpf_setsockopt calls since the state was created, by option key
+    /// ("keepalive" for SO_KEEPALIVE itself).
     public func setsockoptErrors() throws -> [(option: String, count: UInt64)] {
-        try Transaction.errorOptionNames.enumerated().map { index, name in
-            (name, try errors.lookupSumPerCPU(UInt32(index)))
-        }
+        let names = [(KA_OPT_KEEPALIVE, "keepalive")] + PolicyOption.allCases.map { ($0.bpfOption, $0.key) }
+        return try names.map { index, name in (name, try errors.lookupSumPerCPU(index.rawValue)) }
     }
 
     /// The cgroup ids that have a link of this kind pinned.

@@ -20,6 +20,19 @@ public enum PolicyOption: String, CaseIterable, Sendable {
 
     public var flag: String { "--" + String(key.map { $0 == "_" ? "-" : $0 }) }
 
+    /// The option's index in the BPF program's error counters (enum ka_bpf_option).
+    var bpfOption: ka_bpf_option {
+        switch self {
+        case .keepidle: KA_OPT_KEEPIDLE
+        case .keepintvl: KA_OPT_KEEPINTVL
+        case .keepcnt: KA_OPT_KEEPCNT
+        case .userTimeout: KA_OPT_USER_TIMEOUT
+        case .syncnt: KA_OPT_SYNCNT
+        case .maxseg: KA_OPT_MAXSEG
+        case .windowClamp: KA_OPT_WINDOW_CLAMP
+        }
+    }
+
     public var defaultValue: Int32 {
         switch self {
         case .keepidle: KA_KEEPIDLE_DEFAULT

@@ -14,9 +14,6 @@ public final class Transaction {
     private var usedSlots: Set<UInt32>
     private var slotCursor: UInt32 = 0
 
-    static let errorOptionNames = ["keepalive", "keepidle", "keepintvl", "keepcnt",
-                                   "user_timeout", "syncnt", "maxseg", "window_clamp"]
-
     init(state: PinnedState) throws {
         self.state = state
         var records: [UInt64: ka_policy] = [:]
@@ -119,16 +116,10 @@ public final class Transaction {
     }
 
     public func entries() throws -> [Entry] {
-        var paths: [UInt64: String] = [:]
-        let root = try state.cgroups.root
-        if records[root.id] != nil { paths[root.id] = root.relativePath }
-        state.cgroups.walk(below: root) { cgroup in
-            if records[cgroup.id] != nil { paths[cgroup.id] = cgroup.relativePath }
-            return true
-        }
+        let cgroups = try cgroupsByID()
         return try records.map { id, record in
-            Entry(path: paths[id], cgroupID: id, policy: Policy(record: record), owner: PolicyOwner(record: record),
-                  effectiveUserTimeout: record.user_timeout,
+            Entry(path: cgroups[id]?.relativePath, cgroupID: id, policy: Policy(record: record),
+                  owner: PolicyOwner(record: record), effectiveUserTimeout: record.user_timeout,
                   socketsConfigured: try state.sockets.lookup(record.slot) ?? 0,
                   attached: linked[.sockops, default: []].contains(id))
         }.sorted { ($0.path ?? "~", $0.cgroupID) < ($1.path ?? "~", $1.cgroupID) }

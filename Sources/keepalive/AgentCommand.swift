@@ -37,8 +37,7 @@ struct AgentCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "keepalive.agent")
         _ = try Agent.loadConfig(config)  // a bad file stops the start, before anything changes
-        let (_, opened) = try state.open(create: true)
-        guard let pinned = opened else { throw CommandError("could not create \(state.pinPath)") }
+        let pinned = try state.openOrCreate(state.cgroups())
         try await Agent(configPath: config, metricsAddress: metricsAddress, state: pinned, logger: logger).run()
     }
 }

@@ -50,9 +50,9 @@ struct Attach: ParsableCommand {
 
     func run() throws {
         let policy = try policy()
-        let (cgroups, opened) = try state.open(create: false)
-        let cgroup = try target.resolve(cgroups)
-        let pinned = try opened ?? state.open(create: true).1!
+        let cgroups = try state.cgroups()
+        let cgroup = try target.resolve(cgroups)  // before anything is made
+        let pinned = try state.openOrCreate(cgroups)
         let change = try pinned.transaction { txn in
             try txn.prune()
             return try txn.apply(policy, to: cgroup)

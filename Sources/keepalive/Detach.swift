@@ -20,7 +20,8 @@ struct Detach: ParsableCommand {
     }
 
     func run() throws {
-        let (cgroups, opened) = try state.open(create: false)
+        let cgroups = try state.cgroups()
+        let opened = try state.openExisting(cgroups)
         let cgroup = all ? nil : try target.resolve(cgroups)
         guard let pinned = opened else {
             if let cgroup { throw CommandError("no policy on \(cgroup.relativePath)") }

@@ -19,7 +19,8 @@ struct Inspect: ParsableCommand {
     }
 
     func run() throws {
-        let (cgroups, pinned) = try state.open(create: false)
+        let cgroups = try state.cgroups()
+        let pinned = try state.openExisting(cgroups)
         let cgroup = try target.resolve(cgroups)
         let sockets = try SocketIterator(state: pinned, cgroups: cgroups).run(cgroup, mode: .inspect).sockets
         if json {

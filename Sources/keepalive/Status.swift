@@ -13,8 +13,7 @@ struct Status: ParsableCommand {
     @OptionGroup var state: StateOptions
 
     func run() throws {
-        let (_, opened) = try state.open(create: false)
-        let entries = try opened?.entries() ?? []
+        let entries = try state.openExisting(state.cgroups())?.entries() ?? []
         if json {
             let data = try JSONSerialization.data(withJSONObject: entries.map(\.json),
                                                   options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])

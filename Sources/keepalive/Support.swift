@@ -22,22 +22,32 @@ struct StateOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("bpffs directory of keepalive's pinned state.", valueName: "path"))
     var pinPath: String = getenv("KEEPALIVE_PIN_PATH").map { String(cString: $0) } ?? PinnedState.defaultRoot
 
-    @Option(name: .long, help: ArgumentHelp("cgroup2 mount to use instead of the one in /proc/self/mountinfo.",
-                                            valueName: "path"))
-    var cgroupRoot: String? = getenv("KEEPALIVE_CGROUP_ROOT").map { String(cString: $0) }
+    @Option(name: .long, help: ArgumentHelp(
+        "cgroup2 mount to use instead of the one in /proc/self/mountinfo (or KEEPALIVE_CGROUP_ROOT).",
+        valueName: "path"))
+    var cgroupRoot: String?
 
     @Flag(name: .long, help: "Print libbpf's messages.")
     var verbose = false
 
-    /// Checks privilege, then opens (or creates) the pinned state.
-    func open(create: Bool) throws -> (CgroupFS, PinnedState?) {
+    /// Checks privilege, then finds the cgroup2 hierarchy.
+    func cgroups() throws -> CgroupFS {
         let missing = Privileges.missingForBPF()
         guard missing.isEmpty else {
             throw CommandError("missing privilege: \(missing.joined(separator: ", ")) (run as root)")
         }
         Libbpf.setVerbose(verbose)
-        let cgroups = try CgroupFS.discover(override: cgroupRoot)
-        return (cgroups, try PinnedState.open(root: pinPath, cgroups: cgroups, create: create))
+        return try CgroupFS.discover(override: cgroupRoot ?? getenv("KEEPALIVE_CGROUP_ROOT").map { String(cString: $0) })
+    }
+
+    /// The pinned state, or nil if no policy was ever set.
+    func openExisting(_ cgroups: CgroupFS) throws -> PinnedState? {
+        try PinnedState.open(root: pinPath, cgroups: cgroups)
+    }
+
+    /// The pinned state, made (bpffs mounted, program loaded) if need be.
+    func openOrCreate(_ cgroups: CgroupFS) throws -> PinnedState {
+        try PinnedState.openOrCreate(root: pinPath, cgroups: cgroups)
     }
 }
 
