@@ -25,10 +25,11 @@ PRELOAD_LIBS := $(BUILD)/lib/libkeepalive.so $(BUILD)/lib/libkeepalive_listen.so
                 $(BUILD)/lib/libkeepalive_socket.so
 PRELOAD_SHARED := preload/keepalive_options.c preload/keepalive_options.h bpf/keepalive_policy.h
 
-BPF_PROGRAMS := keepalive keepalive_iter
-BPF_EMBEDDED := $(BPF_PROGRAMS:%=Sources/KeepaliveCore/Generated/%.bpf.o)
-BPF_HEADERS  := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h
-SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.h' -o -name '*.modulemap') Package.swift
+BPF_OBJECTS   := keepalive keepalive_iter
+BPF_SKELETONS := $(BPF_OBJECTS:%=Sources/CLibBPF/generated/%.skel.h)
+BPF_HEADERS   := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h
+BPF_CFLAGS    := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror -I$(BUILD)/bpf -Ibpf
+SWIFT_SOURCES := $(shell find Sources -path Sources/CLibBPF/generated -prune -o \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) -print) Package.swift
 
 .SECONDARY:  # keep intermediate objects
 .PHONY: all deps preload bpf swift run bench test test-swift test-integration clean
@@ -62,28 +63,29 @@ $(PRELOAD_LIBS):
 	@mkdir -p $(@D)
 	gcc $(PRELOAD_CFLAGS) $(PRELOAD_LDFLAGS) -o $@ preload/keepalive_options.c $<
 
-# --- BPF program: compiled for the BPF target, embedded in the binary --------
+# --- BPF objects: compiled for the BPF target, embedded through skeletons ----
 
-bpf: $(BPF_EMBEDDED)
+bpf: $(BPF_SKELETONS)
 
 $(BUILD)/bpf/vmlinux.h: | $(BUILD)/.deps
 	@mkdir -p $(@D)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
-	$(BPF_CLANG) -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror \
-	    -I$(BUILD)/bpf -Ibpf -c $< -o $@.debug
+	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@.debug
 	$(LLVM_STRIP) -g $@.debug -o $@   # keep BTF, drop DWARF
 
-Sources/KeepaliveCore/Generated/%.bpf.o: $(BUILD)/bpf/%.bpf.o
+# libbpf-bootstrap's way: the object's maps and programs become named fields
+# of a generated struct, and the object itself is embedded in the binary.
+Sources/CLibBPF/generated/%.skel.h: $(BUILD)/bpf/%.bpf.o
 	@mkdir -p $(@D)
-	cp $< $@
+	bpftool gen skeleton $< name $(subst -,_,$*)_bpf > $@.tmp && mv $@.tmp $@
 
 # --- the Swift command --------------------------------------------------------
 
 swift: $(BUILD)/bin/keepalive
 
-$(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_EMBEDDED)
+$(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_SKELETONS)
 	$(SWIFT) build -c release --static-swift-stdlib --product keepalive
 	@mkdir -p $(@D)
 	cp "$$($(SWIFT) build -c release --show-bin-path)/keepalive" $@
@@ -122,11 +124,11 @@ test: all $(TEST_HELPERS)
 	$(MAKE) --no-print-directory test-integration || rc=1; \
 	exit $$rc
 
-test-swift: $(BPF_EMBEDDED)
+test-swift: $(BPF_SKELETONS)
 	$(SWIFT) test
 
 test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS)
 	$(PYTHON) -m pytest -p no:cacheprovider Tests/integration
 
 clean:
-	rm -rf $(BUILD) .build Sources/KeepaliveCore/Generated
+	rm -rf $(BUILD) .build Sources/CLibBPF/generated

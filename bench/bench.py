@@ -18,7 +18,9 @@ import time
 import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-KEEPALIVE = os.path.join(ROOT, "build", "bin", "keepalive")
+sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
+from support import KEEPALIVE, bpffs_mounted, cgroup2_mount, in_cgroup  # noqa: E402  (the tests' helpers)
+
 CONNRATE = os.path.join(ROOT, "build", "bench", "connrate")
 EMPTY_PROGRAM = os.path.join(ROOT, "build", "bench", "empty.bpf.o")
 PRELOAD = ":".join(os.path.join(ROOT, "build", "lib", l) for l in ("libkeepalive.so", "libkeepalive_listen.so"))
@@ -28,16 +30,7 @@ TAG = uuid.uuid4().hex[:8]
 PIN = f"/sys/fs/bpf/ka-bench-{TAG}"
 
 
-def cgroup2_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] == "cgroup2":
-                return fields[4]
-    sys.exit("bench: no cgroup2 mount")
-
-
-MOUNT = cgroup2_mount()
+MOUNT = cgroup2_mount() or sys.exit("bench: no cgroup2 mount")
 BASE = os.path.join(MOUNT, f"ka-bench-{TAG}")
 
 
@@ -52,9 +45,7 @@ def keepalive(*args):
 def connrate(cgroup=None, env=None, go=False, seconds=SECONDS):
     """Connections per second of one fresh process, in `cgroup` if given."""
     argv = [CONNRATE, str(seconds)] + (["--go"] if go else [])
-    if cgroup:
-        argv = ["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "sh"] + argv
-    return float(sh(*argv, env={**os.environ, **(env or {})}))
+    return float(sh(*in_cgroup(cgroup, argv), env={**os.environ, **(env or {})}))
 
 
 def mkcg(relative):
@@ -107,7 +98,7 @@ def rate_table():
 def program_ids():
     """ids of the pinned programs by pin name."""
     return {name: json.loads(sh("bpftool", "-j", "prog", "show", "pinned", os.path.join(PIN, name)))["id"]
-            for name in ("prog", "prog-setsockopt")}
+            for name in ("keepalive_sockops", "keepalive_setsockopt")}
 
 
 def prog_stats(prog_id):
@@ -115,7 +106,7 @@ def prog_stats(prog_id):
     return info.get("run_time_ns", 0), info.get("run_cnt", 0)
 
 
-def cost_per_run(cgroup, go=False, program="prog"):
+def cost_per_run(cgroup, go=False, program="keepalive_sockops"):
     """ns per run of one of our programs while a process in `cgroup` connects."""
     prog_id = program_ids()[program]
     t0, n0 = prog_stats(prog_id)
@@ -190,11 +181,6 @@ def scale_rows():
     return rows, agent_row
 
 
-def bpffs_mounted():
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == "/sys/fs/bpf" and " - bpf " in line for line in f)
-
-
 def main():
     if os.geteuid() != 0:
         sys.exit("bench: run as root (make bench)")
@@ -207,7 +193,7 @@ def main():
         sh("sysctl", "-q", "kernel.bpf_stats_enabled=1")
         costs = [("sock_ops, default policy (per run)", *cost_per_run(mkcg("bpf-app"))),
                  ("setsockopt, precedence policy, Go-style client (per run)",
-                  *cost_per_run(mkcg("bpf-policy"), go=True, program="prog-setsockopt"))]
+                  *cost_per_run(mkcg("bpf-policy"), go=True, program="keepalive_setsockopt"))]
         keepalive("detach", "--all")
         scale, agent = scale_rows()
     finally:

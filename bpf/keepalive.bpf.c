@@ -1,19 +1,54 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * keepalive's sock_ops program: gives every TCP socket of a covered cgroup
- * the keepalive policy of its nearest ancestor cgroup that has one.
+ * keepalive's programs:
  *
- * It runs on connect (before the SYN), on accept (passive established) and on
- * listen. Per socket: one hash lookup per cgroup level until a policy is found,
- * then the setsockopt calls. It always returns 1: a socket is never refused.
+ * keepalive_sockops gives every TCP socket of a covered cgroup the keepalive
+ * policy of its nearest ancestor cgroup that has one. It runs on connect
+ * (before the SYN), on accept (passive established) and on listen, and always
+ * returns 1: a socket is never refused.
  *
  * keepalive_setsockopt is attached only where a policy takes precedence over
  * the program: it rewrites the program's own keepalive setsockopt calls to the
  * policy's values, and the calls still succeed.
+ *
+ * keepalive_reaped runs only when a socket reports an error, never on connect,
+ * accept or data: it counts and records the covered connections the kernel
+ * ended because the peer stopped answering.
  */
 #include "keepalive_common.bpf.h"
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
+
+/* Which build of the programs this is: recorded in ka_meta when pinned. */
+const volatile __u32 ka_program_version = KA_PROGRAM_VERSION;
+
+/* The state's identity and change counter (written by userspace). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ka_meta);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ka_meta SEC(".maps");
+
+/* The last KA_EVENTS_MAX reaped connections, and the number of the next one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KA_EVENTS_MAX);
+	__type(key, __u32);
+	__type(value, struct ka_event);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ka_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ka_events_head SEC(".maps");
 
 /*
  * What a listener held right after this program configured it. BPF_F_CLONE
@@ -38,10 +73,8 @@ struct {
 static __always_inline bool holds_policy(struct tcp_sock *tp, const struct ka_policy *p)
 {
 	struct ka_listener_state *s = bpf_sk_storage_get(&ka_listener_state, tp, 0, 0);
-	struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
 
-	return s && s->generation == p->generation &&
-	       ((skc->skc_flags >> SOCK_KEEPOPEN) & 1) &&
+	return s && s->generation == p->generation && keepalive_on(tp) &&
 	       (!p->keepidle || tp->keepalive_time == s->keepalive_time) &&
 	       (!p->keepintvl || tp->keepalive_intvl == s->keepalive_intvl) &&
 	       (!p->keepcnt || tp->keepalive_probes == p->keepcnt) &&
@@ -64,7 +97,9 @@ static __always_inline void remember_listener(struct tcp_sock *tp, const struct 
 SEC("sockops")
 int keepalive_sockops(struct bpf_sock_ops *skops)
 {
+	struct ka_counters *counters;
 	struct ka_policy *policy;
+	__u64 policy_cgroup_id;
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 	__u32 op = skops->op;
@@ -79,14 +114,16 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 1;
-	policy = nearest_policy(tp);
+	policy = nearest_policy(tp, &policy_cgroup_id);
 	if (!policy)
 		return 1;
 	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || !holds_policy(tp, policy))
 		apply_policy(skops, policy, op == BPF_SOCK_OPS_TCP_CONNECT_CB);
 	if (op == BPF_SOCK_OPS_TCP_LISTEN_CB)
 		remember_listener(tp, policy);
-	count_configured(policy);
+	counters = counters_of(policy_cgroup_id);
+	if (counters)
+		counters->configured += 1;
 	return 1;
 }
 
@@ -127,9 +164,11 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	int option = keepalive_option(ctx->level, ctx->optname), forced;
 	void *optval_end = ctx->optval_end;
 	int *optval = ctx->optval;
+	int optlen = ctx->optlen;
 	struct bpf_sock *sk = ctx->sk;
 	struct task_struct *task;
 	struct ka_policy *policy;
+	__u64 policy_cgroup_id;
 
 	if (option < 0)  /* every other option: no lookup at all */
 		return 1;
@@ -138,12 +177,104 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	/* setsockopt runs in the calling process, so its cgroup is the one to
 	 * walk (bpf_skc_to_tcp_sock, used by sock_ops, is refused here). */
 	task = bpf_get_current_task_btf();
-	policy = nearest_policy_from(task->cgroups->dfl_cgrp);
+	policy = nearest_policy_from(task->cgroups->dfl_cgrp, &policy_cgroup_id);
 	if (!policy || !(policy->flags & KA_POLICY_PRECEDENCE_POLICY))
 		return 1;
 	forced = forced_value(policy, option);
-	if (!forced || (void *)(optval + 1) > optval_end)
+	/* A value the kernel would refuse stays, so the call fails as it would
+	 * without keepalive (EINVAL); so does a buffer shorter than an int. */
+	if (!forced || optlen < (int)sizeof(int) || (void *)(optval + 1) > optval_end ||
+	    !ka_kernel_accepts(option, *optval))
 		return 1;
-	*optval = forced;  /* the kernel then sets the policy's value; the call succeeds */
+	*optval = forced;
+	/* The kernel then sets the policy's value from this buffer; past a page
+	 * it would ignore the buffer and use the program's, unless optlen says
+	 * the buffer is this int. */
+	ctx->optlen = sizeof(int);
 	return 1;
+}
+
+#define ETIMEDOUT 110
+
+/* A keepalive time (jiffies) as the socket uses it: its own, or the namespace's default. */
+static __always_inline __u32 effective_jiffies(__u32 own, int netns_default)
+{
+	return own ? own : (__u32)netns_default;
+}
+
+static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgroup_id, __u32 reason)
+{
+	struct inet_connection_sock *icsk = &tp->inet_conn;
+	struct sock *sk = &icsk->icsk_inet.sk;
+	struct sock_common *skc = &sk->__sk_common;
+	struct netns_ipv4 *ipv4 = &skc->skc_net.net->ipv4;
+	__u32 zero = 0, slot, now = (__u32)bpf_jiffies64(), last;
+	struct ka_event *e;
+	__u64 *head, seq;
+
+	head = bpf_map_lookup_elem(&ka_events_head, &zero);
+	if (!head)
+		return;
+	seq = __sync_fetch_and_add(head, 1);
+	slot = seq % KA_EVENTS_MAX;
+	e = bpf_map_lookup_elem(&ka_events, &slot);
+	if (!e)
+		return;
+	e->seq = 0;  /* readers skip the slot until it is whole again */
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = socket_cgroup(tp)->kn->id;
+	e->policy_cgroup_id = policy_cgroup_id;
+	e->inode = sk->sk_socket && sk->sk_socket->file ? sk->sk_socket->file->f_inode->i_ino : 0;
+	e->family = skc->skc_family;
+	e->reason = reason;
+	e->local_port = skc->skc_num;
+	e->remote_port = bpf_ntohs(skc->skc_dport);
+	if (e->family == 2 /* AF_INET */) {
+		__builtin_memcpy(e->local_addr, &skc->skc_rcv_saddr, 4);
+		__builtin_memcpy(e->remote_addr, &skc->skc_daddr, 4);
+	} else {
+		__builtin_memcpy(e->local_addr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(e->remote_addr, &skc->skc_v6_daddr, 16);
+	}
+	/* The peer's last packet: an ACK (rcv_tstamp) or data (lrcvtime). */
+	last = tp->rcv_tstamp;
+	if ((__s32)(icsk->icsk_ack.lrcvtime - last) > 0)
+		last = icsk->icsk_ack.lrcvtime;
+	e->silent_jiffies = now - last;
+	e->keepidle_jiffies = effective_jiffies(tp->keepalive_time, ipv4->sysctl_tcp_keepalive_time);
+	e->keepintvl_jiffies = effective_jiffies(tp->keepalive_intvl, ipv4->sysctl_tcp_keepalive_intvl);
+	e->keepcnt = tp->keepalive_probes ? tp->keepalive_probes : ipv4->sysctl_tcp_keepalive_probes;
+	e->user_timeout_ms = icsk->icsk_user_timeout;
+	__sync_lock_test_and_set(&e->seq, seq + 1);
+}
+
+/*
+ * tcp_done_with_error reports ETIMEDOUT once, in timer context, when the
+ * keepalive timer gives up on an idle connection or the retransmission timer
+ * (user timeout) on unacknowledged data. The write queue is purged by then,
+ * but write_seq and snd_una still tell whether data was owed.
+ */
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(keepalive_reaped, struct sock *sk)
+{
+	struct ka_counters *counters;
+	struct ka_policy *policy;
+	__u64 policy_cgroup_id;
+	struct tcp_sock *tp;
+	__u32 reason;
+
+	if (sk->sk_err != ETIMEDOUT || sk->sk_protocol != 6 /* IPPROTO_TCP */)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || !tp->segs_in)  /* never established: a connect that timed out */
+		return 0;
+	policy = nearest_policy(tp, &policy_cgroup_id);
+	if (!policy)
+		return 0;
+	reason = tp->write_seq != tp->snd_una ? KA_REAPED_USER_TIMEOUT : KA_REAPED_KEEPALIVE;
+	counters = counters_of(policy_cgroup_id);
+	if (counters)
+		counters->reaped[reason] += 1;
+	record_reaped(tp, policy_cgroup_id, reason);
+	return 0;
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * What keepalive's BPF programs share: the maps (identical definitions, so a
- * later object can reuse the pinned ones), the nearest-policy lookup and the
- * code that applies a policy.
+ * What keepalive's BPF objects share: the pinned maps (one definition; libbpf
+ * pins them by name under the state's root and every later object reuses
+ * them), the walk up a socket's cgroups, and the code that applies a policy.
  */
 #ifndef KEEPALIVE_COMMON_BPF_H
 #define KEEPALIVE_COMMON_BPF_H
@@ -29,15 +29,20 @@ struct {
 	__uint(max_entries, KA_MAX_POLICIES);
 	__type(key, __u64);
 	__type(value, struct ka_policy);
-} ka_policies SEC(".maps");
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ka_policies_v2 SEC(".maps");
 
-/* policy slot -> sockets configured (shared by all CPUs, atomic adds). */
+/* policy's cgroup id -> its counters, one copy per CPU: no cache line is
+ * shared between CPUs. Entries are made by userspace with the policy, so the
+ * programs never allocate. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, KA_MAX_POLICIES);
-	__type(key, __u32);
-	__type(value, __u64);
-} ka_sockets SEC(".maps");
+	__type(key, __u64);
+	__type(value, struct ka_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ka_counters SEC(".maps");
 
 /* option -> failed bpf_setsockopt calls, per CPU. */
 struct {
@@ -45,6 +50,7 @@ struct {
 	__uint(max_entries, KA_OPT_COUNT);
 	__type(key, __u32);
 	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ka_errors SEC(".maps");
 
 static __always_inline void count_error(__u32 option)
@@ -55,13 +61,9 @@ static __always_inline void count_error(__u32 option)
 		*errors += 1;
 }
 
-static __always_inline void count_configured(const struct ka_policy *policy)
+static __always_inline struct ka_counters *counters_of(__u64 policy_cgroup_id)
 {
-	__u32 slot = policy->slot;
-	__u64 *configured = bpf_map_lookup_elem(&ka_sockets, &slot);
-
-	if (configured)
-		__sync_fetch_and_add(configured, 1);
+	return bpf_map_lookup_elem(&ka_counters, &policy_cgroup_id);
 }
 
 /* `ctx` is what bpf_setsockopt takes in the calling program: sock_ops or a socket. */
@@ -77,31 +79,74 @@ static __always_inline struct cgroup *socket_cgroup(struct tcp_sock *tp)
 	return tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
 }
 
-static __always_inline struct cgroup *parent_cgroup(struct cgroup *cgrp)
-{
-	struct cgroup_subsys_state *parent = cgrp->self.parent;
+/*
+ * A walk from a cgroup up to the root: it stops at the first cgroup that has
+ * a policy, or, with `target` set, at the cgroup of that id. It takes at most
+ * the cgroup's depth + 1 steps (bpf_loop), so no depth is out of reach.
+ */
+struct ka_walk {
+	struct cgroup *cgrp;       /* the next cgroup to look at */
+	__u64 target;              /* 0: find the nearest policy */
+	__u64 found_id;            /* the cgroup the walk stopped at; 0: none */
+	struct ka_policy *policy;  /* its policy, for a nearest-policy walk */
+};
 
-	return parent ? parent->cgroup : NULL;
+static long walk_step(__u64 index, void *ctx)
+{
+	struct ka_walk *w = ctx;
+	struct cgroup *cgrp = w->cgrp;
+	struct cgroup_subsys_state *parent;
+	__u64 id;
+
+	if (!cgrp)
+		return 1;
+	id = cgrp->kn->id;
+	if (w->target) {
+		if (id == w->target) {
+			w->found_id = id;
+			return 1;
+		}
+	} else {
+		w->policy = bpf_map_lookup_elem(&ka_policies_v2, &id);
+		if (w->policy) {
+			w->found_id = id;
+			return 1;
+		}
+	}
+	parent = cgrp->self.parent;
+	w->cgrp = parent ? parent->cgroup : NULL;
+	return 0;
 }
 
-/* Nearest policy from `cgrp` upwards: one lookup per level. */
-static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp)
+static __always_inline void walk_up(struct ka_walk *w)
 {
-	for (int level = 0; level < KA_MAX_CGROUP_DEPTH && cgrp; level++) {
-		__u64 id = cgrp->kn->id;
-		struct ka_policy *policy = bpf_map_lookup_elem(&ka_policies, &id);
+	if (w->cgrp)
+		bpf_loop(w->cgrp->level + 1, walk_step, w, 0);
+}
 
-		if (policy)
-			return policy;
-		cgrp = parent_cgroup(cgrp);
-	}
-	return NULL;
+/* Nearest policy from `cgrp` upwards, and the id of the cgroup that has it. */
+static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp, __u64 *policy_cgroup_id)
+{
+	struct ka_walk w = { .cgrp = cgrp };
+
+	walk_up(&w);
+	*policy_cgroup_id = w.found_id;
+	return w.found_id ? w.policy : NULL;
 }
 
 /* Nearest policy for a socket, from its own cgroup (sk_cgrp_data) upwards. */
-static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp)
+static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp, __u64 *policy_cgroup_id)
 {
-	return nearest_policy_from(socket_cgroup(tp));
+	return nearest_policy_from(socket_cgroup(tp), policy_cgroup_id);
+}
+
+/* Whether the socket's cgroup is `top` or below it. */
+static __always_inline bool in_subtree(struct tcp_sock *tp, __u64 top)
+{
+	struct ka_walk w = { .cgrp = socket_cgroup(tp), .target = top };
+
+	walk_up(&w);
+	return w.found_id != 0;
 }
 
 /*
@@ -126,6 +171,11 @@ static __always_inline void apply_policy(void *ctx, const struct ka_policy *p, b
 	if (connecting && p->maxseg)
 		set_opt(ctx, KA_OPT_MAXSEG, SOL_TCP, TCP_MAXSEG, p->maxseg);
 	set_opt(ctx, KA_OPT_KEEPALIVE, SOL_SOCKET, SO_KEEPALIVE, 1);
+}
+
+static __always_inline bool keepalive_on(struct tcp_sock *tp)
+{
+	return (tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags >> SOCK_KEEPOPEN) & 1;
 }
 
 #endif

@@ -19,18 +19,6 @@ struct {
 	__type(value, struct ka_iter_config);
 } ka_iter_config SEC(".maps");
 
-static __always_inline bool in_subtree(struct tcp_sock *tp, __u64 top)
-{
-	struct cgroup *cgrp = socket_cgroup(tp);
-
-	for (int level = 0; level < KA_MAX_CGROUP_DEPTH && cgrp; level++) {
-		if (cgrp->kn->id == top)
-			return true;
-		cgrp = parent_cgroup(cgrp);
-	}
-	return false;
-}
-
 static __always_inline int get_int(struct sock *sk, int level, int optname)
 {
 	int value = 0;
@@ -58,7 +46,7 @@ static __always_inline void read_back(struct ka_socket_record *r, struct tcp_soc
 	}
 	if (sk->sk_socket && sk->sk_socket->file)
 		r->inode = sk->sk_socket->file->f_inode->i_ino;
-	r->keepalive = (skc->skc_flags >> SOCK_KEEPOPEN) & 1;
+	r->keepalive = keepalive_on(tp);
 	r->keepidle = get_int(sk, SOL_TCP, TCP_KEEPIDLE);
 	r->keepintvl = get_int(sk, SOL_TCP, TCP_KEEPINTVL);
 	r->keepcnt = get_int(sk, SOL_TCP, TCP_KEEPCNT);
@@ -71,7 +59,9 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 	struct sock_common *skc = ctx->sk_common;
 	struct ka_socket_record record = {};
 	struct ka_iter_config *config;
+	struct ka_counters *counters;
 	struct ka_policy *policy;
+	__u64 policy_cgroup_id;
 	struct tcp_sock *tp;
 	__u32 zero = 0;
 
@@ -83,14 +73,22 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 	config = bpf_map_lookup_elem(&ka_iter_config, &zero);
 	if (!config || !in_subtree(tp, config->cgroup_id))
 		return 0;
-	policy = nearest_policy(tp);
+	policy = nearest_policy(tp, &policy_cgroup_id);
 	if (policy) {
+		bool overrides = policy->flags & KA_POLICY_PRECEDENCE_POLICY;
+
 		record.flags |= KA_SOCKET_HAS_POLICY;
-		if (policy->flags & KA_POLICY_PRECEDENCE_POLICY)
+		if (overrides)
 			record.flags |= KA_SOCKET_PRECEDENCE_POLICY;
-		if (config->mode == KA_ITER_APPLY) {
+		/* Under application precedence a socket whose program turned
+		 * keepalive on itself keeps its own values. */
+		if (config->mode == KA_ITER_APPLY && !overrides && keepalive_on(tp)) {
+			record.flags |= KA_SOCKET_KEPT_OWN;
+		} else if (config->mode == KA_ITER_APPLY) {
 			apply_policy(tp, policy, false);
-			count_configured(policy);
+			counters = counters_of(policy_cgroup_id);
+			if (counters)
+				counters->configured += 1;
 			record.flags |= KA_SOCKET_APPLIED;
 		}
 	}

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The one place for keepalive's option facts: the policy record shared by the
- * BPF program (bpf/keepalive.bpf.c), the Swift loader (Sources/) and the
- * preload libraries (preload/), and every option's name, default and range.
+ * The one place for keepalive's shared facts: the records the BPF programs
+ * (bpf/), the Swift loader (Sources/) and the preload libraries (preload/)
+ * exchange, and every option's name, default and range.
  *
  * Value convention for every option: 0 leaves the system default in force.
  * KA_USER_TIMEOUT_DERIVED (-1) asks for idle + intvl * cnt, in milliseconds.
@@ -33,7 +33,7 @@
 #define KA_KEEPINTVL_MAX     32767          /* MAX_TCP_KEEPINTVL */
 #define KA_KEEPCNT_MIN       1
 #define KA_KEEPCNT_MAX       127            /* MAX_TCP_KEEPCNT */
-#define KA_USER_TIMEOUT_MIN  (-1)
+#define KA_USER_TIMEOUT_MIN  (-1)           /* -1 is ours (derived); the kernel takes 0.. */
 #define KA_USER_TIMEOUT_MAX  2147483647
 #define KA_SYNCNT_MIN        1
 #define KA_SYNCNT_MAX        127            /* MAX_TCP_SYNCNT */
@@ -71,6 +71,7 @@
 #define KA_MAXSEG_KEY        "maxseg"
 #define KA_WINDOW_CLAMP_KEY  "window_clamp"
 #define KA_DEFER_ACCEPT_KEY  "defer_accept"
+#define KA_SO_KEEPALIVE_KEY  "keepalive"       /* SO_KEEPALIVE itself, in error counts */
 
 /* Options the BPF program sets, in the order it counts their errors. */
 enum ka_bpf_option {
@@ -85,10 +86,25 @@ enum ka_bpf_option {
 	KA_OPT_COUNT,
 };
 
+/*
+ * Versions of the pinned state. The layout covers every pinned map's type and
+ * record: a binary with a newer layout migrates older state in place, and one
+ * with an older layout refuses to touch newer state. The program version is
+ * compiled into the object (ka_program_version); any other object replaces the
+ * pinned programs on every link in place, an older version is refused.
+ * Layout 1 is keepalive 0.1.0's (no ka_meta, policies in "ka_policies").
+ */
+#define KA_STATE_LAYOUT      2
+#ifndef KA_PROGRAM_VERSION          /* a build may say which it is */
+#define KA_PROGRAM_VERSION   2
+#endif
+
 /* Capacity of the pinned maps: policies in force at once. */
 #define KA_MAX_POLICIES      65536
-/* Cgroup levels the BPF program walks up from a socket's own cgroup. */
-#define KA_MAX_CGROUP_DEPTH  32
+/* A policy's cgroup path below the cgroup2 mount, its NUL included. */
+#define KA_CGROUP_PATH_MAX   512
+/* Reaped connections the kernel side keeps, newest overwriting oldest. */
+#define KA_EVENTS_MAX        1024
 
 /* ka_policy.flags */
 #define KA_POLICY_USER_TIMEOUT_DERIVED  (1u << 0)  /* user_timeout was -1 */
@@ -102,7 +118,8 @@ enum ka_bpf_option {
 
 /*
  * A policy in force, keyed by cgroup id (the cgroup directory's inode number)
- * in the "ka_policies" map. Values are resolved: user_timeout is never -1 here.
+ * in "ka_policies_v2". Values are resolved: user_timeout is never -1 here.
+ * One record is one atomic map update: a crash never leaves half a policy.
  */
 struct ka_policy {
 	__s32 keepidle;
@@ -113,9 +130,61 @@ struct ka_policy {
 	__s32 maxseg;
 	__s32 window_clamp;
 	__u32 flags;
-	__u32 slot;       /* index of this policy's counters in "ka_sockets" */
 	__u32 generation; /* new (random) on every change: tells accepted sockets
 			     whether their listener had these very values */
+	__u32 reserved;
+	/* Userspace only: the cgroup's path below the cgroup2 mount. cgroup2
+	 * directories cannot be renamed, so it proves the cgroup gone (ENOENT, or
+	 * another inode there) and places the policy in the tree without a walk. */
+	char path[KA_CGROUP_PATH_MAX];
+};
+
+/* Why the kernel ended a covered connection whose peer went silent. */
+enum ka_reaped_reason {
+	KA_REAPED_KEEPALIVE = 0,     /* idle: keepalive probes went unanswered */
+	KA_REAPED_USER_TIMEOUT,      /* data unacknowledged: user timeout / retransmissions */
+	KA_REAPED_REASONS,
+};
+
+#define KA_REAPED_KEEPALIVE_KEY     "keepalive"
+#define KA_REAPED_USER_TIMEOUT_KEY  "user_timeout"
+
+/* Per policy (keyed by its cgroup id), per CPU: nothing is shared between CPUs. */
+struct ka_counters {
+	__u64 configured;                  /* sockets the policy configured */
+	__u64 reaped[KA_REAPED_REASONS];   /* connections ended, by reason */
+};
+
+/* The pinned state's identity, in "ka_meta" (one entry), written by userspace. */
+struct ka_meta {
+	__u32 layout;           /* KA_STATE_LAYOUT of the binary that wrote it */
+	__u32 program_version;  /* ka_program_version of the programs in force */
+	__u64 object_hash;      /* FNV-1a of the object the programs came from */
+	__u64 change_seq;       /* bumped by every change: readers' caches stay valid while it holds */
+};
+
+/*
+ * One reaped connection, in the "ka_events" ring (slot = seq % KA_EVENTS_MAX).
+ * Times are in jiffies, as the kernel keeps them; the reader converts.
+ */
+struct ka_event {
+	__u64 seq;             /* the event's number + 1; 0 while it is being written */
+	__u64 boot_ns;         /* when: bpf_ktime_get_boot_ns() */
+	__u64 cgroup_id;       /* the socket's own cgroup */
+	__u64 policy_cgroup_id;
+	__u64 inode;           /* the socket's inode, to find its process; 0 if closed */
+	__u32 family;          /* AF_INET or AF_INET6 */
+	__u32 reason;          /* enum ka_reaped_reason */
+	__u8  local_addr[16];  /* IPv4 in the first 4 bytes */
+	__u8  remote_addr[16];
+	__u16 local_port;      /* host order */
+	__u16 remote_port;
+	__u32 silent_jiffies;  /* since the peer's last packet */
+	__u32 keepidle_jiffies;
+	__u32 keepintvl_jiffies;
+	__u32 keepcnt;
+	__u32 user_timeout_ms;
+	__u32 reserved;
 };
 
 /* ka_iter_config: what one run of the TCP iterator does (keepalive_iter.bpf.c). */
@@ -134,6 +203,7 @@ struct ka_iter_config {
 #define KA_SOCKET_APPLIED            (1u << 0)  /* a policy was applied by this run */
 #define KA_SOCKET_HAS_POLICY         (1u << 1)  /* some cgroup of the socket has a policy */
 #define KA_SOCKET_PRECEDENCE_POLICY  (1u << 2)  /* ... and it takes precedence over the program */
+#define KA_SOCKET_KEPT_OWN           (1u << 3)  /* keepalive was on already: the program's values stay */
 
 /*
  * One socket of the subtree, as the iterator writes it (binary, in order).
@@ -170,6 +240,22 @@ static inline __s32 ka_derived_user_timeout(__s32 idle, __s32 intvl, __s32 cnt)
 	__s64 ms = seconds * 1000;
 
 	return ms > KA_USER_TIMEOUT_MAX ? KA_USER_TIMEOUT_MAX : (__s32)ms;
+}
+
+/*
+ * Whether the kernel accepts `value` for a keepalive option set with
+ * setsockopt (0 is not "system default" there: TCP_KEEPIDLE 0 is EINVAL).
+ */
+static inline int ka_kernel_accepts(enum ka_bpf_option option, int value)
+{
+	switch (option) {
+	case KA_OPT_KEEPALIVE:    return 1;
+	case KA_OPT_KEEPIDLE:     return value >= KA_KEEPIDLE_MIN && value <= KA_KEEPIDLE_MAX;
+	case KA_OPT_KEEPINTVL:    return value >= KA_KEEPINTVL_MIN && value <= KA_KEEPINTVL_MAX;
+	case KA_OPT_KEEPCNT:      return value >= KA_KEEPCNT_MIN && value <= KA_KEEPCNT_MAX;
+	case KA_OPT_USER_TIMEOUT: return value >= 0;
+	default:                  return 0;
+	}
 }
 
 #endif /* KEEPALIVE_POLICY_H */

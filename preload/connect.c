@@ -18,9 +18,10 @@ KA_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	connect_fn next = __atomic_load_n(&real_connect, __ATOMIC_RELAXED);
 
-	/* The address family says IPv4/IPv6 without a system call. */
-	if (addr && len >= sizeof(addr->sa_family) && ka_is_inet_family(addr->sa_family) &&
-	    ka_is_tcp_fd(fd, 0))
+	/* The socket, not the address, says whether it is TCP over IPv4/IPv6:
+	 * the address is the real call's to judge (a bad one is EFAULT there,
+	 * never a crash here). */
+	if (ka_is_tcp_fd(fd))
 		ka_configure(fd, KA_SITE_CONNECT);
 	if (!next)  /* called before our constructor ran */
 		return (int)syscall(SYS_connect, fd, addr, len);

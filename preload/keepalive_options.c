@@ -132,28 +132,27 @@ void ka_configure(int fd, enum ka_site site)
 	errno = saved;
 }
 
-int ka_is_inet_family(sa_family_t family)
+static int is_inet_family(sa_family_t family)
 {
 	return family == AF_INET || family == AF_INET6;
 }
 
 int ka_is_tcp_socket_args(int domain, int type, int protocol)
 {
-	return ka_is_inet_family((sa_family_t)domain) &&
+	return is_inet_family((sa_family_t)domain) &&
 	       (type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) == SOCK_STREAM &&
 	       (protocol == 0 || protocol == IPPROTO_TCP);
 }
 
-int ka_is_tcp_fd(int fd, int check_domain)
+int ka_is_tcp_fd(int fd)
 {
 	int saved = errno, value = 0, tcp = 0;
 	socklen_t len = sizeof(value);
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0 && value == IPPROTO_TCP) {
 		len = sizeof(value);
-		tcp = !check_domain ||
-		      (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &len) == 0 &&
-		       ka_is_inet_family((sa_family_t)value));
+		tcp = getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &len) == 0 &&
+		      is_inet_family((sa_family_t)value);
 	}
 	errno = saved;
 	return tcp;

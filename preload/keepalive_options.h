@@ -22,11 +22,8 @@ void ka_configure(int fd, enum ka_site site);
 /* Whether a socket(2) call's arguments make a TCP socket. */
 int ka_is_tcp_socket_args(int domain, int type, int protocol);
 
-/* Whether fd is a TCP socket (SO_PROTOCOL), and of AF_INET/AF_INET6 if check_domain; keeps errno. */
-int ka_is_tcp_fd(int fd, int check_domain);
-
-/* Whether an address family is IPv4 or IPv6. */
-int ka_is_inet_family(sa_family_t family);
+/* Whether fd is a TCP socket (SO_PROTOCOL) of AF_INET/AF_INET6 (SO_DOMAIN); keeps errno. */
+int ka_is_tcp_fd(int fd);
 
 /* A function pointer of no particular type, cast to the wrapped call's type. */
 typedef void (*ka_fn)(void);

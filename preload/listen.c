@@ -18,7 +18,7 @@ KA_EXPORT int listen(int fd, int backlog)
 {
 	listen_fn next = __atomic_load_n(&real_listen, __ATOMIC_RELAXED);
 
-	if (ka_is_tcp_fd(fd, 1))
+	if (ka_is_tcp_fd(fd))
 		ka_configure(fd, KA_SITE_LISTEN);
 	if (!next)
 		return (int)syscall(SYS_listen, fd, backlog);

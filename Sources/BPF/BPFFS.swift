@@ -4,29 +4,63 @@ import Glibc
 /// The BPF filesystem, where programs, maps and links outlive their loader.
 public enum BPFFS {
     public static let defaultMount = "/sys/fs/bpf"
-    static let magic: Int = 0xcafe_4a11  // BPF_FS_MAGIC
+    static let magic = 0xcafe_4a11  // BPF_FS_MAGIC
 
-    public static func isMounted(at path: String) -> Bool {
-        var fs = statfs()
-        return statfs(path, &fs) == 0 && Int(fs.f_type) == magic
+    public static func isBPFFS(_ path: String) -> Bool {
+        filesystemType(of: path) == magic
     }
 
-    /// Mounts bpffs at `path` unless it is mounted there already.
-    public static func ensureMounted(at path: String = defaultMount) throws {
-        if isMounted(at: path) { return }
-        mkdir(path, 0o755)
-        guard mount("bpf", path, "bpf", 0, nil) == 0 else {
-            throw BPFError("mount bpffs at \(path)", errno: errno)
+    /// Mounts a bpffs at `path` that only root can enter (systemd mounts it
+    /// the same way); the default 1777 would let any user pre-create pins.
+    public static func mount(at path: String) throws(SyscallError) {
+        guard Glibc.mkdir(path, 0o700) == 0 || errno == EEXIST else {
+            throw SyscallError("create \(path)", errno: errno)
+        }
+        guard Glibc.mount("bpf", path, "bpf", 0, "mode=0700") == 0 else {
+            throw SyscallError("mount bpffs at \(path)", errno: errno)
         }
     }
 
-    /// Opens a pinned program, map or link.
-    public static func open(pinned path: String) throws -> FileDescriptor {
-        FileDescriptor(owning: try BPFError.check("open pinned \(path)", bpf_obj_get(path)))
+    /// What a pinned path holds.
+    public enum ObjectKind: String, Sendable {
+        case map, program, link
+
+        /// The anonymous inode name the kernel gives each kind's descriptors
+        /// (links were "bpf_link" before Linux 6.x named them "bpf-link").
+        init?(anonymousInode name: String) {
+            switch name {
+            case "anon_inode:bpf-map": self = .map
+            case "anon_inode:bpf-prog": self = .program
+            case "anon_inode:bpf-link", "anon_inode:bpf_link": self = .link
+            default: return nil
+            }
+        }
     }
 
-    public static func pin(_ fd: FileDescriptor, at path: String) throws {
-        try BPFError.check("pin \(path)", bpf_obj_pin(fd.raw, path))
+    /// Opens a pinned object, checking that it is the kind the caller expects.
+    public static func open(pinned path: String, as kind: ObjectKind) throws(SyscallError) -> FileDescriptor {
+        let fd = FileDescriptor(owning: try SyscallError.check("open pinned \(path)", bpf_obj_get(path)))
+        guard let found = self.kind(of: fd), found == kind else {
+            let what = self.kind(of: fd).map { "a \($0.rawValue)" } ?? "not a BPF object"
+            throw SyscallError("open pinned \(path): it is \(what), expected a \(kind.rawValue)", errno: EINVAL)
+        }
+        return fd
+    }
+
+    static func kind(of fd: FileDescriptor) -> ObjectKind? {
+        var target = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/self/fd/\(fd.raw)", &target, target.count - 1)
+        guard n > 0 else { return nil }
+        return ObjectKind(anonymousInode: String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+
+    public static func pin(_ fd: FileDescriptor, at path: String) throws(SyscallError) {
+        try SyscallError.check("pin \(path)", bpf_obj_pin(fd.raw, path))
+    }
+
+    /// Puts `from` in place of `to` in one step (bpffs renames over an existing pin).
+    public static func rename(_ from: String, to: String) throws(SyscallError) {
+        guard Glibc.rename(from, to) == 0 else { throw SyscallError("rename \(from) to \(to)", errno: errno) }
     }
 
     public static func exists(_ path: String) -> Bool {
@@ -34,9 +68,17 @@ public enum BPFFS {
     }
 
     /// Removes a pin; for a link this detaches it once no process holds it open.
-    public static func unpin(_ path: String) throws {
-        guard unlink(path) == 0 || errno == ENOENT else {
-            throw BPFError("unpin \(path)", errno: errno)
-        }
+    /// Returns false if it was not there.
+    @discardableResult
+    public static func unpin(_ path: String) throws(SyscallError) -> Bool {
+        if unlink(path) == 0 { return true }
+        guard errno == ENOENT else { throw SyscallError("unpin \(path)", errno: errno) }
+        return false
     }
+}
+
+/// The statfs type of the filesystem holding `path` (its magic number), or nil.
+public func filesystemType(of path: String) -> Int? {
+    var fs = statfs()
+    return statfs(path, &fs) == 0 ? Int(fs.f_type) : nil
 }

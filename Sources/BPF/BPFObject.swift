@@ -1,49 +1,113 @@
 import CLibBPF
 import Glibc
 
-/// An ELF object of BPF programs and maps, opened from memory and loaded into the kernel.
+/// One libbpf object, opened through its generated skeleton: opening sets
+/// where libbpf pins (and reuses) the object's maps, loading turns a refusal
+/// into a LoadError that names the program and carries the verifier's log.
 public final class BPFObject {
-    private let object: OpaquePointer
-    private let bytes: [UInt8]  // libbpf refers to the buffer until the object is closed
+    public let name: String
+    private let log: UnsafeMutablePointer<CChar>
+    private static let logSize = 1 << 20
 
-    public init(bytes: [UInt8], name: String) throws {
-        self.bytes = bytes
+    public init(name: String) {
+        self.name = name
+        log = .allocate(capacity: Self.logSize)
+        log.initialize(to: 0)
+    }
+
+    deinit { log.deallocate() }
+
+    /// Calls a skeleton's open function (NAME__open_opts) with options that pin
+    /// maps declared LIBBPF_PIN_BY_NAME under `pinRoot`, or pin nothing if nil.
+    public func open<Skeleton>(pinRoot: String?,
+                               _ open: (UnsafePointer<bpf_object_open_opts>) -> UnsafeMutablePointer<Skeleton>?)
+        throws(SyscallError) -> UnsafeMutablePointer<Skeleton> {
         var opts = bpf_object_open_opts()
         opts.sz = MemoryLayout<bpf_object_open_opts>.size  // LIBBPF_OPTS does not import
-        object = try name.withCString { cname in
-            opts.object_name = cname
-            return try bytes.withUnsafeBytes { raw in
-                try BPFError.check("open BPF object \(name)",
-                                   bpf_object__open_mem(raw.baseAddress, raw.count, &opts))
+        opts.kernel_log_buf = log
+        opts.kernel_log_size = Self.logSize
+        let opened: UnsafeMutablePointer<Skeleton>? = name.withCString { objectName in
+            opts.object_name = objectName
+            guard let pinRoot else { return open(&opts) }
+            return pinRoot.withCString { root in
+                opts.pin_root_path = root
+                return open(&opts)
             }
         }
-        if libbpf_get_error(UnsafeRawPointer(object)) != 0 {
-            throw BPFError("open BPF object \(name)", errno: Int32(-libbpf_get_error(UnsafeRawPointer(object))))
+        return try SyscallError.check("open BPF object \(name)", opened)
+    }
+
+    /// Loads the object (`load` is the skeleton's NAME__load). On failure the
+    /// probes are run: "this kernel lacks X" only when one of them says so.
+    public func load(_ object: OpaquePointer, _ load: () -> Int32, probes: [FeatureProbe]) throws(LoadError) {
+        let result = load()
+        guard result < 0 else { return }
+        var failed: String?
+        var program = bpf_object__next_program(object, nil)
+        while let current = program, failed == nil {
+            if bpf_program__autoload(current) && bpf_program__fd(current) < 0 {
+                failed = String(cString: bpf_program__name(current))
+            }
+            program = bpf_object__next_program(object, current)
         }
+        throw LoadError(object: name, program: failed, errno: -result, log: String(cString: log),
+                        unsupported: probes.first { !$0.holds() }?.feature)
     }
 
-    deinit { bpf_object__close(object) }
-
-    /// Makes the object use an existing (pinned) map instead of creating its own.
-    public func reuseMap(named name: String, _ fd: FileDescriptor) throws {
-        let map = try BPFError.check("find map \(name)", bpf_object__find_map_by_name(object, name))
-        try BPFError.check("reuse map \(name)", bpf_map__reuse_fd(map, fd.raw))
+    /// A loaded program of the object.
+    public static func program(_ program: OpaquePointer) throws(SyscallError) -> BPFProgram {
+        let name = String(cString: bpf_program__name(program))
+        let fd = try SyscallError.check("program \(name) descriptor", bpf_program__fd(program))
+        return BPFProgram(try FileDescriptor.duplicate(fd, what: "program \(name)"), name: name)
     }
 
-    /// Verifies and loads every program, creating the maps not reused.
-    public func load() throws {
-        try BPFError.check("load BPF object", bpf_object__load(object))
+    /// A loaded map's descriptor (the object keeps its own).
+    public static func mapDescriptor(_ map: OpaquePointer) throws(SyscallError) -> FileDescriptor {
+        let name = String(cString: bpf_map__name(map))
+        return try FileDescriptor.duplicate(try SyscallError.check("map \(name) descriptor", bpf_map__fd(map)),
+                                            what: "map \(name)")
     }
 
-    public func program(named name: String) throws -> BPFProgram {
-        let prog = try BPFError.check("find program \(name)", bpf_object__find_program_by_name(object, name))
-        let fd = try BPFError.check("program \(name) fd", bpf_program__fd(prog))
-        return BPFProgram(try FileDescriptor.duplicate(fd, what: "program \(name)"))
+    public static func name(ofMap map: OpaquePointer) -> String { String(cString: bpf_map__name(map)) }
+    public static func name(ofProgram program: OpaquePointer) -> String { String(cString: bpf_program__name(program)) }
+
+    /// Where libbpf pins a LIBBPF_PIN_BY_NAME map, set when the object was opened.
+    public static func pinPath(ofMap map: OpaquePointer) -> String? {
+        bpf_map__pin_path(map).map { String(cString: $0) }
     }
 
-    public func mapDescriptor(named name: String) throws -> FileDescriptor {
-        let map = try BPFError.check("find map \(name)", bpf_object__find_map_by_name(object, name))
-        let fd = try BPFError.check("map \(name) fd", bpf_map__fd(map))
-        return try FileDescriptor.duplicate(fd, what: "map \(name)")
+    /// Makes libbpf create this map afresh instead of pinning or reusing one.
+    public static func unpinned(_ map: OpaquePointer) throws(SyscallError) {
+        try SyscallError.check("unpin map \(name(ofMap: map)) in the object", bpf_map__set_pin_path(map, nil))
+    }
+}
+
+/// A kernel feature an object needs, checked only to explain a load failure.
+public struct FeatureProbe: Sendable {
+    public let feature: String
+    public let holds: @Sendable () -> Bool
+
+    public init(_ feature: String, holds: @escaping @Sendable () -> Bool) {
+        self.feature = feature
+        self.holds = holds
+    }
+
+    public static let btf = FeatureProbe("BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)") {
+        access("/sys/kernel/btf/vmlinux", R_OK) == 0
+    }
+
+    public static func programType(_ type: bpf_prog_type, _ feature: String) -> FeatureProbe {
+        FeatureProbe(feature) { libbpf_probe_bpf_prog_type(type, nil) == 1 }
+    }
+
+    public static func helper(_ helper: bpf_func_id, in type: bpf_prog_type, _ feature: String) -> FeatureProbe {
+        FeatureProbe(feature) { libbpf_probe_bpf_helper(type, helper, nil) == 1 }
+    }
+
+    /// Whether the kernel's BTF has a type of this name (e.g. a tracepoint's btf_trace_ typedef).
+    public static func kernelType(_ name: String, kind: Int32) -> Bool {
+        guard let btf = btf__load_vmlinux_btf() else { return false }
+        defer { btf__free(btf) }
+        return btf__find_by_name_kind(btf, name, UInt32(kind)) >= 0
     }
 }

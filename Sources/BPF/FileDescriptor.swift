@@ -9,17 +9,13 @@ public final class FileDescriptor: @unchecked Sendable {
     }
 
     /// Duplicates a descriptor that someone else owns (e.g. a libbpf object).
-    public static func duplicate(_ raw: Int32, what: String) throws -> FileDescriptor {
-        let copy = fcntl(raw, F_DUPFD_CLOEXEC, 3)
-        guard copy >= 0 else { throw BPFError("dup \(what)", errno: errno) }
-        return FileDescriptor(owning: copy)
+    public static func duplicate(_ raw: Int32, what: String) throws(SyscallError) -> FileDescriptor {
+        FileDescriptor(owning: try SyscallError.check("dup \(what)", fcntl(raw, F_DUPFD_CLOEXEC, 3)))
     }
 
     /// Opens a path, e.g. a cgroup directory to attach to.
-    public static func open(_ path: String, flags: Int32 = O_RDONLY | O_DIRECTORY) throws -> FileDescriptor {
-        let fd = Glibc.open(path, flags | O_CLOEXEC)
-        guard fd >= 0 else { throw BPFError("open \(path)", errno: errno) }
-        return FileDescriptor(owning: fd)
+    public static func open(_ path: String, flags: Int32 = O_RDONLY | O_DIRECTORY) throws(SyscallError) -> FileDescriptor {
+        FileDescriptor(owning: try SyscallError.check("open \(path)", Glibc.open(path, flags | O_CLOEXEC)))
     }
 
     deinit { close(raw) }

@@ -1,12 +1,15 @@
+import Dispatch
 import Foundation
+import Glibc
 import KeepaliveCore
 import Logging
 import ServiceLifecycle
-import UnixSignals
 
 /// `keepalive agent`: enforces a policy file, follows cgroups as they come and
 /// go, reloads on SIGHUP, and exits 0 on SIGTERM/SIGINT leaving enforcement
-/// pinned in place.
+/// pinned in place. Whatever stops enforcement at start (the file, the
+/// cgroup root, loading, pinning, attaching) ends it with an error at once,
+/// so that its supervisor sees it and restarts it.
 public struct Agent {
     public let configPath: String
     public let metricsAddress: String?
@@ -30,80 +33,47 @@ public struct Agent {
 
     public func run() async throws {
         let config = try Self.loadConfig(configPath)
-        let metricsEndpoint = try metricsAddress.map(MetricsServer.parseAddress)
-        let exporter = MetricsExporter.shared
+        let endpoint = try metricsAddress.map(MetricsServer.parseAddress)
+        raiseDescriptorLimit()
+        try state.prepare()
+        let claim = try state.claimForAgent()
+        let health = Health()
+        let metrics = AgentMetrics()
         var services: [any Service] = [
-            PolicyService(configPath: configPath, config: config, state: state, logger: logger, exporter: exporter),
+            EnforcementService(configPath: configPath, config: config, state: state, claim: claim, logger: logger,
+                               health: health, metrics: metrics,
+                               notifier: SystemdNotifier(environment: ProcessInfo.processInfo.environment)),
+            ShutdownDeadline(),
         ]
-        if let metricsEndpoint {
+        if let endpoint {
             let state = self.state
-            services.append(MetricsServer(host: metricsEndpoint.host, port: metricsEndpoint.port,
-                                          render: { exporter.render(state: state) }, logger: logger))
+            services.append(MetricsServer(host: endpoint.host, port: endpoint.port,
+                                          metrics: { metrics.render(state, health: health) }, health: health, logger: logger))
         }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
         try await group.run()
         logger.info("stopped; policies stay in force (keepalive detach --all removes them)")
     }
+
+    /// Up to the hard limit: descriptors are cheap, and running out of them
+    /// would stall enforcement.
+    private func raiseDescriptorLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }
 }
 
-/// Keeps the pinned state equal to the policy file over the cgroups that exist.
-final class PolicyService: Service, @unchecked Sendable {
-    enum Event { case cgroupsChanged, reload }
-
-    let configPath: String
-    private var config: AgentConfig  // only touched by run()'s loop
-    let state: PinnedState
-    let resolver: TargetResolver
-    let logger: Logger
-    let exporter: MetricsExporter
-
-    init(configPath: String, config: AgentConfig, state: PinnedState, logger: Logger, exporter: MetricsExporter) {
-        self.configPath = configPath
-        self.config = config
-        self.state = state
-        self.resolver = TargetResolver(cgroups: state.cgroups)
-        self.logger = logger
-        self.exporter = exporter
-    }
+/// Once a graceful shutdown begins, the process ends within 2 s whatever is
+/// still running: everything in force is pinned and survives any exit, so
+/// waiting longer could only keep a supervisor waiting.
+struct ShutdownDeadline: Service {
+    static let limit = 1.8
 
     func run() async throws {
-        let (events, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingNewest(4))
-        let watcher = try CgroupWatcher { continuation.yield(.cgroupsChanged) }
-        let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let signalTask = Task {
-            for await _ in hangups { continuation.yield(.reload) }
-        }
-        defer { signalTask.cancel() }
-
-        let watched = watcher.watch(try enforce())
-        logger.info("ready: \(config.policies.count) policy entries from \(configPath), watching \(watched) cgroup directories")
-        for await event in events.cancelOnGracefulShutdown() {
-            switch event {
-            case .cgroupsChanged: break
-            case .reload: reload()
-            }
-            do { watcher.watch(try enforce()) } catch { logger.error("applying policies failed: \(error)") }
-        }
-    }
-
-    /// Applies the current file to the cgroups that exist; returns what to watch.
-    private func enforce() throws -> Set<String> {
-        let resolution = resolver.resolve(config)
-        let changes = try state.transaction { try $0.reconcile(resolution.desired) }
-        for change in changes { logger.info("\(change)") }
-        return resolution.watch
-    }
-
-    /// A valid file replaces the current one; an invalid one changes nothing.
-    private func reload() {
-        do {
-            config = try Agent.loadConfig(configPath)
-            exporter.recordReload(success: true)
-            logger.info("reloaded \(configPath): \(config.policies.count) policy entries")
-        } catch {
-            exporter.recordReload(success: false)
-            logger.error("reload rejected, policies unchanged: \(error)")
-        }
+        try? await gracefulShutdown()
+        DispatchQueue.global().asyncAfter(deadline: .now() + Self.limit) { exit(0) }
     }
 }

@@ -56,12 +56,18 @@ public struct PolicySpec: Equatable, Sendable {
 
     public var target: Target
     public var policy: Policy
+    /// Whether the policy is also applied to the TCP sockets that already
+    /// exist when it is put on a cgroup (as `attach --existing` does).
+    public var existing: Bool
     /// "file:line", for the log.
     public var source: String
 
-    public init(target: Target, policy: Policy, source: String) {
+    static let existingKey = "existing"
+
+    public init(target: Target, policy: Policy, existing: Bool = true, source: String) {
         self.target = target
         self.policy = policy
+        self.existing = existing
         self.source = source
     }
 
@@ -72,6 +78,7 @@ public struct PolicySpec: Equatable, Sendable {
         var target: Target?
         var values: [PolicyOption: Int32] = [:]
         var precedence = Precedence.application
+        var existing = true
         for (keyNode, value) in mapping {
             let key = keyNode.string ?? ""
             switch key {
@@ -82,9 +89,12 @@ public struct PolicySpec: Equatable, Sendable {
                 guard let text = value.scalar?.string, !text.isEmpty else {
                     throw ConfigError(file: file, node: value, message: "'\(key)' must be a non-empty string")
                 }
+                guard !text.contains("\0") else {  // a C path would end there: "a\0b" is not "a"
+                    throw ConfigError(file: file, node: value, message: "'\(key)' must not contain a NUL character")
+                }
                 if key == "cgroup" {
-                    guard !text.split(separator: "/").contains("..") else {
-                        throw ConfigError(file: file, node: value, message: "'cgroup' must not contain '..'")
+                    guard !text.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+                        throw ConfigError(file: file, node: value, message: "'cgroup' must not contain '..' or '.'")
                     }
                     target = .cgroup(text)
                 } else {
@@ -97,9 +107,14 @@ public struct PolicySpec: Equatable, Sendable {
                 do { precedence = try Precedence(parsing: value.scalar?.string ?? "") } catch {
                     throw ConfigError(file: file, node: value, message: error.description)
                 }
+            case Self.existingKey:
+                guard let scalar = value.scalar, scalar.style == .plain, let flag = Bool(scalar.string) else {
+                    throw ConfigError(file: file, node: value, message: "'\(key)' must be true or false")
+                }
+                existing = flag
             default:
                 guard let option = PolicyOption.allCases.first(where: { $0.key == key }) else {
-                    let known = (["cgroup", "unit"] + PolicyOption.allCases.map(\.key) + [Precedence.key])
+                    let known = (["cgroup", "unit"] + PolicyOption.allCases.map(\.key) + [Precedence.key, Self.existingKey])
                         .joined(separator: ", ")
                     throw ConfigError(file: file, node: keyNode, message: "unknown key '\(key)' (known: \(known))")
                 }
@@ -114,7 +129,8 @@ public struct PolicySpec: Equatable, Sendable {
         guard let target else {
             throw ConfigError(file: file, node: node, message: "a policy needs 'cgroup' or 'unit'")
         }
-        self.init(target: target, policy: Policy(values, precedence: precedence), source: "\(file):\(node.mark?.line ?? 0)")
+        self.init(target: target, policy: Policy(values, precedence: precedence), existing: existing,
+                  source: "\(file):\(node.mark?.line ?? 0)")
     }
 }
 

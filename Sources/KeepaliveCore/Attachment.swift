@@ -9,21 +9,7 @@ public enum Attachment: CaseIterable, Sendable {
     /// Rewrites the program's own keepalive setsockopt calls: only `precedence: policy`.
     case setsockopt
 
-    var programName: String {
-        switch self {
-        case .sockops: "keepalive_sockops"
-        case .setsockopt: "keepalive_setsockopt"
-        }
-    }
-
-    /// Pin of the program, and directory of its links, under the state's root.
-    var programPin: String {
-        switch self {
-        case .sockops: "prog"
-        case .setsockopt: "prog-setsockopt"
-        }
-    }
-
+    /// Directory of this kind's links under the state's root, one pin per cgroup id.
     var linksDirectory: String {
         switch self {
         case .sockops: "links"
@@ -38,10 +24,10 @@ public enum Attachment: CaseIterable, Sendable {
         }
     }
 
-    func wants(_ record: ka_policy) -> Bool {
+    func wants(_ record: PolicyRecord) -> Bool {
         switch self {
         case .sockops: true
-        case .setsockopt: record.flags & KA_POLICY_PRECEDENCE_POLICY != 0
+        case .setsockopt: record.policy.precedence == .policy
         }
     }
 }

@@ -1,32 +1,50 @@
+import BPF
 import CLibBPF
 import Glibc
+import struct SystemPackage.FilePath
 
 /// The cgroup v2 hierarchy: where it is mounted and the directories in it.
+/// Paths below the mount are FilePaths: a cgroup's name may hold any byte
+/// but '/' and NUL, so paths are bytes, not strings.
 public struct CgroupFS: Sendable {
     /// Where cgroup2 is mounted (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid systems).
-    public let mountPoint: String
+    public let mount: FilePath
 
-    static let magic: Int = 0x6367_7270  // CGROUP2_SUPER_MAGIC
+    static let magic = 0x6367_7270   // CGROUP2_SUPER_MAGIC
+    static let hierarchyRootID: UInt64 = 1  // kernfs numbers the hierarchy's root 1
 
-    public init(mountPoint: String) {
-        self.mountPoint = mountPoint
+    public init(mount: FilePath) {
+        self.mount = mount
     }
 
-    /// Finds the cgroup2 mount of this process's mount namespace, unless `override`
-    /// names one (in a container, the host's cgroup2 mounted at a path of its own).
-    public static func discover(override: String? = nil,
-                                mountinfo path: String = "/proc/self/mountinfo") throws(CgroupError) -> CgroupFS {
-        if let override {
-            let normalized = Cgroup.normalize(override)
-            guard CgroupFS(mountPoint: normalized).isCgroup2(normalized) else {
-                throw .badRoot(override)
+    /// Finds the cgroup2 hierarchy: `root` if given (the cgroup2 mount itself,
+    /// or a directory holding it at unified/, as a hybrid host's /sys/fs/cgroup
+    /// mounted into a container does), else the first cgroup2 in mountinfo.
+    /// It must show the whole hierarchy: in a cgroup namespace's view every
+    /// host cgroup would look gone.
+    public static func discover(root: String?, mountinfo: String = "/proc/self/mountinfo") throws(CgroupError) -> CgroupFS {
+        let mount: FilePath
+        if let root {
+            let given = FilePath(root).lexicallyNormalized()
+            guard let found = [given, given.appending("unified")].first(where: isCgroup2) else {
+                throw .notCgroup2Mount(root)
             }
-            return CgroupFS(mountPoint: normalized)
+            mount = found
+        } else {
+            guard let text = try? readTextFile(FilePath(mountinfo)), let found = cgroup2MountPoint(inMountinfo: text) else {
+                throw .notMounted
+            }
+            mount = FilePath(found)
         }
-        guard let text = try? readTextFile(path), let mount = cgroup2MountPoint(inMountinfo: text) else {
-            throw .notMounted
+        guard let st = mount.status(), UInt64(st.st_ino) == hierarchyRootID else {
+            throw .notHierarchyRoot(mount.string)
         }
-        return CgroupFS(mountPoint: mount)
+        return CgroupFS(mount: mount)
+    }
+
+    static func isCgroup2(_ path: FilePath) -> Bool {
+        var fs = statfs()
+        return path.withPlatformString { statfs($0, &fs) } == 0 && Int(fs.f_type) == magic
     }
 
     /// The mount point of the first cgroup2 filesystem in a mountinfo text.
@@ -42,95 +60,192 @@ public struct CgroupFS: Sendable {
 
     /// mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
     static func unescapeMountPath(_ path: String) -> String {
-        var out = "", chars = Array(path), i = 0
-        while i < chars.count {
-            if chars[i] == "\\", i + 3 < chars.count + 0, let code = UInt8(String(chars[(i + 1)...(i + 3)]), radix: 8) {
-                out.append(Character(UnicodeScalar(code)))
+        var out: [UInt8] = [], bytes = Array(path.utf8), i = 0
+        while i < bytes.count {
+            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count + 0,
+               let code = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(code)
                 i += 4
             } else {
-                out.append(chars[i])
+                out.append(bytes[i])
                 i += 1
             }
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
-    /// Resolves a user's cgroup argument (absolute, or relative to the mount) to a cgroup.
+    public func absolute(_ path: FilePath) -> FilePath {
+        mount.appending(path.components)
+    }
+
+    /// A user's argument: a path inside the mount, absolute or relative to it.
+    /// The root is taken only when named explicitly ("/" or the mount itself);
+    /// an empty path, "." and ".." are refused rather than guessed at.
     public func resolve(_ argument: String) throws(CgroupError) -> Cgroup {
-        let path = Cgroup.normalize(argument.hasPrefix("/") ? argument : mountPoint + "/" + argument)
-        guard path == mountPoint || path.hasPrefix(mountPoint + "/") else {
-            throw .notCgroup2(argument, mountPoint: mountPoint)
+        let given = FilePath(argument)
+        guard !argument.isEmpty, !given.components.contains(where: { $0.kind != .regular }) else {
+            throw .ambiguous(argument)
         }
-        var st = stat()
-        guard stat(path, &st) == 0 else { throw .notFound(argument) }
-        guard (st.st_mode & S_IFMT) == S_IFDIR, isCgroup2(path) else {
-            throw .notCgroup2(argument, mountPoint: mountPoint)
+        let relative: FilePath
+        if given.isAbsolute {
+            if given == "/" {
+                relative = FilePath()
+            } else {
+                var rest = given
+                guard rest.removePrefix(mount) else { throw .notCgroup2(argument, mountPoint: mount.string) }
+                relative = FilePath(root: nil, rest.components)
+            }
+        } else {
+            relative = given
         }
-        return Cgroup(path: path, relativePath: relative(path), id: UInt64(st.st_ino))
-    }
-
-    /// The cgroup at an absolute path known to be inside the mount, if it exists.
-    public func cgroup(atPath path: String) -> Cgroup? {
-        var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return nil }
-        return Cgroup(path: path, relativePath: relative(path), id: UInt64(st.st_ino))
-    }
-
-    func isCgroup2(_ path: String) -> Bool {
-        var fs = statfs()
-        return statfs(path, &fs) == 0 && Int(fs.f_type) == Self.magic
-    }
-
-    func relative(_ path: String) -> String {
-        path == mountPoint ? "/" : String(path.dropFirst(mountPoint.count + 1))
-    }
-
-    /// The cgroups strictly above `cgroup`, nearest first, up to and including the root.
-    public func ancestors(of cgroup: Cgroup) -> [Cgroup] {
-        var result: [Cgroup] = []
-        var path = cgroup.path
-        while path != mountPoint, let slash = path.lastIndex(of: "/") {
-            path = String(path[..<slash])
-            guard path.count >= mountPoint.count, let parent = self.cgroup(atPath: path) else { break }
-            result.append(parent)
+        guard let st = absolute(relative).status() else { throw .notFound(argument) }
+        guard (st.st_mode & S_IFMT) == S_IFDIR, Self.isCgroup2(absolute(relative)) else {
+            throw .notCgroup2(argument, mountPoint: mount.string)
         }
-        return result
+        return Cgroup(path: relative, id: UInt64(st.st_ino))
     }
 
-    /// Visits the cgroups below `root` (not `root` itself), parents before children.
-    /// `visit` returns false to skip a cgroup's own subtree.
-    public func walk(below root: Cgroup, _ visit: (Cgroup) -> Bool) {
-        guard let dir = opendir(root.path) else { return }
+    /// The cgroup at `path` below the mount, if it exists now.
+    public func cgroup(at path: FilePath) -> Cgroup? {
+        guard let st = absolute(path).status(), (st.st_mode & S_IFMT) == S_IFDIR else { return nil }
+        return Cgroup(path: path, id: UInt64(st.st_ino))
+    }
+
+    /// Whether the cgroup `id` still exists at `path`. It is gone only on
+    /// proof: ENOENT, or another cgroup at that path now (ids are never
+    /// reused and cgroup2 directories cannot be renamed). Any other error
+    /// (EACCES, EMFILE, ...) proves nothing.
+    public func presence(of path: FilePath, id: UInt64) -> CgroupPresence {
+        guard let st = absolute(path).status() else {
+            return errno == ENOENT ? .gone : .unknown(errno: errno)
+        }
+        return UInt64(st.st_ino) == id ? .present : .gone
+    }
+
+    /// The cgroups directly below `parent`, read with one readdir. A directory
+    /// that vanished has none; one that cannot be read is an error, never
+    /// taken for an empty one.
+    public func children(of parent: FilePath) throws(SyscallError) -> [Cgroup] {
+        let directory = absolute(parent)
+        guard let dir = directory.openDirectoryStream() else {
+            if errno == ENOENT { return [] }
+            throw SyscallError("read \(directory.displayString)", errno: errno)
+        }
         defer { closedir(dir) }
+        var found: [Cgroup] = []
         while let entry = readdir(dir) {
             guard entry.pointee.d_type == DT_DIR else { continue }
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name == "." || name == ".." { continue }
-            let child = Cgroup(path: root.path + "/" + name,
-                               relativePath: root.relativePath == "/" ? name : root.relativePath + "/" + name,
-                               id: UInt64(entry.pointee.d_ino))
-            if visit(child) { walk(below: child, visit) }
+            let name = directoryEntryName(entry)
+            guard name.kind == .regular else { continue }
+            found.append(Cgroup(path: parent.appending(name), id: UInt64(entry.pointee.d_ino)))
         }
+        return found
     }
 
-    public var root: Cgroup {
-        get throws(CgroupError) { try resolve(mountPoint) }
+    /// Visits every cgroup below `top`, parents before children; `visit`
+    /// returns false to skip a cgroup's own subtree. Returns the directories
+    /// that could not be read.
+    @discardableResult
+    public func walk(below top: FilePath, _ visit: (Cgroup) -> Bool) -> [SyscallError] {
+        var failures: [SyscallError] = []
+        var pending = [top]
+        while let parent = pending.popLast() {
+            do {
+                for child in try children(of: parent) where visit(child) { pending.append(child.path) }
+            } catch {
+                failures.append(error)
+            }
+        }
+        return failures
     }
 }
 
 /// One cgroup v2 directory. Its id is the directory's inode number, the id
 /// the kernel reports for the cgroup (kernfs node id) and our map key.
 public struct Cgroup: Hashable, Sendable {
-    public let path: String
-    public let relativePath: String
+    /// Below the cgroup2 mount; empty for the root.
+    public let path: FilePath
     public let id: UInt64
 
-    static func normalize(_ path: String) -> String {
-        var parts: [Substring] = []
-        for part in path.split(separator: "/") where part != "." {
-            if part == ".." { _ = parts.popLast() } else { parts.append(part) }
+    public init(path: FilePath, id: UInt64) {
+        self.path = path
+        self.id = id
+    }
+
+    /// The path for people: "/" for the root, odd bytes escaped.
+    public var display: String { path.cgroupDisplay }
+}
+
+public enum CgroupPresence: Equatable, Sendable {
+    case present
+    case gone
+    case unknown(errno: Int32)
+}
+
+extension FilePath {
+    /// A cgroup path for people and logs: "/" for the root; bytes that are not
+    /// printable UTF-8 as \xNN.
+    public var cgroupDisplay: String { isEmpty ? "/" : displayString }
+
+    /// The path as text: valid, printable UTF-8 as is, any other byte as \xNN.
+    public var displayString: String {
+        let bytes = withPlatformString { Array(UnsafeBufferPointer(start: $0, count: strlen($0))) }
+            .map { UInt8(bitPattern: $0) }
+        var text = ""
+        var index = bytes.startIndex
+        while index < bytes.endIndex {
+            let length = utf8SequenceLength(bytes[index])
+            let end = index + length
+            if length > 0, end <= bytes.endIndex,
+               let scalar = String(validating: bytes[index..<end], as: UTF8.self), scalar.unicodeScalars.allSatisfy({
+                   !($0.properties.generalCategory == .control)
+               }) {
+                text += scalar
+                index = end
+            } else {
+                text += "\\x" + String(bytes[index], radix: 16, uppercase: false).leftPadded(to: 2)
+                index += 1
+            }
         }
-        return "/" + parts.joined(separator: "/")
+        return text
+    }
+
+    /// The path's depth below the mount: 0 for the root.
+    public var depth: Int { components.count }
+
+    /// The strict ancestors of a relative path, nearest first, the root (empty) last.
+    public var ancestors: [FilePath] {
+        var result: [FilePath] = []
+        var current = self
+        while !current.isEmpty {
+            current.removeLastComponent()
+            result.append(current)
+        }
+        return result
+    }
+}
+
+private func utf8SequenceLength(_ lead: UInt8) -> Int {
+    switch lead {
+    case 0x00...0x7f: 1
+    case 0xc2...0xdf: 2
+    case 0xe0...0xef: 3
+    case 0xf0...0xf4: 4
+    default: 0
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        String(repeating: "0", count: max(0, width - count)) + self
+    }
+}
+
+/// A directory entry's name, as the bytes the kernel gave (one place that reads d_name).
+func directoryEntryName(_ entry: UnsafeMutablePointer<dirent>) -> FilePath.Component {
+    withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        let bytes = raw.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0]
+        return FilePath.Component(platformString: bytes)!  // a name from readdir: never empty, never holds '/'
     }
 }
 
@@ -140,7 +255,9 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
     case notCgroup2(String, mountPoint: String)
     case noProcess(Int32)
     case noUnit(String)
-    case badRoot(String)
+    case notCgroup2Mount(String)
+    case notHierarchyRoot(String)
+    case ambiguous(String)
 
     public var description: String {
         switch self {
@@ -148,21 +265,12 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
         case let .notFound(path): "cgroup '\(path)' does not exist"
         case let .notCgroup2(path, mount): "'\(path)' is not a cgroup v2 directory (cgroup2 is mounted at \(mount))"
         case let .noProcess(pid): "no process \(pid) with a cgroup v2 path (see /proc/\(pid)/cgroup)"
-        case let .badRoot(path): "cgroup root '\(path)' (--cgroup-root or KEEPALIVE_CGROUP_ROOT) is not a cgroup2 mount"
+        case let .notCgroup2Mount(path): "'\(path)' is not a cgroup2 mount, nor holds one at unified/"
+        case let .notHierarchyRoot(path):
+            "cgroup2 at '\(path)' is not the hierarchy's root (a cgroup namespace's view or a mounted subtree); mount the host's cgroup2"
         case let .noUnit(name): "no cgroup for unit '\(name)' (it is not running, or not under a slice)"
+        case let .ambiguous(path):
+            "cgroup path '\(path)' is empty or has '.' or '..' in it; name the root cgroup explicitly as /"
         }
     }
-}
-
-func readTextFile(_ path: String) throws -> String {
-    guard let file = fopen(path, "r") else { throw CgroupError.notFound(path) }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, file)
-        if n <= 0 { break }
-        bytes.append(contentsOf: buffer[0..<n])
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }

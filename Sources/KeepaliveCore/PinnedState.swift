@@ -1,147 +1,417 @@
 import BPF
 import CLibBPF
-import Foundation
 import Glibc
+import Logging
+import Synchronization
+import struct SystemPackage.FilePath
 
 /// keepalive's kernel state, pinned in bpffs so that it outlives every process:
 ///
-///     <root>/prog                          the sock_ops program
-///     <root>/prog-setsockopt               the cgroup/setsockopt program
-///     <root>/ka_policies                   cgroup id -> policy
-///     <root>/ka_sockets                    policy slot -> sockets configured
-///     <root>/ka_errors                     option -> failed setsockopt calls (per CPU)
-///     <root>/links/<cgroup id>             sock_ops: one link per covered subtree
-///     <root>/links-setsockopt/<cgroup id>  setsockopt: one per subtree with `precedence: policy`
+///     <root>/ka_meta, ka_policies_v2, ka_counters,   maps, pinned by libbpf under
+///            ka_errors, ka_events, ka_events_head    their names (bpf/*.bpf.c)
+///     <root>/keepalive_sockops, keepalive_setsockopt,
+///            keepalive_reaped                        the programs
+///     <root>/links/<cgroup id>                       sock_ops: one link per covered subtree
+///     <root>/links-setsockopt/<cgroup id>            setsockopt: one per subtree with `precedence: policy`
+///     <root>/link-reaped                             the reaped-connection tracepoint
+///     <root>/agent-lock                              held by the one agent enforcing this state
 ///
-/// The CLI and the agent share it; every change happens in a `transaction`,
-/// under an exclusive flock on <root>, so they never fight. (flock excludes
-/// other processes; a mutex excludes this process's other threads.)
+/// (bpffs refuses dots in names.)
+///
+/// The CLI and the agent share it; every change happens in a transaction,
+/// under an exclusive flock on <root>. Opening brings the state to this
+/// binary's programs: a missing state is made, an older one upgraded in
+/// place (bpf_link_update on every link: no socket goes unconfigured), a newer
+/// one refused. Any step may be killed: the next opening finds the kernel's
+/// truth and finishes or repairs it.
 public final class PinnedState: @unchecked Sendable {
     public static let defaultRoot = BPFFS.defaultMount + "/keepalive"
-    static let mapNames = ["ka_policies", "ka_sockets", "ka_errors"]
 
     public let root: String
     public let cgroups: CgroupFS
-    let programs: [Attachment: BPFProgram]
-    let policies: BPFMap<UInt64, ka_policy>
-    let sockets: BPFMap<UInt32, UInt64>
-    let errors: BPFMap<UInt32, UInt64>
-    private let rootFD: FileDescriptor
-    private let threads = NSLock()
+    let logger: Logger
+    private let threads = Mutex(())  // excludes this process's threads; flock excludes other processes
+    private var open: Open?          // under `threads`
 
-    func linksDirectory(_ kind: Attachment) -> String { root + "/" + kind.linksDirectory }
-    func linkPath(_ kind: Attachment, _ id: UInt64) -> String { linksDirectory(kind) + "/\(id)" }
+    /// What is open while the pinned state stays the same one.
+    final class Open {
+        let kernel: PinnedKernel
+        var cached: (transaction: Transaction, seq: UInt64)?
+        init(kernel: PinnedKernel) { self.kernel = kernel }
+    }
 
-    private init(root: String, cgroups: CgroupFS, rootFD: FileDescriptor) throws {
+    public init(root: String = defaultRoot, cgroups: CgroupFS, logger: Logger) {
         self.root = root
         self.cgroups = cgroups
-        self.rootFD = rootFD
-        var programs: [Attachment: BPFProgram] = [:]
-        for kind in Attachment.allCases { programs[kind] = try BPFProgram.pinned(at: root + "/" + kind.programPin) }
-        self.programs = programs
-        policies = try .pinned(at: root + "/ka_policies", name: "ka_policies")
-        sockets = try .pinned(at: root + "/ka_sockets", name: "ka_sockets")
-        errors = try .pinned(at: root + "/ka_errors", name: "ka_errors")
+        self.logger = logger
     }
 
-    /// Opens the pinned state, or nil if nothing is pinned yet (so no policy is in force).
-    public static func open(root: String = defaultRoot, cgroups: CgroupFS) throws -> PinnedState? {
-        try open(root: root, cgroups: cgroups, create: false)
+    var reapedLinkPath: String { root + "/link-reaped" }
+    var agentLockPath: String { root + "/" + Self.agentLock }
+    static let agentLock = "agent-lock"
+
+    /// A pin put beside `path` during an install, unique to the object `id`,
+    /// that replaces `path` in one rename when the install is done.
+    static func staged(_ path: String, id: UInt32) -> String { path + stagedMark + "\(id)" }
+    static let stagedMark = "-next-"
+    func linksDirectory(_ kind: Attachment) -> String { root + "/" + kind.linksDirectory }
+
+    // MARK: transactions
+
+    /// A transaction and what was found when it began.
+    public struct Session {
+        public let transaction: Transaction
+        /// The opening check's findings (empty when a cached view was reused).
+        public let report: Transaction.Report
+        public let programs: ProgramIdentity
+        public let countingReaped: Bool
+        let kernel: PinnedKernel
+
+        /// Sockets configured and connections reaped under the policy of cgroup `id`.
+        public func counters(of id: UInt64) -> PolicyCounters { kernel.counters(of: id) }
+        /// Failed bpf_setsockopt calls since the state was made, by option key.
+        public func setsockoptErrors() throws -> [(option: String, count: UInt64)] { try kernel.setsockoptErrors() }
+        public func reapedEvents() throws -> [ReapedEvent] { try kernel.reapedEvents() }
     }
 
-    /// Opens the pinned state, first mounting bpffs and loading the embedded
-    /// program if nothing is pinned yet.
-    public static func openOrCreate(root: String = defaultRoot, cgroups: CgroupFS) throws -> PinnedState {
-        if root.hasPrefix(BPFFS.defaultMount + "/") { try BPFFS.ensureMounted() }
-        guard mkdir(root, 0o700) == 0 || errno == EEXIST else {
-            throw BPFError("create \(root)", errno: errno)
-        }
-        // Not nil: with `create`, a missing state is made.
-        return try open(root: root, cgroups: cgroups, create: true)!
-    }
-
-    private static func open(root: String, cgroups: CgroupFS, create: Bool) throws -> PinnedState? {
-        guard BPFFS.exists(root) else { return nil }
-        let rootFD = try FileDescriptor.open(root)
-        try lock(rootFD, root)
-        defer { flock(rootFD.raw, LOCK_UN) }
-        // Programs are pinned last: until all are, no policy was ever added.
-        let complete = Attachment.allCases.allSatisfy { BPFFS.exists(root + "/" + $0.programPin) }
-        if !complete {
-            guard create else { return nil }
-            try loadAndPin(root: root)
-        }
-        return try PinnedState(root: root, cgroups: cgroups, rootFD: rootFD)
-    }
-
-    /// Loads the embedded object, reusing any maps already pinned (a loader that
-    /// died half-way), and pins what is missing; the programs last, as the mark
-    /// that the state is complete.
-    private static func loadAndPin(root: String) throws {
-        let object = try BPFObject(bytes: PackageResources.keepalive_bpf_o, name: "keepalive")
-        for name in mapNames where BPFFS.exists(root + "/" + name) {
-            try object.reuseMap(named: name, BPFFS.open(pinned: root + "/" + name))
-        }
-        try object.load()
-        for name in mapNames where !BPFFS.exists(root + "/" + name) {
-            try BPFFS.pin(object.mapDescriptor(named: name), at: root + "/" + name)
-        }
-        for kind in Attachment.allCases {
-            guard mkdir(root + "/" + kind.linksDirectory, 0o700) == 0 || errno == EEXIST else {
-                throw BPFError("create \(root)/\(kind.linksDirectory)", errno: errno)
+    /// Runs `body` in a transaction, holding the state's lock. With `create` a
+    /// missing state is made; without, nil is returned if there is none.
+    /// With `fullCheck` false (the agent between its periodic checks) a view
+    /// cached by the previous transaction is reused while nobody else changed
+    /// the state.
+    public func transaction<T>(create: Bool, fullCheck: Bool = true, _ body: (Session) throws -> T) throws -> T? {
+        try threads.withLock { _ -> T? in
+            guard let rootFD = try lockedRoot(create: create) else {
+                open = nil
+                return nil
+            }
+            defer { flock(rootFD.raw, LOCK_UN) }
+            let state = try currentOpen()
+            let seq = try state.kernel.changeSequence()
+            let session: Session
+            if !fullCheck, let cached = state.cached, cached.seq == seq {
+                session = Session(transaction: cached.transaction, report: Transaction.Report(),
+                                  programs: state.kernel.identity, countingReaped: state.kernel.countingReaped,
+                                  kernel: state.kernel)
+            } else {
+                let transaction = try Transaction(kernel: state.kernel)
+                let report = try transaction.repair()
+                try state.kernel.repairReapedLink()
+                session = Session(transaction: transaction, report: report, programs: state.kernel.identity,
+                                  countingReaped: state.kernel.countingReaped, kernel: state.kernel)
+            }
+            do {
+                let result = try body(session)
+                state.cached = (session.transaction, try state.kernel.changeSequence())
+                return result
+            } catch {
+                state.cached = nil  // the view may be half-way: read it afresh next time
+                throw error
             }
         }
-        for kind in Attachment.allCases where !BPFFS.exists(root + "/" + kind.programPin) {
-            try BPFFS.pin(object.program(named: kind.programName).fd, at: root + "/" + kind.programPin)
+    }
+
+    /// Whether the state this process has open is still the one pinned (its
+    /// root directory and its maps). Cheap: for the agent's heartbeat.
+    public func isIntact() -> Bool {
+        threads.withLock { _ in
+            guard let open else { return false }
+            return open.kernel.isStillPinned()
         }
     }
 
+    // MARK: reading without the lock
 
-    private static func lock(_ fd: FileDescriptor, _ path: String) throws {
-        guard flock(fd.raw, LOCK_EX) == 0 else { throw BPFError("lock \(path)", errno: errno) }
+    /// What is in force, as pinned now.
+    public struct Snapshot: Sendable {
+        public var programs: ProgramIdentity?
+        public var countingReaped = false
+        public var policies: [(id: UInt64, record: PolicyRecord, counters: PolicyCounters)] = []
+        public var setsockoptErrors: [(option: String, count: UInt64)] = []
     }
 
-    /// Runs `body` holding the exclusive lock, on a fresh view of the state.
-    public func transaction<T>(_ body: (Transaction) throws -> T) throws -> T {
-        threads.lock()
-        defer { threads.unlock() }
-        try Self.lock(rootFD, root)
-        defer { flock(rootFD.raw, LOCK_UN) }
-        return try body(Transaction(state: self))
+    /// The policies in force and their counters, read from the maps pinned
+    /// now without taking the lock (the kernel reads each entry atomically):
+    /// what metrics report. Empty when nothing is pinned.
+    public func snapshot() -> Snapshot {
+        guard let kernel = pinnedKernel() else { return Snapshot() }
+        var snapshot = Snapshot(programs: kernel.identity, countingReaped: kernel.countingReaped)
+        snapshot.policies = ((try? kernel.readPolicies()) ?? [:]).map { ($0.key, $0.value, kernel.counters(of: $0.key)) }
+        snapshot.setsockoptErrors = (try? kernel.setsockoptErrors()) ?? []
+        return snapshot
     }
 
-    /// Every policy with its counters: a read-only view that needs no lock.
-    public func entries() throws -> [Transaction.Entry] {
-        try Transaction(state: self).entries()
+    /// The reaped connections the kernel side keeps, from number `after` on,
+    /// and the number the next one will get.
+    public func reapedEvents(after: UInt64) throws -> (events: [ReapedEvent], next: UInt64) {
+        guard let kernel = pinnedKernel() else { return ([], 0) }
+        let next = try kernel.reapedEventHead()
+        return after >= next ? ([], next) : (try kernel.reapedEvents(after: after), next)
     }
 
-    /// Failed bpf_setsockopt calls since the state was created, by option key
-    /// ("keepalive" for SO_KEEPALIVE itself).
-    public func setsockoptErrors() throws -> [(option: String, count: UInt64)] {
-        let names = [(KA_OPT_KEEPALIVE, "keepalive")] + PolicyOption.allCases.map { ($0.bpfOption, $0.key) }
-        return try names.map { index, name in (name, try errors.lookupSumPerCPU(index.rawValue)) }
+    /// The kernel handles of the state pinned now: this process's own while
+    /// they are still the pinned ones, else freshly opened from the pins.
+    private func pinnedKernel() -> PinnedKernel? {
+        if let kernel = threads.withLock({ _ in open?.kernel }), kernel.isStillPinned() { return kernel }
+        guard let object = try? MainObject(pinRoot: root) else { return nil }
+        return try? PinnedKernel(pinned: object, state: self)
     }
 
-    /// The cgroup ids that have a link of this kind pinned.
-    func pinnedLinkIDs(_ kind: Attachment) -> Set<UInt64> {
-        guard let dir = opendir(linksDirectory(kind)) else { return [] }
-        defer { closedir(dir) }
-        var ids: Set<UInt64> = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if let id = UInt64(name) { ids.insert(id) }
+    // MARK: opening
+
+    /// Makes the pin directory if it is missing, first mounting bpffs (mode
+    /// 0700) at the default place if none is there, and checks it before use.
+    /// `keepalive prepare` runs this outside a sandboxed agent's namespace.
+    public func prepare() throws {
+        guard root.hasPrefix("/"), FilePath(root).components.count > 0 else {
+            throw StateError.badPinPath(root, "must be an absolute path of a directory on bpffs")
         }
-        return ids
+        if !BPFFS.exists(root) {
+            let parent = FilePath(root).removingLastComponent().string
+            if !BPFFS.isBPFFS(parent) {
+                guard parent == BPFFS.defaultMount else { throw StateError.notOnBPFFS(root) }
+                try BPFFS.mount(at: parent)
+                logger.info("mounted bpffs at \(parent) (mode 0700)")
+            }
+            guard mkdir(root, 0o700) == 0 || errno == EEXIST else { throw SyscallError("create \(root)", errno: errno) }
+        }
+        try checkOwnership()
     }
 
-    /// Removes every pin and the root itself; links go, so enforcement ends.
-    func unpinAll() throws {
+    /// The root directory, checked before use and locked; nil if there is no
+    /// state and none is to be made.
+    private func lockedRoot(create: Bool) throws -> FileDescriptor? {
+        if create {
+            try prepare()
+        } else {
+            guard root.hasPrefix("/"), BPFFS.exists(root) else { return nil }
+            try checkOwnership()
+        }
+        let fd = try FileDescriptor.open(root, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        guard flock(fd.raw, LOCK_EX) == 0 else { throw SyscallError("lock \(root)", errno: errno) }
+        guard create || hasAnyState() else {
+            flock(fd.raw, LOCK_UN)
+            return nil
+        }
+        return fd
+    }
+
+    /// A directory on bpffs, owned by root, that nobody else can write.
+    private func checkOwnership() throws {
+        var st = stat()
+        guard lstat(root, &st) == 0 else { throw SyscallError("inspect \(root)", errno: errno) }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw StateError.badPinPath(root, "is not a directory") }
+        guard BPFFS.isBPFFS(root) else { throw StateError.notOnBPFFS(root) }
+        guard st.st_uid == 0 else { throw StateError.unsafePinPath(root, "it is owned by uid \(st.st_uid)") }
+        guard st.st_mode & 0o022 == 0 else {
+            throw StateError.unsafePinPath(root, "its mode \(String(st.st_mode & 0o7777, radix: 8)) lets others write")
+        }
+    }
+
+    /// Whether anything of a state is pinned (an empty directory is none).
+    private func hasAnyState() -> Bool {
+        guard let names = try? directoryNames(root) else { return false }
+        return names.contains { $0 != Self.agentLock && !Attachment.allCases.map(\.linksDirectory).contains($0) }
+            || Attachment.allCases.contains { !((try? directoryNames(linksDirectory($0))) ?? []).isEmpty }
+    }
+
+    /// The state open now, reopened when it is no longer the one pinned (the
+    /// root replaced, another binary's programs in force).
+    private func currentOpen() throws -> Open {
+        if let current = open, current.kernel.isStillPinned(), try current.kernel.metaMatches() { return current }
+        let kernel = try openKernel()
+        let opened = Open(kernel: kernel)
+        open = opened
+        return opened
+    }
+
+    /// Opens the pinned maps and programs: directly when they are this
+    /// binary's, else by loading the object (libbpf reuses or pins the maps)
+    /// and installing its programs in place.
+    private func openKernel() throws -> PinnedKernel {
+        let object = try MainObject(pinRoot: root)
+        let metaPath = BPFObject.pinPath(ofMap: object.maps.ka_meta)!
+        let meta = try? BPFMap<UInt32, ka_meta>(try BPFFS.open(pinned: metaPath, as: .map), name: "ka_meta",
+                                                  type: BPF_MAP_TYPE_ARRAY).lookup(0)
+        if let meta, meta.layout > KA_STATE_LAYOUT {
+            throw StateError.newerLayout(path: root, found: meta.layout, known: UInt32(KA_STATE_LAYOUT))
+        }
+        if let meta, meta.layout != 0, meta.program_version > object.identity.version {
+            throw StateError.newerProgram(path: root, found: meta.program_version, known: object.identity.version)
+        }
+        let legacy = LegacyState(root: root)
+        let installed = meta.map {
+            $0.layout == KA_STATE_LAYOUT && $0.object_hash == object.identity.hash
+                && $0.program_version == object.identity.version
+        } ?? false
+        if installed && !legacy.isPresent && leftovers().isEmpty,
+           let kernel = try? PinnedKernel(pinned: object, state: self) {
+            return kernel
+        }
+        return try install(object, meta: meta, legacy: legacy)
+    }
+
+    /// Loads the object and puts its programs in force, so that at every
+    /// moment some program handles every covered socket. Each step survives
+    /// being killed: until the identity is written last, the next opening
+    /// runs this again, knowing every program a link may still run.
+    private func install(_ object: MainObject, meta: ka_meta?, legacy: LegacyState) throws -> PinnedKernel {
+        let countingReaped = MainObject.kernelReportsSocketErrors
+        if !countingReaped {
+            logger.warning("reaped-connection counting is off: this kernel has no tracepoint inet_sk_error_report (Linux 5.13 or later with BTF)")
+        }
+        let known = pinnedProgramIDs(object).union(legacy.programIDs())
+        try object.load(countingReaped: countingReaped)
+        let kernel = try PinnedKernel(loaded: object, state: self, staleProgramIDs: known, countingReaped: countingReaped)
+        if legacy.isPresent && (meta?.layout ?? 0) < KA_STATE_LAYOUT {
+            for (id, record, configured) in try legacy.policies(in: cgroups) {
+                try kernel.counters.update(id, ka_counters(configured: configured, reaped: (0, 0)))
+                try kernel.policies.update(id, try record.encoded())
+            }
+        }
+        // 1. The new programs pinned under names of their own: no program a
+        //    link may run is ever unpinned before the link runs another.
+        var staged: [(staged: String, final: String)] = []
+        for program in kernel.allPrograms {
+            let final = root + "/" + program.name
+            let next = Self.staged(final, id: try program.id())
+            try BPFFS.unpin(next)
+            try program.pin(at: next)
+            staged.append((next, final))
+        }
+        // 2. Every link of ours to the new program, in place.
         for kind in Attachment.allCases {
-            for id in pinnedLinkIDs(kind) { try BPFFS.unpin(linkPath(kind, id)) }
-            rmdir(linksDirectory(kind))
-            try BPFFS.unpin(root + "/" + kind.programPin)
+            for (pin, state) in try kernel.readLinks(kind) where state == .staleProgram {
+                try kernel.updateLink(kind, pin: pin)
+            }
         }
-        for name in Self.mapNames { try BPFFS.unpin(root + "/" + name) }
-        guard rmdir(root) == 0 || errno == ENOENT else { throw BPFError("remove \(root)", errno: errno) }
+        // 3. The reaped-connection link: a tracing link cannot be updated, so
+        //    a new one replaces the old in one rename.
+        if let reaped = kernel.reapedProgram {
+            let link = try reaped.attachTracepoint()
+            let next = Self.staged(reapedLinkPath, id: try link.info().id)
+            try link.pin(at: next)
+            try BPFFS.rename(next, to: reapedLinkPath)
+        }
+        // 4. The programs in place, then what earlier attempts left.
+        for (next, final) in staged { try BPFFS.rename(next, to: final) }
+        for leftover in leftovers() { try BPFFS.unpin(root + "/" + leftover) }
+        for kind in Attachment.allCases where mkdir(linksDirectory(kind), 0o700) != 0 && errno != EEXIST {
+            throw SyscallError("create \(linksDirectory(kind))", errno: errno)
+        }
+        // 5. The identity last.
+        try kernel.writeIdentity(changeSeq: (meta?.change_seq ?? 0) &+ 1)
+        try legacy.remove()
+        let previous = meta.map { $0.layout == 0 ? "" : " (were \($0.program_version))" } ?? ""
+        logger.info("programs \(object.identity) in force at \(root)\(previous)")
+        return kernel
     }
+
+    /// Pins an interrupted install left: staged programs and reaped links.
+    private func leftovers() -> [String] {
+        ((try? directoryNames(root)) ?? []).filter { $0.contains(Self.stagedMark) }
+    }
+
+    /// Ids of every program pinned under one of the object's program names
+    /// (in place or staged): links may run any of them.
+    private func pinnedProgramIDs(_ object: MainObject) -> Set<UInt32> {
+        let names = [object.progs.keepalive_sockops, object.progs.keepalive_setsockopt, object.progs.keepalive_reaped]
+            .map { BPFObject.name(ofProgram: $0!) }
+        let pins = ((try? directoryNames(root)) ?? []).filter { pin in
+            names.contains { pin == $0 || pin.hasPrefix($0 + Self.stagedMark) }
+        }
+        return Set(pins.compactMap { try? BPFProgram.pinned(at: root + "/" + $0, name: $0).id() })
+    }
+
+    // MARK: removal
+
+    /// Removes every policy, link and pin of the state: enforcement ends
+    /// everywhere. Links go first; a removal killed half-way is finished by
+    /// the next one. Returns what was not keepalive's and was left in place.
+    public func removeAll() throws -> [String] {
+        try threads.withLock { _ -> [String] in
+            open = nil
+            guard BPFFS.exists(root) else { return [] }
+            try checkOwnership()
+            let rootFD = try FileDescriptor.open(root, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            guard flock(rootFD.raw, LOCK_EX) == 0 else { throw SyscallError("lock \(root)", errno: errno) }
+            let object = try MainObject(pinRoot: root)
+            let ours = pinnedProgramIDs(object).union(LegacyState(root: root).programIDs())
+            var kept: [String] = []
+            for kind in Attachment.allCases {
+                for name in (try? directoryNames(linksDirectory(kind))) ?? [] {
+                    let path = linksDirectory(kind) + "/" + name
+                    if let info = try? BPFLink.pinned(at: path).info(), ours.contains(info.programID) {
+                        try BPFFS.unpin(path)
+                    } else {
+                        kept.append(path)
+                    }
+                }
+            }
+            for name in (try? directoryNames(root)) ?? [] where name.hasPrefix("link-reaped") { try BPFFS.unpin(root + "/" + name) }
+            for name in (try? directoryNames(root)) ?? [] where ours.contains(programID(at: root + "/" + name)) {
+                try BPFFS.unpin(root + "/" + name)
+            }
+            let maps = [object.maps.ka_policies_v2, object.maps.ka_counters, object.maps.ka_errors, object.maps.ka_meta,
+                        object.maps.ka_events, object.maps.ka_events_head]
+            for map in maps { if let path = BPFObject.pinPath(ofMap: map!) { try BPFFS.unpin(path) } }
+            try LegacyState(root: root).remove()
+            for directory in Attachment.allCases.map(linksDirectory) + [agentLockPath] { rmdir(directory) }
+            flock(rootFD.raw, LOCK_UN)
+            guard rmdir(root) == 0 || errno == ENOENT else {
+                kept += ((try? directoryNames(root)) ?? []).map { root + "/" + $0 }.filter { !kept.contains($0) }
+                return kept
+            }
+            return kept
+        }
+    }
+
+    private func programID(at path: String) -> UInt32 {
+        (try? BPFProgram.pinned(at: path, name: path).id()) ?? 0
+    }
+
+    // MARK: the agent's claim
+
+    /// Held by the one agent that enforces this state: a second refuses to start.
+    public final class AgentClaim: @unchecked Sendable {
+        let fd: FileDescriptor
+        init(fd: FileDescriptor) { self.fd = fd }
+    }
+
+    /// Claims the state for this agent (an flock held for its lifetime).
+    public func claimForAgent() throws -> AgentClaim {
+        guard mkdir(agentLockPath, 0o700) == 0 || errno == EEXIST else {
+            throw SyscallError("create \(agentLockPath)", errno: errno)
+        }
+        let fd = try FileDescriptor.open(agentLockPath)
+        guard flock(fd.raw, LOCK_EX | LOCK_NB) == 0 else {
+            if errno == EWOULDBLOCK { throw StateError.agentRunning(path: root, pid: lockHolder(of: agentLockPath)) }
+            throw SyscallError("lock \(agentLockPath)", errno: errno)
+        }
+        return AgentClaim(fd: fd)
+    }
+
+    /// The process holding an flock on `path`, from /proc/locks.
+    private func lockHolder(of path: String) -> Int32? {
+        var st = stat()
+        guard stat(path, &st) == 0, let locks = try? readTextFile(FilePath("/proc/locks")) else { return nil }
+        let suffix = ":\(UInt64(st.st_ino))"
+        for line in locks.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            if fields.count > 5, fields[1] == "FLOCK", fields[5].hasSuffix(suffix) { return Int32(fields[4]) }
+        }
+        return nil
+    }
+}
+
+/// The names in a directory, "." and ".." left out.
+func directoryNames(_ path: String) throws(SyscallError) -> [String] {
+    guard let dir = opendir(path) else { throw SyscallError("read \(path)", errno: errno) }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = directoryEntryName(entry)
+        if name.kind == .regular { names.append(name.string) }
+    }
+    return names
 }

@@ -1,29 +1,45 @@
 import CLibBPF
+import struct SystemPackage.FilePath
 
 /// Who set a policy: the agent reconciles only its own, and leaves the CLI's alone.
-public enum PolicyOwner: String, Sendable {
+public enum PolicyOwner: String, Codable, Sendable {
     case cli, agent
-
-    init(record: ka_policy) { self = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli }
 }
 
 /// Who wins when a program sets keepalive options itself.
-public enum Precedence: String, CaseIterable, Sendable {
+public enum Precedence: CaseIterable, Codable, Sendable {
     /// The policy is the default; the program may change it later (Go, Java, drivers do).
-    case application = "application"  // KA_PRECEDENCE_APPLICATION
+    case application
     /// The program's own keepalive setsockopt calls get the policy's values (and still succeed).
-    case policy = "policy"            // KA_PRECEDENCE_POLICY
+    case policy
 
     public static let key = KA_PRECEDENCE_KEY
 
+    /// The name in files, flags and output (bpf/keepalive_policy.h).
+    public var name: String {
+        switch self {
+        case .application: KA_PRECEDENCE_APPLICATION
+        case .policy: KA_PRECEDENCE_POLICY
+        }
+    }
+
     public init(parsing text: String) throws(PolicyError) {
-        guard let value = Precedence(rawValue: text) else { throw .badPrecedence(text) }
+        guard let value = Self.allCases.first(where: { $0.name == text }) else { throw .badPrecedence(text) }
         self = value
+    }
+
+    public init(from decoder: Decoder) throws {
+        self = try Precedence(parsing: decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(name)
     }
 }
 
 /// The keepalive settings for one cgroup, as the user gave them.
-/// 0 leaves the system default; userTimeout -1 derives it from the others.
+/// 0 leaves the system default; userTimeout KA_USER_TIMEOUT_DERIVED derives it from the others.
 public struct Policy: Equatable, Hashable, Sendable {
     public var keepidle = PolicyOption.keepidle.defaultValue
     public var keepintvl = PolicyOption.keepintvl.defaultValue
@@ -67,50 +83,85 @@ public struct Policy: Equatable, Hashable, Sendable {
         }
     }
 
-    /// The user timeout in force: for -1, derived by the header's ka_derived_user_timeout.
+    public var derivesUserTimeout: Bool { userTimeout == KA_USER_TIMEOUT_DERIVED }
+
+    /// The user timeout in force: for KA_USER_TIMEOUT_DERIVED, derived by the header's ka_derived_user_timeout.
     public var effectiveUserTimeout: Int32 {
-        guard userTimeout == KA_USER_TIMEOUT_DERIVED else { return userTimeout }
-        return ka_derived_user_timeout(keepidle, keepintvl, keepcnt)
+        derivesUserTimeout ? ka_derived_user_timeout(keepidle, keepintvl, keepcnt) : userTimeout
     }
 
-    /// The record the BPF program reads (user timeout resolved).
-    public func record(slot: UInt32, owner: PolicyOwner = .cli,
-                       generation: UInt32 = .random(in: 1...UInt32.max)) -> ka_policy {
-        var flags = owner == .agent ? KA_POLICY_AGENT : 0
-        if userTimeout == KA_USER_TIMEOUT_DERIVED { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
-        if precedence == .policy { flags |= KA_POLICY_PRECEDENCE_POLICY }
-        return ka_policy(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt,
-                         user_timeout: effectiveUserTimeout, syncnt: syncnt, maxseg: maxseg,
-                         window_clamp: windowClamp, flags: flags, slot: slot, generation: generation)
+    /// An option's value as it is in force, for people: the derived user timeout spelled out.
+    public func shown(_ option: PolicyOption) -> String {
+        option == .userTimeout && derivesUserTimeout ? "\(effectiveUserTimeout)(derived)" : "\(self[option])"
     }
 
-    /// The policy a record was made from.
-    public init(record: ka_policy) {
-        keepidle = record.keepidle
-        keepintvl = record.keepintvl
-        keepcnt = record.keepcnt
-        userTimeout = record.flags & KA_POLICY_USER_TIMEOUT_DERIVED != 0
-            ? KA_USER_TIMEOUT_DERIVED : record.user_timeout
-        syncnt = record.syncnt
-        maxseg = record.maxseg
-        windowClamp = record.window_clamp
-        precedence = record.flags & KA_POLICY_PRECEDENCE_POLICY != 0 ? .policy : .application
+    /// "keepidle=15 keepintvl=15 keepcnt=9 user_timeout=150000(derived)" and the rest when set.
+    public var summary: String {
+        let shownOptions = PolicyOption.allCases.filter { $0.alwaysShown || self[$0] != 0 }
+        return shownOptions.map { "\($0.key)=\(shown($0))" }.joined(separator: " ")
+            + (precedence == .policy ? " \(Precedence.key)=\(precedence.name)" : "")
     }
 }
 
-extension Policy {
-    /// "keepidle=15 keepintvl=15 keepcnt=9 user_timeout=150000(derived)" and the rest when set.
-    public var summary: String {
-        PolicyOption.allCases.compactMap { option -> String? in
-            let value = self[option]
-            switch option {
-            case .userTimeout:
-                return "\(option.key)=\(effectiveUserTimeout)" + (value == KA_USER_TIMEOUT_DERIVED ? "(derived)" : "")
-            case .syncnt, .maxseg, .windowClamp:
-                return value == 0 ? nil : "\(option.key)=\(value)"
-            default:
-                return "\(option.key)=\(value)"
-            }
-        }.joined(separator: " ") + (precedence == .policy ? " precedence=policy" : "")
+/// A policy in force on one cgroup: the Swift view of `struct ka_policy`.
+public struct PolicyRecord: Equatable, Sendable {
+    public var policy: Policy
+    public var owner: PolicyOwner
+    /// The cgroup's path below the cgroup2 mount.
+    public var path: FilePath
+    /// New on every change: tells the BPF program a listener's values are stale.
+    public var generation: UInt32
+
+    public init(policy: Policy, owner: PolicyOwner, path: FilePath, generation: UInt32 = .random(in: 1...UInt32.max)) {
+        self.policy = policy
+        self.owner = owner
+        self.path = path
+        self.generation = generation
+    }
+
+    public init(_ record: ka_policy) {
+        var policy = Policy()
+        policy.keepidle = record.keepidle
+        policy.keepintvl = record.keepintvl
+        policy.keepcnt = record.keepcnt
+        policy.userTimeout = record.flags & KA_POLICY_USER_TIMEOUT_DERIVED != 0 ? KA_USER_TIMEOUT_DERIVED : record.user_timeout
+        policy.syncnt = record.syncnt
+        policy.maxseg = record.maxseg
+        policy.windowClamp = record.window_clamp
+        policy.precedence = record.flags & KA_POLICY_PRECEDENCE_POLICY != 0 ? .policy : .application
+        self.policy = policy
+        owner = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli
+        generation = record.generation
+        path = withUnsafeBytes(of: record.path) { raw in
+            FilePath(platformString: raw.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0])
+        }
+    }
+
+    /// The record the BPF program reads (user timeout resolved).
+    public func encoded() throws(PolicyError) -> ka_policy {
+        var flags = owner == .agent ? KA_POLICY_AGENT : 0
+        if policy.derivesUserTimeout { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
+        if policy.precedence == .policy { flags |= KA_POLICY_PRECEDENCE_POLICY }
+        var record = ka_policy()
+        record.keepidle = policy.keepidle
+        record.keepintvl = policy.keepintvl
+        record.keepcnt = policy.keepcnt
+        record.user_timeout = policy.effectiveUserTimeout
+        record.syncnt = policy.syncnt
+        record.maxseg = policy.maxseg
+        record.window_clamp = policy.windowClamp
+        record.flags = flags
+        record.generation = generation
+        let bytes = path.withPlatformString { Array(UnsafeBufferPointer(start: $0, count: strlen($0))) }
+        guard bytes.count < Int(KA_CGROUP_PATH_MAX) else { throw .pathTooLong(path.cgroupDisplay) }
+        withUnsafeMutableBytes(of: &record.path) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = UInt8(bitPattern: byte) }
+        }
+        return record
+    }
+
+    /// Same policy, owner and cgroup: writing it again would change nothing.
+    public func sameSettings(as other: PolicyRecord) -> Bool {
+        policy == other.policy && owner == other.owner && path == other.path
     }
 }

@@ -5,7 +5,7 @@ import CLibBPF
 public enum PolicyOption: String, CaseIterable, Sendable {
     case keepidle, keepintvl, keepcnt, userTimeout, syncnt, maxseg, windowClamp
 
-    /// Key in the agent's YAML and `status --json`; the CLI flag is the same with dashes.
+    /// Key in the agent's YAML and in JSON output.
     public var key: String {
         switch self {
         case .keepidle: KA_KEEPIDLE_KEY
@@ -17,8 +17,6 @@ public enum PolicyOption: String, CaseIterable, Sendable {
         case .windowClamp: KA_WINDOW_CLAMP_KEY
         }
     }
-
-    public var flag: String { "--" + String(key.map { $0 == "_" ? "-" : $0 }) }
 
     /// The option's index in the BPF program's error counters (enum ka_bpf_option).
     var bpfOption: ka_bpf_option {
@@ -58,13 +56,21 @@ public enum PolicyOption: String, CaseIterable, Sendable {
         }
     }
 
+    /// The keepalive options are always listed; the others only when set.
+    var alwaysShown: Bool {
+        switch self {
+        case .keepidle, .keepintvl, .keepcnt, .userTimeout: true
+        case .syncnt, .maxseg, .windowClamp: false
+        }
+    }
+
     /// What the option does, for help texts.
     public var meaning: String {
         switch self {
         case .keepidle: "Idle time before the first keepalive probe"
         case .keepintvl: "Time between keepalive probes"
         case .keepcnt: "Unanswered probes before the connection is dropped"
-        case .userTimeout: "How long sent data may stay unacknowledged; -1 derives (idle + intvl * cnt) s"
+        case .userTimeout: "How long sent data may stay unacknowledged; \(KA_USER_TIMEOUT_DERIVED) derives (idle + intvl * cnt) s"
         case .syncnt: "SYN retransmissions on connect"
         case .maxseg: "Maximum segment size on connect"
         case .windowClamp: "Clamp of the advertised window"
@@ -85,19 +91,20 @@ public enum PolicyOption: String, CaseIterable, Sendable {
         }
     }
 
-    /// Checks a value against the kernel's range; the error is one line.
+    var rangeText: String {
+        self == .userTimeout ? "\(KA_USER_TIMEOUT_DERIVED) to derive, or 1..\(range.upperBound)"
+            : "\(range.lowerBound)..\(range.upperBound)"
+    }
+
+    /// Checks a value against the kernel's range.
     public func validate(_ value: Int64) throws(PolicyError) -> Int32 {
-        guard value == 0 || range.contains(value) else {
-            throw PolicyError.outOfRange(option: self, value: String(value))
-        }
+        guard value == 0 || range.contains(value) else { throw .outOfRange(option: self, value: String(value)) }
         return Int32(value)
     }
 
-    /// Parses and checks a textual value (CLI flag, YAML scalar).
+    /// Parses and checks a textual value (a CLI flag's).
     public func parse(_ text: String) throws(PolicyError) -> Int32 {
-        guard let value = Int64(text) else {
-            throw PolicyError.notANumber(option: self, value: text)
-        }
+        guard let value = Int64(text) else { throw .notANumber(option: self, value: text) }
         return try validate(value)
     }
 }
@@ -106,21 +113,28 @@ public enum PolicyError: Error, CustomStringConvertible, Equatable {
     case notANumber(option: PolicyOption, value: String)
     case outOfRange(option: PolicyOption, value: String)
     case badPrecedence(String)
+    case pathTooLong(String)
+
+    /// The problem with the value, without naming where it came from (the
+    /// caller names it: a YAML key and line, a CLI flag).
+    public var problem: String {
+        switch self {
+        case let .notANumber(_, value):
+            "'\(value)' is not a whole number"
+        case let .outOfRange(option, value):
+            "\(value) is out of range (0 for the system default, or \(option.rangeText) \(option.unit))"
+        case let .badPrecedence(value):
+            "'\(value)' is neither '\(Precedence.application.name)' nor '\(Precedence.policy.name)'"
+        case let .pathTooLong(path):
+            "the cgroup path '\(path)' is longer than \(KA_CGROUP_PATH_MAX - 1) bytes, the most a policy can record"
+        }
+    }
 
     public var description: String {
         switch self {
-        case let .notANumber(option, value):
-            "\(option.key): '\(value)' is not a whole number"
-        case let .outOfRange(option, value):
-            "\(option.key): \(value) is out of range (0 for the system default, or \(option.rangeText) \(option.unit))"
-        case let .badPrecedence(value):
-            "precedence: '\(value)' is neither 'application' nor 'policy'"
+        case let .notANumber(option, _), let .outOfRange(option, _): "\(option.key): \(problem)"
+        case .badPrecedence: "\(Precedence.key): \(problem)"
+        case .pathTooLong: problem
         }
-    }
-}
-
-extension PolicyOption {
-    var rangeText: String {
-        self == .userTimeout ? "-1 to derive, or 1..\(range.upperBound)" : "\(range.lowerBound)..\(range.upperBound)"
     }
 }

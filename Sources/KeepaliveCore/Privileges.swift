@@ -1,10 +1,12 @@
+import struct SystemPackage.FilePath
+
 /// Whether this process may load and attach BPF programs.
 public enum Privileges {
     static let capNetAdmin = 12, capSysAdmin = 21, capPerfmon = 38, capBPF = 39
 
     /// The capabilities missing for the privileged mode, by name; empty if none.
     public static func missingForBPF(status path: String = "/proc/self/status") -> [String] {
-        guard let text = try? readTextFile(path), let mask = effectiveCapabilities(inStatus: text) else {
+        guard let text = try? readTextFile(FilePath(path)), let mask = effectiveCapabilities(inStatus: text) else {
             return ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]
         }
         return missing(fromEffective: mask)

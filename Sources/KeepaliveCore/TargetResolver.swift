@@ -1,118 +1,153 @@
 import Glibc
+import struct SystemPackage.FilePath
 
-/// A policy the agent wants in force on one existing cgroup.
-public struct DesiredPolicy: Sendable {
-    public let cgroup: Cgroup
-    public let policy: Policy
-    public let source: String
-}
-
-/// Turns policy-file targets (paths, globs, units) and CLI selectors (pids)
-/// into existing cgroups, and tells which directories to watch for new matches.
+/// Turns policy-file targets (paths, globs, units) and CLI selectors (pids,
+/// units) into existing cgroups, and tells which directories to watch for
+/// new matches. A whole resolution walks only the directories a target can
+/// reach; a new directory is resolved from where it is, alone.
 public struct TargetResolver: Sendable {
     public let cgroups: CgroupFS
 
     public init(cgroups: CgroupFS) { self.cgroups = cgroups }
 
-    public struct Resolution: Sendable {
-        public var desired: [DesiredPolicy] = []
-        /// Directories whose new or removed children can change the result.
-        public var watch: Set<String> = []
+    /// A cgroup one of the file's entries selects; the later entry wins.
+    public struct Match: Sendable {
+        public let cgroup: Cgroup
+        public let spec: Int
     }
 
-    /// Every spec against the cgroups that exist now; later specs win on the same cgroup.
+    public struct Resolution: Sendable {
+        public var matches: [UInt64: Match] = [:]
+        /// Directories whose new children can change the result.
+        public var watch: Set<FilePath> = []
+        /// Directories that could not be read (retried on the next rescan).
+        public var unreadable: [String] = []
+
+        mutating func add(_ cgroup: Cgroup, spec: Int) {
+            if let existing = matches[cgroup.id], existing.spec > spec { return }
+            matches[cgroup.id] = Match(cgroup: cgroup, spec: spec)
+        }
+
+        public mutating func merge(_ other: Resolution) {
+            for match in other.matches.values { add(match.cgroup, spec: match.spec) }
+            watch.formUnion(other.watch)
+            unreadable += other.unreadable
+        }
+    }
+
+    /// Every entry against the cgroups that exist now.
     public func resolve(_ config: AgentConfig) -> Resolution {
         var resolution = Resolution()
-        var byID: [UInt64: Int] = [:]
-        for spec in config.policies {
-            for cgroup in matches(spec.target, watch: &resolution.watch) {
-                let want = DesiredPolicy(cgroup: cgroup, policy: spec.policy, source: spec.source)
-                if let index = byID[cgroup.id] {
-                    resolution.desired[index] = want
-                } else {
-                    byID[cgroup.id] = resolution.desired.count
-                    resolution.desired.append(want)
+        for (index, spec) in config.policies.enumerated() {
+            switch spec.target {
+            case .cgroup(let pattern):
+                expand(pattern: components(of: pattern), from: [(FilePath(), 0)], spec: index, into: &resolution)
+            case .unit(let name):
+                searchUnit(name, from: [FilePath()], spec: index, into: &resolution)
+            }
+        }
+        return resolution
+    }
+
+    /// What a directory that just appeared adds: the entries it matches, and
+    /// what to watch and match below it (usually nothing yet).
+    public func resolve(_ config: AgentConfig, appeared directory: Cgroup) -> Resolution {
+        var resolution = Resolution()
+        let path = directory.path.components.map { $0 }
+        for (index, spec) in config.policies.enumerated() {
+            switch spec.target {
+            case .cgroup(let text):
+                let pattern = components(of: text)
+                guard path.count <= pattern.count,
+                      zip(pattern, path).allSatisfy({ matches($0, $1) }) else { continue }
+                expand(pattern: pattern, from: [(directory.path, path.count)], spec: index, into: &resolution)
+            case .unit(let name):
+                guard path.dropLast().allSatisfy(isSlice) else { continue }
+                if directory.path.lastComponent.map({ $0.string == name }) == true {
+                    resolution.add(directory, spec: index)
+                } else if path.last.map(isSlice) == true {
+                    searchUnit(name, from: [directory.path], spec: index, into: &resolution)
                 }
             }
         }
         return resolution
     }
 
-    func matches(_ target: PolicySpec.Target, watch: inout Set<String>) -> [Cgroup] {
-        switch target {
-        case .cgroup(let pattern): glob(pattern, watch: &watch)
-        case .unit(let name): unit(name, watch: &watch)
-        }
+    /// The components of a policy file's path, made relative to the mount.
+    private func components(of pattern: String) -> [String] {
+        var relative = FilePath(pattern)
+        if relative.isAbsolute { _ = relative.removePrefix(cgroups.mount) }
+        return relative.components.map(\.string)
     }
 
-    /// Follows a path pattern one component at a time from the mount.
-    func glob(_ pattern: String, watch: inout Set<String>) -> [Cgroup] {
-        var relative = pattern
-        if relative.hasPrefix(cgroups.mountPoint + "/") { relative.removeFirst(cgroups.mountPoint.count + 1) }
-        guard var frontier = try? [cgroups.root] else { return [] }
-        for component in relative.split(separator: "/").map(String.init) {
-            var next: [Cgroup] = []
-            for dir in frontier {
-                watch.insert(dir.path)
-                if component.contains(where: { "*?[".contains($0) }) {
-                    cgroups.walk(below: dir) { child in
-                        if fnmatch(component, child.name, 0) == 0 { next.append(child) }
-                        return false
-                    }
-                } else if let child = cgroups.cgroup(atPath: dir.path + "/" + component) {
-                    next.append(child)
-                }
+    private func matches(_ pattern: String, _ name: FilePath.Component) -> Bool {
+        guard pattern.contains(where: { "*?[".contains($0) }) else { return FilePath.Component(pattern) == name }
+        return name.withPlatformString { fnmatch(pattern, $0, 0) == 0 }
+    }
+
+    private func isSlice(_ name: FilePath.Component) -> Bool { name.string.hasSuffix(".slice") }
+
+    /// Follows a pattern one component at a time from `frontier` (directory,
+    /// index of the component its children must match).
+    private func expand(pattern: [String], from frontier: [(FilePath, Int)], spec: Int, into resolution: inout Resolution) {
+        var frontier = frontier
+        while let (directory, index) = frontier.popLast() {
+            guard index < pattern.count else {
+                if let cgroup = cgroups.cgroup(at: directory) { resolution.add(cgroup, spec: spec) }
+                continue
             }
-            frontier = next
+            resolution.watch.insert(directory)
+            do {
+                for child in try cgroups.children(of: directory) {
+                    guard let name = child.path.lastComponent, matches(pattern[index], name) else { continue }
+                    if index + 1 == pattern.count { resolution.add(child, spec: spec) } else { frontier.append((child.path, index + 1)) }
+                }
+            } catch {
+                resolution.unreadable.append("\(error)")
+            }
         }
-        return frontier
     }
 
     /// systemd puts a unit's cgroup, named after the unit, inside a slice:
     /// the shallowest directory of that name. Slices are watched for it to appear.
-    func unit(_ name: String, watch: inout Set<String>) -> [Cgroup] {
-        guard let root = try? cgroups.root else { return [] }
-        watch.insert(root.path)
-        var level = [root]
+    private func searchUnit(_ name: String, from level: [FilePath], spec: Int, into resolution: inout Resolution) {
+        var level = level
         while !level.isEmpty {
-            var next: [Cgroup] = []
-            for dir in level {
-                var found: Cgroup?
-                cgroups.walk(below: dir) { child in
-                    if child.name == name { found = child }
-                    if child.name.hasSuffix(".slice") {
-                        watch.insert(child.path)
-                        next.append(child)
+            var next: [FilePath] = []
+            for directory in level {
+                resolution.watch.insert(directory)
+                do {
+                    for child in try cgroups.children(of: directory) {
+                        guard let childName = child.path.lastComponent else { continue }
+                        if childName.string == name {
+                            resolution.add(child, spec: spec)
+                            return
+                        }
+                        if isSlice(childName) { next.append(child.path) }
                     }
-                    return false
+                } catch {
+                    resolution.unreadable.append("\(error)")
                 }
-                if let found { return [found] }
             }
             level = next
         }
-        return []
     }
 
     /// The cgroup v2 of a process, from /proc/PID/cgroup ("0::/path").
     public func cgroup(ofPID pid: Int32) throws -> Cgroup {
-        guard let text = try? readTextFile("/proc/\(pid)/cgroup") else { throw CgroupError.noProcess(pid) }
+        guard let text = try? readTextFile(FilePath("/proc/\(pid)/cgroup")) else { throw CgroupError.noProcess(pid) }
         for line in text.split(separator: "\n") where line.hasPrefix("0::") {
-            let path = String(line.dropFirst(3))
-            return try cgroups.resolve(path == "/" ? cgroups.mountPoint : cgroups.mountPoint + path)
+            let path = line.dropFirst(3)  // below the hierarchy's root: "/" is the root itself
+            return try cgroups.resolve(path == "/" ? "/" : String(path.dropFirst()))
         }
         throw CgroupError.noProcess(pid)
     }
 
     /// The cgroup of a systemd unit that exists now.
     public func cgroup(ofUnit name: String) throws -> Cgroup {
-        var ignored: Set<String> = []
-        guard let found = unit(name, watch: &ignored).first else { throw CgroupError.noUnit(name) }
+        var resolution = Resolution()
+        searchUnit(name, from: [FilePath()], spec: 0, into: &resolution)
+        guard let found = resolution.matches.values.first?.cgroup else { throw CgroupError.noUnit(name) }
         return found
-    }
-}
-
-extension Cgroup {
-    public var name: String {
-        relativePath == "/" ? "/" : String(relativePath.split(separator: "/").last ?? "")
     }
 }

@@ -1,200 +1,381 @@
-import BPF
-import CLibBPF
 import Glibc
+import struct SystemPackage.FilePath
 
 /// A consistent view of the pinned state, valid while its lock is held.
 ///
-/// Invariant kept by every change, for each Attachment kind: its program is
-/// linked exactly at the topmost cgroups whose policy wants it, so it runs
-/// once per socket, and finds the nearest policy by walking up the cgroups.
+/// The links are derived from the policies, never kept apart: for each
+/// Attachment kind, its program is linked exactly at the topmost cgroups whose
+/// policy wants it, so it runs once per socket and finds the nearest policy by
+/// walking up. A change writes the policy record (one atomic map update), then
+/// makes the links agree, adding before removing so that no socket goes
+/// unconfigured. A crash in between leaves links that disagree; the next
+/// transaction's repair() finds that from the kernel's own account and fixes it.
 public final class Transaction {
-    let state: PinnedState
-    private var records: [UInt64: ka_policy]
-    private var linked: [Attachment: Set<UInt64>] = [:]
-    private var usedSlots: Set<UInt32>
-    private var slotCursor: UInt32 = 0
+    let kernel: StateKernel
+    public private(set) var records: [UInt64: PolicyRecord]
+    private let index = PolicyIndex()
+    private var links: [Attachment: [String: LinkState]] = [:]
+    private var announced = false
 
-    init(state: PinnedState) throws {
-        self.state = state
-        var records: [UInt64: ka_policy] = [:]
-        for (id, record) in try state.policies.entries() { records[id] = record }
-        self.records = records
-        usedSlots = Set(records.values.map(\.slot))
-        for kind in Attachment.allCases { linked[kind] = state.pinnedLinkIDs(kind) }
+    public init(kernel: StateKernel) throws {
+        self.kernel = kernel
+        records = try kernel.readPolicies()
+        for (id, record) in records { index.insert(record.path, id: id) }
+        for kind in Attachment.allCases { links[kind] = try kernel.readLinks(kind) }
     }
 
     public enum Change: String, Sendable {
         case created, updated, unchanged
     }
 
-    /// Ids of the cgroups whose policy `owner` set.
-    public func cgroupIDs(ownedBy owner: PolicyOwner) -> Set<UInt64> {
-        Set(records.filter { PolicyOwner(record: $0.value) == owner }.keys)
+    // MARK: repair
+
+    /// What the opening check found and did.
+    public struct Report: Sendable {
+        /// Breaches of the invariant it fixed (what a crash or an outside hand left).
+        public var repaired: [String] = []
+        /// Policies dropped because their cgroup is proven gone.
+        public var dropped: [String] = []
+        /// What it could not interpret or check, and so kept.
+        public var keptUnknown: [String] = []
+        /// Links it could not fix (the error says why).
+        public var failed: [String] = []
     }
 
-    /// Every existing cgroup by id, the root included.
-    public func cgroupsByID() throws -> [UInt64: Cgroup] {
-        let root = try state.cgroups.root
-        var all = [root.id: root]
-        state.cgroups.walk(below: root) { all[$0.id] = $0; return true }
-        return all
+    /// Checks the kernel's state against the invariant and repairs it: drops
+    /// the policies of cgroups proven gone (nothing else), removes counters
+    /// without a policy, and makes every kind's links exactly the derived ones.
+    @discardableResult
+    public func repair() throws -> Report {
+        var report = Report()
+        for (id, record) in records.sorted(by: { $0.key < $1.key }) {
+            switch kernel.presence(of: record.path, id: id) {
+            case .present:
+                continue
+            case .gone:
+                try announce()
+                try kernel.deletePolicy(id)
+                forget(id)
+                report.dropped.append("\(record.path.cgroupDisplay) (cgroup removed)")
+            case .unknown(let code):
+                report.keptUnknown.append("policy on \(record.path.cgroupDisplay): cannot tell whether the cgroup "
+                                          + "still exists (\(errnoText(code))); kept")
+            }
+        }
+        for id in try kernel.counterIDs().subtracting(records.keys) {
+            try announce()
+            try kernel.deleteCounters(id)
+            report.repaired.append("removed counters of cgroup id \(id), which has no policy")
+        }
+        for kind in Attachment.allCases {
+            for (pin, state) in links[kind, default: [:]].sorted(by: { $0.key < $1.key }) {
+                if case .foreign(let why) = state {
+                    report.keptUnknown.append("\(kind.linksDirectory)/\(pin): \(why); left alone")
+                } else if UInt64(pin) == nil {
+                    report.keptUnknown.append("\(kind.linksDirectory)/\(pin): not a cgroup id; left alone")
+                }
+            }
+            let candidates = Set(records.keys).union(links[kind, default: [:]].keys.compactMap(UInt64.init))
+            let outcome = fixLinks(kind, candidates)
+            report.repaired += outcome.actions
+            report.failed += outcome.failures.map(\.description)
+        }
+        return report
     }
 
-    /// Sets a cgroup's policy: a new one is attached, an existing one updated in place.
+    // MARK: changes
+
+    /// Sets a cgroup's policy: a new one is linked where needed, an existing
+    /// one updated in place. On failure what was in force is restored.
     @discardableResult
     public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli) throws -> Change {
         let previous = records[cgroup.id]
-        if let previous, Policy(record: previous) == policy, PolicyOwner(record: previous) == owner,
-           Attachment.allCases.allSatisfy({ !$0.wants(previous) || isCovered(cgroup, $0) }) { return .unchanged }
-        let slot = try previous?.slot ?? allocateSlot()
-        if previous == nil { try state.sockets.update(slot, 0) }  // a reused slot starts from zero
-        let record = policy.record(slot: slot, owner: owner)
-        try state.policies.update(cgroup.id, record)
-        records[cgroup.id] = record
-        usedSlots.insert(slot)
-        do {
-            for kind in Attachment.allCases {
-                if kind.wants(record) {
-                    try cover(cgroup, kind)
-                } else if linked[kind, default: []].contains(cgroup.id) {
-                    try uncover(cgroup, kind)  // e.g. precedence back to application
-                }
-            }
-        } catch {
-            try restore(cgroup.id, previous)
-            throw error
+        var record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path)
+        if let previous, previous.sameSettings(as: record) { record.generation = previous.generation }
+        let rewrite = previous.map { !$0.sameSettings(as: record) } ?? true
+        if rewrite {
+            try announce()
+            try kernel.writePolicy(record, for: cgroup.id, isNew: previous == nil)
+            remember(record, for: cgroup.id)
         }
+        let outcome = fixLinks(around: cgroup.path, id: cgroup.id)
+        if let failure = outcome.failures.first {
+            if rewrite { try restore(previous, for: cgroup) }
+            throw failure
+        }
+        if !rewrite { return outcome.actions.isEmpty ? .unchanged : .updated }
         return previous == nil ? .created : .updated
     }
 
-    /// Removes a cgroup's policy; its sockets fall back to the nearest ancestor's.
-    /// Returns false if it had none.
+    /// Removes a cgroup's policy; its sockets fall back to the nearest
+    /// ancestor's. Returns false if it had none.
     @discardableResult
-    public func remove(_ cgroup: Cgroup) throws -> Bool {
-        guard records[cgroup.id] != nil else { return false }
-        for kind in Attachment.allCases where linked[kind, default: []].contains(cgroup.id) {
-            try uncover(cgroup, kind)
-        }
-        try restore(cgroup.id, nil)
+    public func remove(_ id: UInt64) throws -> Bool {
+        guard let record = records[id] else { return false }
+        try announce()
+        try kernel.deletePolicy(id)
+        forget(id)
+        if let failure = fixLinks(around: record.path, id: id).failures.first { throw failure }
         return true
     }
 
-    /// Removes every policy, link and pin: enforcement ends everywhere.
-    public func removeAll() throws {
-        try state.unpinAll()
-        records = [:]
-        linked = [:]
-        usedSlots = []
+    /// One cgroup's policy as the agent wants it in force.
+    public struct Desire: Sendable {
+        public let cgroup: Cgroup
+        public let policy: Policy
+        public let source: String
+
+        public init(cgroup: Cgroup, policy: Policy, source: String) {
+            self.cgroup = cgroup
+            self.policy = policy
+            self.source = source
+        }
     }
 
-    /// Drops policies and links of cgroups that no longer exist (ids are never reused).
-    /// Returns the ids dropped.
-    @discardableResult
-    public func prune() throws -> [UInt64] {
-        let live = liveIDs()
-        let allLinked = linked.values.reduce(Set<UInt64>()) { $0.union($1) }
-        let gone = Set(records.keys).union(allLinked).subtracting(live)
-        for id in gone {
-            for kind in Attachment.allCases where linked[kind, default: []].contains(id) { try unlink(id, kind) }
-            if records[id] != nil { try restore(id, nil) }
+    /// What a reconcile changed, and the cgroups it could not change.
+    public struct Outcome: Sendable {
+        public var changes: [AppliedChange] = []
+        public var failures: [Failure] = []
+
+        public init() {}
+    }
+
+    /// A cgroup a change could not reach, and whose trouble that is.
+    public struct Failure: Sendable {
+        public let cgroup: FilePath
+        public let error: String
+        public let scope: FailureScope
+
+        public init(cgroup: FilePath, error: any Error) {
+            self.cgroup = cgroup
+            self.error = "\(error)"
+            scope = FailureScope(of: error)
         }
-        return gone.sorted()
+    }
+
+    /// Makes the agent's policies in force exactly `desired`. Stale ones go
+    /// first (so a full map has room), then new and changed ones come, parents
+    /// first; unchanged ones are not touched. Policies set with the CLI stay
+    /// unless `desired` names their cgroup. One cgroup's failure does not stop
+    /// the others.
+    public func reconcile(_ desired: [Desire], owner: PolicyOwner = .agent) -> Outcome {
+        let wanted = Set(desired.map(\.cgroup.id))
+        var outcome = withdraw(records.filter { $0.value.owner == owner && !wanted.contains($0.key) }.map(\.key), owner: owner)
+        let enforced = enforce(desired, owner: owner)
+        outcome.changes += enforced.changes
+        outcome.failures += enforced.failures
+        return outcome
+    }
+
+    /// Puts these policies in force (parents first), leaving every other one as it is.
+    public func enforce(_ desired: [Desire], owner: PolicyOwner = .agent) -> Outcome {
+        var outcome = Outcome()
+        for want in desired.sorted(by: { $0.cgroup.path.depth < $1.cgroup.path.depth }) {
+            do {
+                let change = try apply(want.policy, to: want.cgroup, owner: owner)
+                guard change != .unchanged else { continue }
+                outcome.changes.append(AppliedChange(kind: change == .created ? .attached : .updated,
+                                                     cgroup: want.cgroup.path, policy: want.policy, source: want.source))
+            } catch {
+                outcome.failures.append(Failure(cgroup: want.cgroup.path, error: error))
+            }
+        }
+        return outcome
+    }
+
+    /// Removes the policies `owner` set on these cgroups (children first).
+    public func withdraw(_ ids: [UInt64], owner: PolicyOwner = .agent) -> Outcome {
+        var outcome = Outcome()
+        let owned = ids.compactMap { id in records[id].flatMap { $0.owner == owner ? (id, $0) : nil } }
+        for (id, record) in owned.sorted(by: { $0.1.path.depth > $1.1.path.depth }) {
+            do {
+                try remove(id)
+                outcome.changes.append(AppliedChange(kind: .detached, cgroup: record.path, policy: nil, source: nil))
+            } catch {
+                outcome.failures.append(Failure(cgroup: record.path, error: error))
+            }
+        }
+        return outcome
     }
 
     // MARK: status
 
+    /// A policy as the kernel has it, with its coverage read from the links.
     public struct Entry: Sendable {
-        /// Relative to the cgroup2 mount; nil if the cgroup was removed.
-        public let path: String?
         public let cgroupID: UInt64
-        public let policy: Policy
-        public let owner: PolicyOwner
-        public let effectiveUserTimeout: Int32
-        public let socketsConfigured: UInt64
-        /// Whether the program is linked at this cgroup (the top of a covered subtree).
-        public let attached: Bool
+        public let record: PolicyRecord
+        /// The sock_ops program is linked at this cgroup (the top of a covered subtree).
+        public let linked: Bool
+        /// It runs for this cgroup's sockets: linked here or at an ancestor.
+        public let covered: Bool
     }
 
-    public func entries() throws -> [Entry] {
-        let cgroups = try cgroupsByID()
-        return try records.map { id, record in
-            Entry(path: cgroups[id]?.relativePath, cgroupID: id, policy: Policy(record: record),
-                  owner: PolicyOwner(record: record), effectiveUserTimeout: record.user_timeout,
-                  socketsConfigured: try state.sockets.lookup(record.slot) ?? 0,
-                  attached: linked[.sockops, default: []].contains(id))
-        }.sorted { ($0.path ?? "~", $0.cgroupID) < ($1.path ?? "~", $1.cgroupID) }
+    public func entries() -> [Entry] {
+        records.map { id, record in
+            let linked = isLinked(.sockops, id)
+            let covered = linked || index.ancestors(of: record.path).contains { isLinked(.sockops, $0) }
+            return Entry(cgroupID: id, record: record, linked: linked, covered: covered)
+        }.sorted { ($0.record.path.string, $0.cgroupID) < ($1.record.path.string, $1.cgroupID) }
     }
 
-    // MARK: coverage
-
-    private func isCovered(_ cgroup: Cgroup, _ kind: Attachment) -> Bool {
-        let ids = linked[kind, default: []]
-        return ids.contains(cgroup.id) || state.cgroups.ancestors(of: cgroup).contains { ids.contains($0.id) }
+    /// Ids of the cgroups whose policy `owner` set.
+    public func cgroupIDs(ownedBy owner: PolicyOwner) -> Set<UInt64> {
+        Set(records.filter { $0.value.owner == owner }.keys)
     }
 
-    /// Makes sure the program runs for `cgroup`: linked here unless an
-    /// ancestor's link covers it, and then no longer below (which would run it twice).
-    private func cover(_ cgroup: Cgroup, _ kind: Attachment) throws {
-        guard !isCovered(cgroup, kind) else { return }
-        try link(cgroup, kind)
-        var redundant: [UInt64] = []
-        state.cgroups.walk(below: cgroup) { child in
-            if linked[kind, default: []].contains(child.id) { redundant.append(child.id) }
-            return true
+    // MARK: links
+
+    private func wants(_ kind: Attachment, _ id: UInt64) -> Bool {
+        records[id].map(kind.wants) ?? false
+    }
+
+    private func isLinked(_ kind: Attachment, _ id: UInt64) -> Bool {
+        switch links[kind]?[String(id)] {
+        case .current?, .staleProgram?: true
+        default: false
         }
-        for id in redundant { try unlink(id, kind) }
     }
 
-    /// Removes `cgroup`'s link after handing coverage down to the topmost
-    /// cgroups below that still want it, so nothing below goes uncovered.
-    private func uncover(_ cgroup: Cgroup, _ kind: Attachment) throws {
-        for top in topmostPolicies(below: cgroup, wanting: kind) { try link(top, kind) }
-        try unlink(cgroup.id, kind)
+    /// Whether `kind`'s program should be linked at cgroup `id`: its policy
+    /// wants it and no policy above wants it too.
+    private func shouldLink(_ kind: Attachment, _ id: UInt64) -> Bool {
+        guard let record = records[id], kind.wants(record) else { return false }
+        return !index.ancestors(of: record.path).contains { wants(kind, $0) }
     }
 
-    /// The cgroups strictly below `cgroup` whose policy wants `kind`, with none between.
-    private func topmostPolicies(below cgroup: Cgroup, wanting kind: Attachment) -> [Cgroup] {
-        var tops: [Cgroup] = []
-        state.cgroups.walk(below: cgroup) { child in
-            guard let record = records[child.id], kind.wants(record) else { return true }
-            tops.append(child)
-            return false
+    /// The links a change at `path` can affect: its own, and those of the
+    /// topmost policies below it.
+    private func fixLinks(around path: FilePath, id: UInt64) -> (actions: [String], failures: [LinkFailure]) {
+        var result: (actions: [String], failures: [LinkFailure]) = ([], [])
+        for kind in Attachment.allCases {
+            let below = index.topmost(below: path) { self.wants(kind, $0) }
+            let outcome = fixLinks(kind, Set([id] + below))
+            result.actions += outcome.actions
+            result.failures += outcome.failures
         }
-        return tops
+        return result
     }
 
-    private func link(_ cgroup: Cgroup, _ kind: Attachment) throws {
-        guard let program = state.programs[kind] else { return }
-        let cgroupFD = try FileDescriptor.open(cgroup.path)
-        let link = try program.attach(cgroup: cgroupFD, type: kind.attachType, cgroupPath: cgroup.path)
-        try link.pin(at: state.linkPath(kind, cgroup.id))
-        linked[kind, default: []].insert(cgroup.id)
+    /// Makes `kind`'s links at `candidates` what the invariant says: missing
+    /// ones made and stale ones updated first, then the extra ones removed.
+    private func fixLinks(_ kind: Attachment, _ candidates: Set<UInt64>) -> (actions: [String], failures: [LinkFailure]) {
+        var actions: [String] = [], failures: [LinkFailure] = []
+        let (wanted, unwanted) = candidates.sorted().reduce(into: ([UInt64](), [UInt64]())) { split, id in
+            if shouldLink(kind, id) { split.0.append(id) } else { split.1.append(id) }
+        }
+        for id in wanted {
+            let pin = String(id), where_ = records[id]?.path.cgroupDisplay ?? "id \(id)"
+            do {
+                switch links[kind]?[pin] {
+                case .current?:
+                    continue
+                case .staleProgram?:
+                    try announce()
+                    try kernel.updateLink(kind, pin: pin)
+                    actions.append("updated the \(kind) link at \(where_) to the current program")
+                case .foreign(let why)?:
+                    throw LinkFailure(kind: kind, cgroup: where_, reason: "its pin is taken by something else: \(why)",
+                                      scope: .state)
+                case .defunct?, .misplaced?, nil:
+                    try announce()
+                    if links[kind]?[pin] != nil { try kernel.removeLink(kind, pin: pin) }
+                    links[kind]?[pin] = nil
+                    try kernel.createLink(kind, at: Cgroup(path: records[id]!.path, id: id))
+                    actions.append("linked the \(kind) program at \(where_)")
+                }
+                links[kind, default: [:]][pin] = .current
+            } catch let failure as LinkFailure {
+                failures.append(failure)
+            } catch {
+                failures.append(LinkFailure(kind: kind, cgroup: where_, reason: "\(error)", scope: FailureScope(of: error)))
+            }
+        }
+        for id in unwanted {
+            let pin = String(id)
+            guard let state = links[kind]?[pin] else { continue }
+            if case .foreign = state { continue }
+            do {
+                try announce()
+                try kernel.removeLink(kind, pin: pin)
+                links[kind]?[pin] = nil
+                let where_ = records[id]?.path.cgroupDisplay ?? "cgroup id \(id)"
+                actions.append(state == .defunct ? "removed the \(kind) link of removed cgroup id \(id)"
+                               : "removed the \(kind) link at \(where_), which \(records[id] == nil ? "has no policy" : "a link above covers")")
+            } catch {
+                failures.append(LinkFailure(kind: kind, cgroup: records[id]?.path.cgroupDisplay ?? "id \(id)",
+                                            reason: "\(error)", scope: FailureScope(of: error)))
+            }
+        }
+        return (actions, failures)
     }
 
-    private func unlink(_ id: UInt64, _ kind: Attachment) throws {
-        try BPFFS.unpin(state.linkPath(kind, id))
-        linked[kind, default: []].remove(id)
+    // MARK: bookkeeping
+
+    /// Bumps the change sequence once per transaction, before its first write.
+    private func announce() throws {
+        guard !announced else { return }
+        try kernel.bumpChangeSequence()
+        announced = true
     }
 
-    private func restore(_ id: UInt64, _ record: ka_policy?) throws {
-        if let record {
-            try state.policies.update(id, record)
-            records[id] = record
+    private func remember(_ record: PolicyRecord, for id: UInt64) {
+        if let old = records[id], old.path != record.path { index.remove(old.path) }
+        records[id] = record
+        index.insert(record.path, id: id)
+    }
+
+    private func forget(_ id: UInt64) {
+        guard let record = records.removeValue(forKey: id) else { return }
+        index.remove(record.path)
+    }
+
+    private func restore(_ previous: PolicyRecord?, for cgroup: Cgroup) throws {
+        if let previous {
+            try kernel.writePolicy(previous, for: cgroup.id, isNew: false)
+            remember(previous, for: cgroup.id)
         } else {
-            try state.policies.delete(id)
-            if let slot = records.removeValue(forKey: id)?.slot { usedSlots.remove(slot) }
+            try kernel.deletePolicy(cgroup.id)
+            forget(cgroup.id)
+        }
+        _ = fixLinks(around: cgroup.path, id: cgroup.id)
+    }
+}
+
+/// A link the transaction could not make, update or remove.
+public struct LinkFailure: Error, CustomStringConvertible, Sendable {
+    public let kind: Attachment
+    public let cgroup: String
+    public let reason: String
+    public let scope: FailureScope
+
+    public var description: String { "\(kind) link at \(cgroup): \(reason)" }
+}
+
+/// One change the agent made, for its log.
+public struct AppliedChange: Sendable, CustomStringConvertible {
+    public enum Kind: String, Sendable { case attached, updated, detached }
+    public let kind: Kind
+    public let cgroup: FilePath
+    public let policy: Policy?
+    public let source: String?
+
+    public var description: String {
+        var line = "\(kind.rawValue) policy \(kind == .detached ? "from" : "on") \(cgroup.cgroupDisplay)"
+        if let policy { line += ": \(policy.summary)" }
+        if let source { line += " (\(source))" }
+        return line
+    }
+}
+
+extension Attachment: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .sockops: "sock_ops"
+        case .setsockopt: "setsockopt"
         }
     }
+}
 
-    private func allocateSlot() throws -> UInt32 {
-        guard usedSlots.count < Int(KA_MAX_POLICIES) else {
-            throw BPFError("add policy (all \(KA_MAX_POLICIES) slots in use)", errno: ENOSPC)
-        }
-        while usedSlots.contains(slotCursor) { slotCursor = (slotCursor + 1) % UInt32(KA_MAX_POLICIES) }
-        return slotCursor
-    }
-
-    private func liveIDs() -> Set<UInt64> {
-        Set(((try? cgroupsByID()) ?? [:]).keys)
-    }
+func errnoText(_ code: Int32) -> String {
+    "\(String(cString: strerror(code))), errno \(code)"
 }

@@ -9,20 +9,22 @@ struct AgentCommand: AsyncParsableCommand {
         abstract: "Run as a daemon: enforce a policy file, cover cgroups as they appear, reload on SIGHUP.",
         discussion: """
             SIGTERM and SIGINT stop the agent with exit 0; its policies stay in force (pinned in bpffs). \
-            `keepalive detach --all` removes everything.
+            `keepalive detach --all` removes everything. With --metrics-address it also serves /readyz \
+            (ready after the first enforcement pass) and /livez (failing when the last pass failed).
             """
     )
 
     @Option(help: ArgumentHelp("YAML policy file.", valueName: "path"))
     var config: String
 
-    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics.", valueName: "host:port"))
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics, and /readyz and /livez.",
+                               valueName: "host:port"))
     var metricsAddress: String?
 
     @Flag(help: "Check the policy file and exit (needs no privilege).")
     var check = false
 
-    @OptionGroup var state: StateOptions
+    @OptionGroup var options: StateOptions
 
     func run() async throws {
         if check {
@@ -32,12 +34,17 @@ struct AgentCommand: AsyncParsableCommand {
         }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .info
+            handler.logLevel = options.verbose ? .debug : .info
             return handler
         }
         let logger = Logger(label: "keepalive.agent")
         _ = try Agent.loadConfig(config)  // a bad file stops the start, before anything changes
-        let pinned = try state.openOrCreate(state.cgroups())
-        try await Agent(configPath: config, metricsAddress: metricsAddress, state: pinned, logger: logger).run()
+        let cgroups = try options.cgroups()
+        do {
+            try await Agent(configPath: config, metricsAddress: metricsAddress, state: options.state(cgroups),
+                            logger: logger).run()
+        } catch {
+            throw options.explain(error)
+        }
     }
 }

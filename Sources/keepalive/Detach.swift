@@ -11,34 +11,28 @@ struct Detach: ParsableCommand {
     @Flag(help: "Remove every policy, link and pin: keepalive no longer acts anywhere.")
     var all = false
 
-    @OptionGroup var state: StateOptions
+    @OptionGroup var options: StateOptions
 
     func validate() throws {
-        guard (target.given == 0) != (!all) else {
-            throw ValidationError(all ? "give a cgroup or --all, not both" : "give a cgroup, or --all")
-        }
+        if all && target.given > 0 { throw ValidationError("give a cgroup or --all, not both") }
+        if !all && target.given == 0 { throw ValidationError("give a cgroup, or --all") }
     }
 
     func run() throws {
-        let cgroups = try state.cgroups()
-        let opened = try state.openExisting(cgroups)
-        let cgroup = all ? nil : try target.resolve(cgroups)
-        guard let pinned = opened else {
-            if let cgroup { throw CommandError("no policy on \(cgroup.relativePath)") }
-            print("nothing to remove")
-            return
-        }
+        let cgroups = try options.cgroups()
+        let state = options.state(cgroups)
         if all {
-            try pinned.transaction { try $0.removeAll() }
-            print("removed every policy and \(pinned.root)")
+            let kept = try state.removeAll()
+            for path in kept { printError("keepalive: warning: left \(path) in place: it is not keepalive's") }
+            print(kept.isEmpty ? "removed every policy and \(state.root)" : "removed every policy of keepalive's")
             return
         }
-        guard let cgroup else { return }
-        let removed = try pinned.transaction { txn in
-            try txn.prune()
-            return try txn.remove(cgroup)
-        }
-        guard removed else { throw CommandError("no policy on \(cgroup.relativePath)") }
-        print("removed policy from \(cgroup.relativePath)")
+        let cgroup = try target.resolve(cgroups)
+        let removed = try state.transaction(create: false) { session in
+            report(session.report)
+            return try session.transaction.remove(cgroup.id)
+        } ?? false
+        guard removed else { throw CommandError("no policy on \(cgroup.display)") }
+        print("removed policy from \(cgroup.display)")
     }
 }

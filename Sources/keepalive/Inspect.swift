@@ -1,8 +1,7 @@
 import ArgumentParser
-import Foundation
 import KeepaliveCore
 
-struct Inspect: ParsableCommand {
+struct Inspect: ParsableCommand, JSONOutputCommand {
     static let configuration = CommandConfiguration(
         abstract: "List a cgroup subtree's TCP sockets with the keepalive values the kernel has in force."
     )
@@ -12,45 +11,45 @@ struct Inspect: ParsableCommand {
     @Flag(help: "Print a JSON array.")
     var json = false
 
-    @OptionGroup var state: StateOptions
+    @OptionGroup var options: StateOptions
 
     func validate() throws {
         guard target.given == 1 else { throw ValidationError("give a cgroup, --unit or --pid") }
     }
 
     func run() throws {
-        let cgroups = try state.cgroups()
-        let pinned = try state.openExisting(cgroups)
+        let cgroups = try options.cgroups()
         let cgroup = try target.resolve(cgroups)
-        let sockets = try SocketIterator(state: pinned, cgroups: cgroups).run(cgroup, mode: .inspect).sockets
-        if json {
-            let data = try JSONSerialization.data(withJSONObject: sockets.map(\.json),
-                                                  options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-            print(String(decoding: data, as: UTF8.self))
-            return
+        let state = options.state(cgroups)
+        // The iterator shares the state's maps when there is one; it needs no lock to read.
+        let hasState = try state.transaction(create: false) { _ in true } ?? false
+        let result: SocketIterator.Result
+        do {
+            result = try SocketIterator(pinRoot: hasState ? state.root : nil, cgroups: cgroups).run(cgroup, applying: false)
+        } catch {
+            throw options.explain(error)
         }
-        let header = ["PID", "COMMAND", "STATE", "LOCAL", "REMOTE", "KEEPALIVE", "IDLE", "INTVL", "CNT", "USER_TIMEOUT",
-                      "PRECEDENCE"]
-        let rows = sockets.map { s -> [String] in
-            [s.owners.first.map { "\($0.pid)" } ?? "-", s.owners.first?.command ?? "-", s.state, s.local, s.remote,
-             s.keepalive ? "on" : "off", "\(s.keepidle)", "\(s.keepintvl)", "\(s.keepcnt)", "\(s.userTimeout)",
-             s.precedence?.rawValue ?? "-"]
-        }
-        printTable(header: header, rows: rows)
+        for failure in result.unreachable { printError("keepalive: warning: \(failure)") }
+        let rows = result.sockets.map(Self.row)
+        if json { try printJSON(rows) } else { printTable(rows) }
     }
-}
 
-extension SocketReport {
-    var json: [String: Any] {
-        [
-            "pid": owners.first.map { Int($0.pid) as Any } ?? NSNull(),
-            "command": owners.first?.command as Any? ?? NSNull(),
-            "pids": owners.map { Int($0.pid) },
-            "state": state, "local": local, "remote": remote,
-            "keepalive": keepalive, "keepidle": Int(keepidle), "keepintvl": Int(keepintvl),
-            "keepcnt": Int(keepcnt), "user_timeout": Int(userTimeout),
-            "cgroup_id": cgroupID, "inode": inode,
-            "precedence": precedence?.rawValue as Any? ?? NSNull(),
-        ]
+    static func row(_ s: SocketReport) -> Row {
+        Row(fields: [
+            Field("pid", "PID", s.owners.first.map { .integer(Int64($0.pid)) } ?? .null),
+            Field("command", "COMMAND", s.owners.first.map { .string($0.command) } ?? .null),
+            Field("pids", nil, .list(s.owners.map { .integer(Int64($0.pid)) })),
+            Field("state", "STATE", .string(s.state)),
+            Field("local", "LOCAL", .string(s.local)),
+            Field("remote", "REMOTE", .string(s.remote)),
+            Field("keepalive", "KEEPALIVE", .bool(s.keepalive), shown: s.keepalive ? "on" : "off"),
+            Field(PolicyOption.keepidle.key, "IDLE", .integer(Int64(s.keepidle))),
+            Field(PolicyOption.keepintvl.key, "INTVL", .integer(Int64(s.keepintvl))),
+            Field(PolicyOption.keepcnt.key, "CNT", .integer(Int64(s.keepcnt))),
+            Field(PolicyOption.userTimeout.key, "USER_TIMEOUT", .integer(Int64(s.userTimeout))),
+            Field("cgroup_id", nil, .unsigned(s.cgroupID)),
+            Field("inode", nil, .unsigned(s.inode)),
+            Field(Precedence.key, "PRECEDENCE", s.precedence.map { .string($0.name) } ?? .null),
+        ])
     }
 }

@@ -12,31 +12,39 @@ struct Keepalive: AsyncParsableCommand {
             TCP socket of a cgroup v2 subtree, through a BPF sock_ops program.
             """,
         version: KeepaliveVersion.string,
-        subcommands: [Attach.self, Detach.self, Status.self, Inspect.self, AgentCommand.self]
+        subcommands: [Attach.self, Detach.self, Status.self, Inspect.self, Events.self, AgentCommand.self,
+                      Prepare.self]
     )
 
-    /// Errors as one line on stderr and a non-zero exit; help and version as usual.
+    /// Errors as one line (JSON under --json) and a non-zero exit; help and version as usual.
     static func main() async {
+        var command: any ParsableCommand
         do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? AsyncParsableCommand {
+            command = try parseAsRoot()
+        } catch {
+            guard !(error is CleanExit) else { exit(withError: error) }
+            fail(error, json: false)
+        }
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
                 try command.run()
             }
         } catch {
-            let code = exitCode(for: error)
-            if code == .success || code == .validationFailure && isHelpRequest(error) {
-                exit(withError: error)
-            }
-            let message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            let trimmed = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
-            printError("keepalive: error: \(trimmed)")
-            Glibc.exit(code == .success ? 1 : code.rawValue)
+            fail(error, json: (command as? any JSONOutputCommand)?.json ?? false)
         }
     }
 
-    static func isHelpRequest(_ error: Error) -> Bool {
-        error is CleanExit
+    static func fail(_ error: any Error, json: Bool) -> Never {
+        let line = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+        let message = line.hasPrefix("Error: ") ? String(line.dropFirst(7)) : line
+        if json {
+            try? printJSON(["error": message])
+        } else {
+            printError("keepalive: error: \(message)")
+        }
+        let code = exitCode(for: error)
+        Glibc.exit(code == .success ? 1 : code.rawValue)
     }
 }

@@ -1,56 +1,117 @@
 import ArgumentParser
-import Foundation
 import KeepaliveCore
 
-struct Status: ParsableCommand {
+struct Status: ParsableCommand, JSONOutputCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List every cgroup with a policy: values in force and sockets configured."
+        abstract: "List every cgroup with a policy: values in force, sockets configured, connections reaped.",
+        discussion: "It first checks the pinned state against the kernel's links and repairs what differs; it says what it repaired."
     )
 
     @Flag(help: "Print JSON.")
     var json = false
 
-    @OptionGroup var state: StateOptions
+    @OptionGroup var options: StateOptions
 
     func run() throws {
-        let entries = try state.openExisting(state.cgroups())?.entries() ?? []
-        if json {
-            let data = try JSONSerialization.data(withJSONObject: entries.map(\.json),
-                                                  options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-            print(String(decoding: data, as: UTF8.self))
-            return
-        }
-        guard !entries.isEmpty else {
-            print("no policies")
-            return
-        }
-        let header = ["CGROUP", "IDLE", "INTVL", "CNT", "USER_TIMEOUT", "SYNCNT", "MAXSEG", "CLAMP", "SOCKETS",
-                      "PRECEDENCE", "ATTACHED", "BY"]
-        let rows = entries.map { e -> [String] in
-            let ut = "\(e.effectiveUserTimeout)" + (e.policy.userTimeout == -1 ? " (derived)" : "")
-            return [e.path ?? "(removed, id \(e.cgroupID))", "\(e.policy.keepidle)", "\(e.policy.keepintvl)",
-                    "\(e.policy.keepcnt)", ut, "\(e.policy.syncnt)", "\(e.policy.maxseg)",
-                    "\(e.policy.windowClamp)", "\(e.socketsConfigured)", e.policy.precedence.rawValue,
-                    e.attached ? "yes" : "inherited",
-                    e.owner.rawValue]
-        }
-        printTable(header: header, rows: rows)
+        let cgroups = try options.cgroups()
+        let state = options.state(cgroups)
+        let output = try state.transaction(create: false) { StatusOutput(state.root, $0) } ?? StatusOutput(state.root)
+        if json { try printJSON(output) } else { output.printText() }
     }
 }
 
-extension Transaction.Entry {
-    var json: [String: Any] {
-        var object: [String: Any] = [
-            "cgroup": path as Any? ?? NSNull(),
-            "cgroup_id": cgroupID,
-            "sockets_configured": socketsConfigured,
-            "attached": attached,
-            "user_timeout_derived": policy.userTimeout == -1,
-            "owner": owner.rawValue,
-            "precedence": policy.precedence.rawValue,
-        ]
-        for option in PolicyOption.allCases { object[option.key] = Int(policy[option]) }
-        object[PolicyOption.userTimeout.key] = Int(effectiveUserTimeout)
-        return object
+/// `status`: one model for both printers.
+struct StatusOutput: Encodable {
+    let pinPath: String
+    let programs: Programs?
+    let policies: [Row]
+    let repaired: [String]
+    let dropped: [String]
+    let keptUnknown: [String]
+    let failed: [String]
+
+    struct Programs: Encodable {
+        let version: UInt32
+        let hash: String
+        let countingReaped: Bool
+    }
+
+    init(_ pinPath: String) {
+        self.pinPath = pinPath
+        programs = nil
+        (policies, repaired, dropped, keptUnknown, failed) = ([], [], [], [], [])
+    }
+
+    init(_ pinPath: String, _ session: PinnedState.Session) {
+        self.pinPath = pinPath
+        programs = Programs(version: session.programs.version, hash: String(session.programs.hash, radix: 16),
+                            countingReaped: session.countingReaped)
+        policies = session.transaction.entries().map { Self.row($0, session.counters(of: $0.cgroupID)) }
+        repaired = session.report.repaired
+        dropped = session.report.dropped
+        keptUnknown = session.report.keptUnknown
+        failed = session.report.failed
+    }
+
+    static func row(_ entry: Transaction.Entry, _ counters: PolicyCounters) -> Row {
+        let policy = entry.record.policy
+        let options = PolicyOption.allCases.map { option in
+            Field(option.key, option.column,
+                  .integer(Int64(option == .userTimeout ? policy.effectiveUserTimeout : policy[option])),
+                  shown: option == .userTimeout && policy.derivesUserTimeout ? "\(policy.effectiveUserTimeout) (derived)" : nil)
+        }
+        return Row(fields: [
+            Field("cgroup", "CGROUP", .string(entry.record.path.cgroupDisplay)),
+            Field("cgroup_id", nil, .unsigned(entry.cgroupID)),
+        ] + options + [
+            Field("user_timeout_derived", nil, .bool(policy.derivesUserTimeout)),
+            Field("sockets_configured", "SOCKETS", .unsigned(counters.configured)),
+            Field("reaped", "REAPED", .unsigned(counters.reaped)),
+            Field("reaped_keepalive", nil, .unsigned(counters.reapedKeepalive)),
+            Field("reaped_user_timeout", nil, .unsigned(counters.reapedUserTimeout)),
+            Field(Precedence.key, "PRECEDENCE", .string(policy.precedence.name)),
+            Field("attached", "ATTACHED", .bool(entry.linked),
+                  shown: entry.linked ? "yes" : entry.covered ? "inherited" : "NO"),
+            Field("covered", nil, .bool(entry.covered)),
+            Field("owner", "BY", .string(entry.record.owner.rawValue)),
+        ])
+    }
+
+    func printText() {
+        guard let programs else {
+            print("no policies")
+            return
+        }
+        print("programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath); reaped-connection counting \(programs.countingReaped ? "on" : "off (the kernel lacks the tracepoint)")")
+        if policies.isEmpty { print("no policies") } else { printTable(policies) }
+        for line in repaired { print("repaired: \(line)") }
+        for line in dropped { print("dropped policy on \(line)") }
+        for line in keptUnknown { print("kept: \(line)") }
+        for line in failed { print("NOT REPAIRED: \(line)") }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case pinPath = "pin_path", programs, policies, repaired, dropped, keptUnknown = "kept_unknown", failed
+    }
+}
+
+extension StatusOutput.Programs {
+    enum CodingKeys: String, CodingKey {
+        case version, hash, countingReaped = "counting_reaped"
+    }
+}
+
+extension PolicyOption {
+    /// Its column in tables.
+    var column: String {
+        switch self {
+        case .keepidle: "IDLE"
+        case .keepintvl: "INTVL"
+        case .keepcnt: "CNT"
+        case .userTimeout: "USER_TIMEOUT"
+        case .syncnt: "SYNCNT"
+        case .maxseg: "MAXSEG"
+        case .windowClamp: "CLAMP"
+        }
     }
 }

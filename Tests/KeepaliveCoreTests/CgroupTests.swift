@@ -1,4 +1,5 @@
 import Testing
+import struct SystemPackage.FilePath
 @testable import KeepaliveCore
 
 @Suite struct CgroupTests {
@@ -27,16 +28,23 @@ import Testing
         #expect(CgroupFS.cgroup2MountPoint(inMountinfo: "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n") == nil)
     }
 
-    @Test func normalizesPaths() {
-        #expect(Cgroup.normalize("/sys/fs/cgroup/unified//a/./b/../c/") == "/sys/fs/cgroup/unified/a/c")
+    @Test func resolveRejectsPathsOutsideTheMount() {
+        let fs = CgroupFS(mount: "/sys/fs/cgroup/unified")
+        #expect(throws: CgroupError.notCgroup2("/tmp", mountPoint: "/sys/fs/cgroup/unified")) { try fs.resolve("/tmp") }
+        #expect(throws: CgroupError.ambiguous("../../cpu")) { try fs.resolve("../../cpu") }
     }
 
-    @Test func resolveRejectsPathsOutsideTheMount() {
-        let fs = CgroupFS(mountPoint: "/sys/fs/cgroup/unified")
-        #expect(throws: CgroupError.notCgroup2("/tmp", mountPoint: "/sys/fs/cgroup/unified")) { try fs.resolve("/tmp") }
-        #expect(throws: CgroupError.notCgroup2("../../cpu", mountPoint: "/sys/fs/cgroup/unified")) {
-            try fs.resolve("../../cpu")
-        }
+    /// The root cgroup only when named: never from an empty or relative path.
+    @Test(arguments: ["", ".", "./", "a/..", "a/./b"])
+    func resolveRefusesPathsThatOnlyLookLikeTheRoot(argument: String) {
+        #expect(throws: CgroupError.ambiguous(argument)) { try CgroupFS(mount: "/sys/fs/cgroup/unified").resolve(argument) }
+    }
+
+    @Test func displaysOddBytesEscaped() {
+        let name = FilePath.Component(platformString: [CChar(bitPattern: 0xff), 0x61, 0x0a, 0])!
+        #expect(FilePath("pods").appending(name).cgroupDisplay == "pods/\\xffa\\x0a")
+        #expect(FilePath().cgroupDisplay == "/")
+        #expect(FilePath("a/b/c").ancestors == ["a/b", "a", ""])
     }
 }
 

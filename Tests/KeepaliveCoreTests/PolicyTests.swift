@@ -1,4 +1,5 @@
 import Testing
+import struct SystemPackage.FilePath
 @testable import KeepaliveCore
 
 @Suite struct PolicyTests {
@@ -22,14 +23,22 @@ import Testing
         #expect(p.effectiveUserTimeout == Int32.max)
     }
 
-    @Test func recordRoundTripKeepsDerivation() {
+    @Test func recordRoundTripKeepsDerivation() throws {
         let derived = Policy([.keepidle: 30, .keepcnt: 3])
-        let record = derived.record(slot: 7)
-        #expect(record.user_timeout == 75_000 && record.slot == 7)
-        #expect(Policy(record: record) == derived)
+        let record = try PolicyRecord(policy: derived, owner: .agent, path: "pods/a", generation: 7).encoded()
+        #expect(record.user_timeout == 75_000 && record.generation == 7)
+        #expect(PolicyRecord(record) == PolicyRecord(policy: derived, owner: .agent, path: "pods/a", generation: 7))
         let explicit = Policy([.keepidle: 30, .keepcnt: 3, .userTimeout: 75_000])
-        #expect(Policy(record: explicit.record(slot: 1)) == explicit)
-        #expect(Policy(record: explicit.record(slot: 1)) != derived)
+        let roundTrip = { (policy: Policy) in try PolicyRecord(PolicyRecord(policy: policy, owner: .cli, path: "x").encoded()).policy }
+        #expect(try roundTrip(explicit) == explicit)
+        #expect(try roundTrip(explicit) != derived)
+    }
+
+    @Test func aRecordHoldsAPathOfUpTo511Bytes() throws {
+        let fits = FilePath(String(repeating: "a", count: 511))
+        #expect(try PolicyRecord(PolicyRecord(policy: Policy(), owner: .cli, path: fits).encoded()).path == fits)
+        let long = PolicyRecord(policy: Policy(), owner: .cli, path: FilePath(String(repeating: "a", count: 512)))
+        #expect(throws: PolicyError.self) { try long.encoded() }
     }
 
     @Test func summaryNamesValuesInForce() {
@@ -72,6 +81,5 @@ import Testing
     @Test func namesComeFromTheSharedHeader() {
         #expect(PolicyOption.allCases.map(\.key) ==
             ["keepidle", "keepintvl", "keepcnt", "user_timeout", "syncnt", "maxseg", "window_clamp"])
-        #expect(PolicyOption.userTimeout.flag == "--user-timeout")
     }
 }

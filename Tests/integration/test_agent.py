@@ -11,81 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import KEEPALIVE, attached_programs, probe, run, unique
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AgentProcess:
-    """A running `keepalive agent`; its log lines are collected as they come."""
-
-    def __init__(self, config, pin_path, metrics=True):
-        self.port = free_port() if metrics else None
-        cmd = [KEEPALIVE, "agent", "--config", config, "--pin-path", pin_path]
-        if metrics:
-            cmd += ["--metrics-address", f"127.0.0.1:{self.port}"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines, self.cond = [], threading.Condition()
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-
-    def wait_for(self, pattern, timeout=10, start=0):
-        """The first log line from index `start` on that matches `pattern`."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines[start:]:
-                    if re.search(pattern, line):
-                        return line
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.lines))
-                self.cond.wait(remaining)
-
-    def mark(self):
-        with self.cond:
-            return len(self.lines)
-
-    def scrape(self):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            return response.read().decode()
-
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def agent(keepalive, tmp_path):
-    started = []
-
-    def start(policy_text, metrics=True):
-        config = tmp_path / "keepalive.yaml"
-        config.write_text(policy_text)
-        process = AgentProcess(str(config), keepalive.pin_path, metrics)
-        started.append(process)
-        process.wait_for("ready:")
-        return process, config
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.stop()
+from support import KEEPALIVE, attached_programs, in_cgroup, probe, run, unique
 
 
 def rel(cgroups, path):
@@ -249,7 +175,7 @@ def test_cli_selects_by_unit_and_pid(keepalive, cgroups):
     assert probe("pair", cgroup=unit_path)["connected"]["keepidle"] == 77
 
     other = cgroups.make()
-    sleeper = subprocess.Popen(["sh", "-c", f"echo $$ > {other}/cgroup.procs && exec sleep 60"])
+    sleeper = subprocess.Popen(in_cgroup(other, ["sleep", "60"]))
     try:
         for _ in range(100):
             if str(sleeper.pid) in open(os.path.join(other, "cgroup.procs")).read():

@@ -1,5 +1,4 @@
 """Privileged mode: keepalive attach/detach/status against real cgroups and sockets."""
-import ctypes
 import json
 import os
 import socket
@@ -8,8 +7,8 @@ import time
 
 import pytest
 
-from conftest import (BUILD, BPFFS, KERNEL_DEFAULT, PYTHON, SEED_DEFAULT, attached_programs, keepalive_values,
-                      probe, run, unique, values)
+from support import (BUILD, BPFFS, KERNEL_DEFAULT, PYTHON, SEED_DEFAULT, attached_programs, in_cgroup,
+                     keepalive_values, options_of_fd, pidfd_getfd, probe, run, socket_fds, unique, values)
 
 FOREIGN_OBJECT = os.path.join(BUILD, "test", "foreign.bpf.o")
 FOREIGN_LOWAT = 123457
@@ -150,41 +149,6 @@ def test_foreign_sock_ops_program_keeps_working(keepalive, cgroups):
         os.unlink(pin)
 
 
-def pidfd_getfd(pid, fd):
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = os.pidfd_open(pid)
-    try:
-        copy = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
-        if copy < 0:
-            raise OSError(ctypes.get_errno(), "pidfd_getfd")
-        return copy
-    finally:
-        os.close(pidfd)
-
-
-def socket_fds(pid):
-    fds = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
-                fds.append(int(name))
-        except OSError:
-            pass
-    return fds
-
-
-def options_of_fd(fd):
-    s = socket.socket(fileno=fd)
-    try:
-        return {"keepalive": s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-                "keepidle": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                "keepintvl": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-                "keepcnt": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                "user_timeout": s.getsockopt(socket.IPPROTO_TCP, 18)}
-    finally:
-        s.close()
-
-
 def test_statically_linked_client(keepalive, cgroups):
     busybox = "/bin/busybox"
     assert "NEEDED" not in run(["readelf", "-d", busybox]).stdout  # static: LD_PRELOAD could never reach it
@@ -192,7 +156,7 @@ def test_statically_linked_client(keepalive, cgroups):
     keepalive("attach", cg, "--keepidle", "21", "--keepintvl", "4", "--keepcnt", "2")
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    client = subprocess.Popen(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec {busybox} nc 127.0.0.1 {port}'],
+    client = subprocess.Popen(in_cgroup(cg, [busybox, "nc", "127.0.0.1", str(port)]),
                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         conn, _ = server.accept()
@@ -261,7 +225,7 @@ def test_enforcement_outlives_the_command_and_detach_all(keepalive, cgroups):
     keepalive("attach", a)
     keepalive("attach", b, "--keepidle", "9")
     # Each attach was a separate process that has exited; the pins keep enforcing.
-    assert os.path.exists(os.path.join(keepalive.pin_path, "prog"))
+    assert os.path.exists(os.path.join(keepalive.pin_path, "keepalive_sockops"))
     assert keepalive_values(probe("pair", cgroup=a)["connected"]) == SEED_DEFAULT
     keepalive("detach", "--all")
     assert not os.path.exists(keepalive.pin_path)
@@ -273,7 +237,11 @@ def test_removed_cgroup_is_pruned(keepalive, cgroups):
     keep, gone = cgroups.make(), cgroups.make()
     keepalive("attach", gone)
     os.rmdir(gone)
-    assert [e["cgroup"] for e in keepalive.status()] == [None]
+    # Every command starts by checking the state: status drops the policy of
+    # the removed cgroup (proven gone: its path no longer exists) and says so.
+    report = json.loads(keepalive("status", "--json").stdout)
+    assert report["policies"] == []
+    assert report["dropped"] == [f"{os.path.relpath(gone, cgroups.mount)} (cgroup removed)"]
     keepalive("attach", keep)
     assert [e["cgroup"] for e in keepalive.status()] == [os.path.relpath(keep, cgroups.mount)]
     assert sorted(os.listdir(os.path.join(keepalive.pin_path, "links"))) == [str(os.stat(keep).st_ino)]
@@ -281,8 +249,7 @@ def test_removed_cgroup_is_pruned(keepalive, cgroups):
 
 # A listener made before a policy change, accepting after it.
 LONG_LIVED_LISTENER = """
-import json, os, socket, sys
-open(os.path.join(sys.argv[1], "cgroup.procs"), "w").write(str(os.getpid()))
+import json, socket, sys
 listener = socket.create_server(("127.0.0.1", 0))
 print("listening", flush=True)
 for line in sys.stdin:
@@ -300,7 +267,7 @@ for line in sys.stdin:
 def test_accepted_sockets_follow_policy_changes_after_listen(keepalive, cgroups):
     cg = cgroups.make()
     keepalive("attach", cg, "--keepidle", "10")
-    server = subprocess.Popen([PYTHON, "-c", LONG_LIVED_LISTENER, cg], stdin=subprocess.PIPE,
+    server = subprocess.Popen(in_cgroup(cg, [PYTHON, "-c", LONG_LIVED_LISTENER]), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "listening"

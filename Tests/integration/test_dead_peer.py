@@ -11,20 +11,13 @@ import os
 import select
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from conftest import KEEPALIVE, LIB, PYTHON, HELPERS, require_privilege, run
+from support import HELPERS, LIB, PYTHON, in_cgroup, preload_env
 
 DEADPEER = os.path.join(HELPERS, "deadpeer.py")
-POLICY_ADDR, PEER_ADDR, PORT = "192.0.2.1", "192.0.2.2", 7777  # TEST-NET-1, inside our namespaces only
-DROP_EVERYTHING = """
-table inet ka_test_vanish {
-  chain input { type filter hook input priority -300; policy drop; }
-  chain output { type filter hook output priority -300; policy drop; }
-}
-"""
+POLICY_ADDR, PEER_ADDR, PORT = "192.0.2.1", "192.0.2.2", 7777  # the netns_pair fixture's addresses
 
 # name -> (policy values, seconds the policy says detection takes, send data after the cut)
 CASES = {
@@ -34,42 +27,6 @@ CASES = {
 }
 
 RESULTS = []  # rows for the summary printed at the end of the run
-
-
-class NetnsPair:
-    """Two namespaces, `policy` and `peer`, joined by veth; removed on close."""
-
-    def __init__(self):
-        tag = uuid.uuid4().hex[:6]
-        self.policy, self.peer = f"ka-test-ns-{tag}-a", f"ka-test-ns-{tag}-b"
-        self.made = []
-        for ns in (self.policy, self.peer):
-            run(["ip", "netns", "add", ns])
-            self.made.append(ns)
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        veth_a, veth_b = f"kat{tag}a", f"kat{tag}b"
-        run(["ip", "link", "add", veth_a, "netns", self.policy, "type", "veth", "peer", "name", veth_b,
-             "netns", self.peer])
-        for ns, dev, addr in ((self.policy, veth_a, POLICY_ADDR), (self.peer, veth_b, PEER_ADDR)):
-            run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
-            run(["ip", "-n", ns, "link", "set", dev, "up"])
-
-    def vanish_peer(self):
-        run(["ip", "netns", "exec", self.peer, "nft", "-f", "-"], input=DROP_EVERYTHING)
-
-    def close(self):
-        for ns in self.made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-@pytest.fixture
-def netns_pair():
-    require_privilege()
-    pair = NetnsPair()
-    try:
-        yield pair
-    finally:
-        pair.close()
 
 
 def read_line(proc, timeout):
@@ -86,26 +43,19 @@ def read_line(proc, timeout):
     return line.decode().strip()
 
 
-def spawn(args, env=None):
-    return subprocess.Popen([PYTHON, DEADPEER] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, bufsize=0)
+def spawn(args, env=None, cgroup=None):
+    return subprocess.Popen(in_cgroup(cgroup, [PYTHON, DEADPEER] + args), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
 
 
-def preload_env(library, policy):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TCP_") and k != "LD_PRELOAD"}
-    env["LD_PRELOAD"] = os.path.join(LIB, library)
-    env.update({f"TCP_{k.upper()}": str(v) for k, v in policy.items()})
-    return env
-
-
-def run_case(pair, side, send, wait, waiter_prefix=(), env=None):
+def run_case(pair, side, send, wait, cgroup=None, env=None):
     """Connects the two ends, cuts the path, and returns the waiter's result (None if still blocked)."""
     if side == "connect":  # the end under test connects; the peer listens
-        peer_args = ["--netns", pair.peer, "peer", "listen", PEER_ADDR, str(PORT)]
-        waiter_args = ["--netns", pair.policy, "waiter", "connect", PEER_ADDR, str(PORT)]
+        peer_args = ["--netns", pair.far, "peer", "listen", PEER_ADDR, str(PORT)]
+        waiter_args = ["--netns", pair.near, "waiter", "connect", PEER_ADDR, str(PORT)]
     else:                  # the end under test accepts; the peer connects
-        peer_args = ["--netns", pair.peer, "peer", "connect", POLICY_ADDR, str(PORT)]
-        waiter_args = ["--netns", pair.policy, "waiter", "listen", POLICY_ADDR, str(PORT)]
+        peer_args = ["--netns", pair.far, "peer", "connect", POLICY_ADDR, str(PORT)]
+        waiter_args = ["--netns", pair.near, "waiter", "listen", POLICY_ADDR, str(PORT)]
     if send:
         waiter_args.append("--send")
     procs = []
@@ -113,15 +63,15 @@ def run_case(pair, side, send, wait, waiter_prefix=(), env=None):
         if side == "connect":
             procs.append(spawn(peer_args))
             assert read_line(procs[-1], 10) == "listening"
-            procs.append(spawn(list(waiter_prefix) + waiter_args, env=env))
+            procs.append(spawn(waiter_args, env=env, cgroup=cgroup))
             waiter = procs[-1]
         else:
-            procs.append(spawn(list(waiter_prefix) + waiter_args, env=env))
+            procs.append(spawn(waiter_args, env=env, cgroup=cgroup))
             waiter = procs[-1]
             assert read_line(waiter, 10) == "listening"
             procs.append(spawn(peer_args))
         assert read_line(waiter, 10) == "ready", waiter.stderr.read1().decode() if waiter.poll() is not None else ""
-        pair.vanish_peer()
+        pair.silence(pair.far)
         waiter.stdin.write(b"go\n")
         line = read_line(waiter, wait)
         return json.loads(line) if line else None
@@ -141,7 +91,7 @@ def test_bpf_policy_detects_vanished_peer(netns_pair, keepalive, cgroups, case, 
     policy, configured, send = CASES[case]
     cg = cgroups.make()
     keepalive("attach", cg, *[arg for k, v in policy.items() for arg in (f"--{k.replace('_', '-')}", str(v))])
-    result = run_case(netns_pair, side, send, wait=3 * configured + 5, waiter_prefix=["--cgroup", cg])
+    result = run_case(netns_pair, side, send, wait=3 * configured + 5, cgroup=cg)
     check(f"bpf ({'connect' if side == 'connect' else 'accept'})", case, configured, result)
 
 
@@ -150,7 +100,9 @@ def test_bpf_policy_detects_vanished_peer(netns_pair, keepalive, cgroups, case, 
 def test_preload_detects_vanished_peer(netns_pair, case, side):
     policy, configured, send = CASES[case]
     library = "libkeepalive.so" if side == "connect" else "libkeepalive_listen.so"
-    result = run_case(netns_pair, side, send, wait=3 * configured + 5, env=preload_env(library, policy))
+    variables = {f"TCP_{k.upper()}": v for k, v in policy.items()}
+    result = run_case(netns_pair, side, send, wait=3 * configured + 5,
+                      env=preload_env(os.path.join(LIB, library), **variables))
     check(f"preload ({library})", case, configured, result)
 
 

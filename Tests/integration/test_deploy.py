@@ -6,7 +6,7 @@ import tempfile
 
 import yaml
 
-from conftest import KEEPALIVE, PYTHON, ROOT, run
+from support import KEEPALIVE, PYTHON, ROOT, run
 
 DEPLOY = os.path.join(ROOT, "deploy")
 MANIFEST = os.path.join(DEPLOY, "kubernetes", "keepalive.yaml")

@@ -8,15 +8,13 @@ import uuid
 
 import pytest
 
-from conftest import KERNEL_DEFAULT, PYTHON, run, values
-from test_bpf import options_of_fd, pidfd_getfd, socket_fds
+from support import KERNEL_DEFAULT, PYTHON, in_cgroup, run, socket_values, values
 
 # A server that joins a cgroup (and optionally a network namespace), accepts
 # `count` connections, prints its port and holds everything open.
 SERVER = """
 import os, socket, sys, time, ctypes
-cgroup, netns, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-open(os.path.join(cgroup, "cgroup.procs"), "w").write(str(os.getpid()))
+netns, count = sys.argv[1], int(sys.argv[2])
 if netns != "-":
     fd = os.open("/run/netns/" + netns, os.O_RDONLY)
     assert ctypes.CDLL(None).setns(fd, 0x40000000) == 0
@@ -35,32 +33,15 @@ time.sleep(600)
 
 
 def start_server(cgroup, count, netns="-"):
-    proc = subprocess.Popen([PYTHON, "-c", SERVER, cgroup, netns, str(count)],
+    proc = subprocess.Popen(in_cgroup(cgroup, [PYTHON, "-c", SERVER, netns, str(count)]),
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, port
 
 
 def start_busybox_nc(cgroup, port):
-    if cgroup:
-        cmd = ["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs && exec /bin/busybox nc 127.0.0.1 {port}"]
-    else:
-        cmd = ["/bin/busybox", "nc", "127.0.0.1", str(port)]
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-
-
-def socket_values(pid):
-    """Keepalive values of every TCP socket a process holds, read from its own fds."""
-    return [options_of_fd(pidfd_getfd(pid, fd)) for fd in sorted(socket_fds(pid))]
-
-
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for p in started:
-        p.kill()
-        p.wait()
+    return subprocess.Popen(in_cgroup(cgroup, ["/bin/busybox", "nc", "127.0.0.1", str(port)]),
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
 
 def wait_held(server):

@@ -4,8 +4,7 @@ import signal
 
 import pytest
 
-from conftest import attached_programs, keepalive_values, probe
-from test_agent import agent, AgentProcess  # noqa: F401 (fixture)
+from support import attached_programs, keepalive_values, probe
 
 # Go's dialer and listener: SO_KEEPALIVE on, then their own idle and interval, after connect.
 GO_SEQUENCE = ["keepalive=1", "keepidle=300", "keepintvl=300"]
@@ -88,7 +87,10 @@ def test_status_and_inspect_show_precedence(keepalive, cgroups):
     by_cgroup = {e["cgroup"]: e for e in keepalive.status()}
     assert by_cgroup[os.path.relpath(a, cgroups.mount)]["precedence"] == "policy"
     assert by_cgroup[os.path.relpath(b, cgroups.mount)]["precedence"] == "application"
-    assert "PRECEDENCE" in keepalive("status").stdout
+    lines = keepalive("status").stdout.splitlines()
+    column = next(line for line in lines if line.startswith("CGROUP")).index("PRECEDENCE")
+    shown = {line.split()[0]: line[column:].split()[0] for line in lines if line.startswith(cgroups.rel(a)[:8])}
+    assert shown[cgroups.rel(a)] == "policy" and shown[cgroups.rel(b)] == "application"
 
 
 def test_bad_precedence_is_refused(keepalive, cgroups):

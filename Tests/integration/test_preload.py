@@ -6,22 +6,12 @@ import subprocess
 
 import pytest
 
-from conftest import KERNEL_DEFAULT, LIB, PYTHON, SEED_DEFAULT, SOCKPROBE, keepalive_values, probe, run
+from support import KERNEL_DEFAULT, LIB, PYTHON, SEED_DEFAULT, SOCKPROBE, keepalive_values, preload_env, probe, run
 
 CONNECT = os.path.join(LIB, "libkeepalive.so")
 LISTEN = os.path.join(LIB, "libkeepalive_listen.so")
 SOCKET = os.path.join(LIB, "libkeepalive_socket.so")
-OPTION_VARS = ["TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT", "TCP_SYNCNT",
-               "TCP_MAXSEG", "TCP_WINDOW_CLAMP", "TCP_DEFER_ACCEPT", "LIBKEEPALIVE_DEBUG"]
-
-
-
-def env_with(preload, **values):
-    env = {k: v for k, v in os.environ.items() if k not in OPTION_VARS and k != "LD_PRELOAD"}
-    if preload:
-        env["LD_PRELOAD"] = preload
-    env.update({k: str(v) for k, v in values.items()})
-    return env
+env_with = preload_env
 
 
 @pytest.mark.parametrize("family", ["4", "6", "mapped"])

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """One end of a TCP connection whose peer vanishes, for the dead-peer tests.
 
-    deadpeer.py [--cgroup DIR] [--netns NAME] ROLE connect|listen HOST PORT [--send]
+    deadpeer.py [--netns NAME] ROLE connect|listen HOST PORT [--send]
 
-Before anything else the process joins the cgroup (so a BPF policy covers it)
-and enters the network namespace with setns(2). Then it connects or listens and
-accepts, according to `connect|listen`.
+Before anything else the process enters the network namespace with setns(2)
+(tests start it in a cgroup when a BPF policy is to cover it). Then it
+connects or listens and accepts, according to `connect|listen`.
 
 ROLE `peer`: answers one "ping" with "pong", then holds the connection open,
 silent, until killed.
@@ -57,7 +57,6 @@ def open_connection(how, host, port):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cgroup")
     parser.add_argument("--netns")
     parser.add_argument("role", choices=["peer", "waiter"])
     parser.add_argument("how", choices=["connect", "listen"])
@@ -65,9 +64,6 @@ def main():
     parser.add_argument("port", type=int)
     parser.add_argument("--send", action="store_true")
     args = parser.parse_args()
-    if args.cgroup:
-        with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
     if args.netns:
         enter_netns(args.netns)
 

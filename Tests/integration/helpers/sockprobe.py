@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """A real client and server whose sockets' options are read back from the kernel.
 
-Prints one JSON object on stdout. With --cgroup DIR the process first moves
-itself into that cgroup, so everything it does afterwards is covered by it.
+Prints one JSON object on stdout. Tests start it in a cgroup when a BPF
+policy is to cover it.
 
-    sockprobe.py [--cgroup DIR] pair [--family 4|6|mapped]
+    sockprobe.py pair [--family 4|6|mapped]
         listen, connect, accept; options of the listening, connected and accepted sockets
-    sockprobe.py [--cgroup DIR] connect HOST PORT [--nonblock]
+    sockprobe.py connect HOST PORT [--nonblock]
         result of one connect: {"errno": N, "options": {...}}
-    sockprobe.py [--cgroup DIR] other
+    sockprobe.py other
         options of a UDP socket and of a connected UNIX stream socket
-    sockprobe.py [--cgroup DIR] threads N PER_THREAD
+    sockprobe.py threads N PER_THREAD
         N threads connecting at once; every connected socket's options
-    sockprobe.py [--cgroup DIR] appset NAME=VALUE...
+    sockprobe.py appset NAME=VALUE...
         connect, then set options itself as programs do (keepalive, keepidle,
         keepintvl, keepcnt, user_timeout), in order; each call's result
         (0 or errno) and the connected socket's options afterwards
@@ -146,7 +146,6 @@ def appset(assignments):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cgroup")
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("pair")
     p.add_argument("--family", choices=["4", "6", "mapped"], default="4")
@@ -161,9 +160,6 @@ def main():
     a = sub.add_parser("appset")
     a.add_argument("assignments", nargs="+")
     args = parser.parse_args()
-    if args.cgroup:
-        with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
     if args.mode == "pair":
         out = pair(args.family)
     elif args.mode == "connect":

@@ -1,0 +1,32 @@
+/// A BPF object the kernel did not accept: which object and program, the
+/// errno, and the verifier's log. `unsupported` is set only when a feature
+/// probe found the kernel lacking something the object needs.
+public struct LoadError: Error, CustomStringConvertible, Sendable {
+    public let object: String
+    public let program: String?
+    public let errno: Int32
+    public let log: String
+    public let unsupported: String?
+
+    public init(object: String, program: String?, errno: Int32, log: String, unsupported: String?) {
+        self.object = object
+        self.program = program
+        self.errno = errno
+        self.log = log
+        self.unsupported = unsupported
+    }
+
+    /// The verifier's verdict: its last line that is not statistics.
+    public var summary: String {
+        let verdict = log.split(separator: "\n").last { line in
+            line.contains { !$0.isWhitespace } && !line.hasPrefix("processed ") && !line.hasPrefix("verification time")
+        }
+        return verdict.map(String.init) ?? SyscallError("load", errno: errno).description
+    }
+
+    public var description: String {
+        let what = "load BPF object \(object)" + (program.map { ", program \($0)" } ?? "")
+        if let unsupported { return "\(what): this kernel lacks \(unsupported)" }
+        return "\(what): \(summary) (errno \(errno))"
+    }
+}

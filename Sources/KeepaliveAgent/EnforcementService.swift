@@ -1,0 +1,274 @@
+import AsyncAlgorithms
+import KeepaliveCore
+import Logging
+import NIOCore
+import ServiceLifecycle
+import struct SystemPackage.FilePath
+import UnixSignals
+
+/// Keeps the pinned state equal to the policy file over the cgroups that
+/// exist. A full pass (resolve every entry, check the state against the
+/// invariant, reconcile) runs at start, on SIGHUP, when the pinned state
+/// vanished or was replaced, and every 10 s; in between, each cgroup that
+/// appears or goes costs one small pass that touches only that cgroup.
+final class EnforcementService: Service, @unchecked Sendable {
+    private let configPath: String
+    private var config: AgentConfig
+    private let state: PinnedState
+    private let resolver: TargetResolver
+    private let logger: Logger
+    private let health: Health
+    private let metrics: AgentMetrics
+    private let notifier: SystemdNotifier
+    private var claim: PinnedState.AgentClaim
+
+    // Touched only by run()'s loop.
+    private var desired: [UInt64: TargetResolver.Match] = [:]
+    private var reported: [String: String] = [:]   // what was logged as failing, to log it once
+    private var lastFullPass = ContinuousClock.now
+    private var iterator: SocketIterator?
+    private var iteratorUnavailable = false
+    private let reaped: ReapedLog
+
+    static let fullPassInterval = Duration.seconds(10)
+
+    init(configPath: String, config: AgentConfig, state: PinnedState, claim: PinnedState.AgentClaim, logger: Logger,
+         health: Health, metrics: AgentMetrics, notifier: SystemdNotifier) {
+        self.configPath = configPath
+        self.config = config
+        self.state = state
+        self.claim = claim
+        resolver = TargetResolver(cgroups: state.cgroups)
+        self.logger = logger
+        self.health = health
+        self.metrics = metrics
+        self.notifier = notifier
+        reaped = ReapedLog(state: state, logger: logger)
+    }
+
+    private enum Input: Sendable {
+        case watcher(ByteBuffer), hangup, tick
+    }
+
+    func run() async throws {
+        let watcher = try CgroupWatcher(cgroups: state.cgroups)
+        let channel = try await watcher.channel()
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        // Anything that stops enforcement at start ends the agent, so its supervisor sees it.
+        try fullPass(watcher)
+        health.passSucceeded()
+        notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies")
+        logger.info("ready: \(config.policies.count) policy entries from \(configPath), \(desired.count) cgroups covered, watching \(watcher.watchedCount) cgroup directories")
+        try await channel.executeThenClose { inbound in
+            let inputs = merge(
+                inbound.map { Input.watcher($0) },
+                hangups.map { _ in Input.hangup },
+                AsyncTimerSequence(interval: .seconds(1), clock: .continuous).map { _ in Input.tick })
+            for try await input in inputs.cancelOnGracefulShutdown() {
+                handle(input, watcher)
+            }
+        }
+        notifier.notify("STOPPING=1")
+    }
+
+    private func handle(_ input: Input, _ watcher: CgroupWatcher) {
+        switch input {
+        case .watcher(let buffer):
+            for event in watcher.decode(buffer) {
+                switch event {
+                case .appeared(let path): cgroupAppeared(path, watcher)
+                case .vanished(let path): cgroupVanished(path)
+                case .overflow: recoverablePass(watcher, because: "inotify lost events")
+                }
+            }
+        case .hangup:
+            reload(watcher)
+        case .tick:
+            tick(watcher)
+        }
+    }
+
+    // MARK: passes
+
+    /// Resolves the whole file and makes the state agree with it. Throws what
+    /// stops enforcement (the state cannot be opened, loaded or written);
+    /// one cgroup's trouble is logged and retried.
+    private func fullPass(_ watcher: CgroupWatcher) throws {
+        lastFullPass = .now
+        let resolution = resolver.resolve(config)
+        desired = resolution.matches
+        report("unreadable", resolution.unreadable.first.map { "cannot read \($0): cgroups there are not covered until it can be read" })
+        watchEverything(resolution.watch, watcher)
+        let outcome = try inTransaction(fullCheck: true) { session in
+            log(session.report)
+            return session.transaction.reconcile(desires(resolution.matches.values))
+        }
+        try conclude(outcome)
+    }
+
+    /// A full pass whose failure is reported by /livez and the log, not fatal.
+    private func recoverablePass(_ watcher: CgroupWatcher, because reason: String) {
+        logger.debug("full pass: \(reason)")
+        do {
+            try fullPass(watcher)
+            health.passSucceeded()
+            report("pass", nil)
+        } catch {
+            health.passFailed("\(error)")
+            report("pass", "enforcement pass failed: \(error)")
+        }
+    }
+
+    private func cgroupAppeared(_ path: FilePath, _ watcher: CgroupWatcher) {
+        guard let cgroup = state.cgroups.cgroup(at: path) else { return }  // gone already
+        let resolution = resolver.resolve(config, appeared: cgroup)
+        watchEverything(resolution.watch, watcher)
+        guard !resolution.matches.isEmpty else { return }
+        for (id, match) in resolution.matches where (desired[id]?.spec ?? -1) <= match.spec { desired[id] = match }
+        passOnly(resolution.matches.values.map(\.cgroup.id))
+    }
+
+    private func cgroupVanished(_ path: FilePath) {
+        let gone = desired.filter { $0.value.cgroup.path.starts(with: path) }
+        guard !gone.isEmpty else { return }
+        for id in gone.keys { desired[id] = nil }
+        do {
+            try conclude(try inTransaction(fullCheck: false) { $0.transaction.withdraw(Array(gone.keys)) })
+        } catch {
+            health.passFailed("\(error)")
+            report("pass", "enforcement pass failed: \(error)")
+        }
+    }
+
+    /// Applies the file to these cgroups only, with the view cached since the last pass.
+    private func passOnly(_ ids: [UInt64]) {
+        let wants = desires(ids.compactMap { desired[$0] })
+        do {
+            try conclude(try inTransaction(fullCheck: false) { $0.transaction.enforce(wants) })
+        } catch {
+            health.passFailed("\(error)")
+            report("pass", "enforcement pass failed: \(error)")
+        }
+    }
+
+    private func reload(_ watcher: CgroupWatcher) {
+        notifier.notify("RELOADING=1")
+        defer { notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies") }
+        do {
+            config = try Agent.loadConfig(configPath)
+        } catch {
+            metrics.recordReload(success: false)
+            logger.error("reload rejected, policies unchanged: \(error)")
+            return
+        }
+        metrics.recordReload(success: true)
+        logger.info("reloaded \(configPath): \(config.policies.count) policy entries")
+        recoverablePass(watcher, because: "reload")
+    }
+
+    private func tick(_ watcher: CgroupWatcher) {
+        health.tick()
+        if !state.isIntact() {
+            logger.notice("the pinned state at \(state.root) vanished or was replaced: making it again and enforcing the policies anew")
+            iterator = nil
+            do {
+                try state.prepare()
+                claim = try state.claimForAgent()
+            } catch {
+                health.passFailed("\(error)")
+                report("pass", "cannot restore the pinned state: \(error)")
+                return
+            }
+            recoverablePass(watcher, because: "pinned state replaced")
+        } else if ContinuousClock.now - lastFullPass >= Self.fullPassInterval {
+            recoverablePass(watcher, because: "periodic check")
+        }
+        reaped.poll()
+    }
+
+    // MARK: helpers
+
+    private func desires(_ matches: some Sequence<TargetResolver.Match>) -> [Transaction.Desire] {
+        matches.map { match in
+            let spec = config.policies[match.spec]
+            return Transaction.Desire(cgroup: match.cgroup, policy: spec.policy, source: spec.source)
+        }
+    }
+
+    private func inTransaction<T>(fullCheck: Bool, _ body: (PinnedState.Session) throws -> T) throws -> T {
+        guard let result = try state.transaction(create: true, fullCheck: fullCheck, body) else {
+            throw AgentError("no pinned state at \(state.root)")
+        }
+        return result
+    }
+
+    /// Logs what a pass changed, applies the policy to existing sockets where
+    /// the file asks for it, and sorts its failures: a cgroup that vanished
+    /// meanwhile is no failure, a cgroup's own trouble is logged once and
+    /// retried, and a failure to write the state stops the pass (thrown).
+    private func conclude(_ outcome: Transaction.Outcome) throws {
+        for change in outcome.changes {
+            logger.info("\(change)")
+            if change.kind != .detached { coverExistingSockets(change.cgroup) }
+        }
+        var stateFailure: String?
+        var failing: Set<String> = []
+        for failure in outcome.failures {
+            switch failure.scope {
+            case .vanished:
+                continue
+            case .cgroup:
+                failing.insert(failure.cgroup.cgroupDisplay)
+                report("cgroup \(failure.cgroup.cgroupDisplay)", "cannot enforce the policy on \(failure.cgroup.cgroupDisplay): \(failure.error)")
+            case .state:
+                stateFailure = stateFailure ?? "\(failure.cgroup.cgroupDisplay): \(failure.error)"
+            }
+        }
+        for key in reported.keys where key.hasPrefix("cgroup ") && !failing.contains(String(key.dropFirst(7))) {
+            report(key, nil)
+        }
+        metrics.setFailingCgroups(failing.count)
+        metrics.setPolicies(desired.count)
+        if let stateFailure { throw AgentError("cannot write the pinned state at \(state.root): \(stateFailure)") }
+    }
+
+    private func coverExistingSockets(_ path: FilePath) {
+        guard let match = desired.values.first(where: { $0.cgroup.path == path }),
+              config.policies[match.spec].existing, !iteratorUnavailable else { return }
+        do {
+            if iterator == nil { iterator = try SocketIterator(pinRoot: state.root, cgroups: state.cgroups) }
+            guard let iterator, let result = try iterator.runIfPopulated(match.cgroup) else { return }
+            if result.applied > 0 || result.keptOwn > 0 {
+                logger.info("existing sockets on \(path.cgroupDisplay): \(result.applied) updated, \(result.keptOwn) kept their program's own keepalive")
+            }
+            for failure in result.unreachable { logger.warning("existing sockets on \(path.cgroupDisplay): \(failure)") }
+        } catch {
+            iteratorUnavailable = true
+            logger.error("existing sockets are not covered (only new ones): \(error)")
+        }
+    }
+
+    private func watchEverything(_ paths: Set<FilePath>, _ watcher: CgroupWatcher) {
+        let unwatched = watcher.watch(paths)
+        metrics.setUnwatchedDirectories(unwatched.count)
+        report("inotify", unwatched.isEmpty ? nil
+               : "the inotify watch limit is reached (raise fs.inotify.max_user_watches): \(unwatched.count) cgroup directories are not watched; they are rescanned every \(Self.fullPassInterval)")
+    }
+
+    /// Logs a problem when it appears or changes, and once when it is gone.
+    private func report(_ key: String, _ problem: String?) {
+        if let problem {
+            if reported[key] != problem { logger.error("\(problem)") }
+            reported[key] = problem
+        } else if reported.removeValue(forKey: key) != nil {
+            logger.notice("resolved: \(key)")
+        }
+    }
+
+    private func log(_ report: Transaction.Report) {
+        for line in report.repaired { logger.notice("repaired: \(line)") }
+        for line in report.dropped { logger.info("dropped policy on \(line)") }
+        for line in report.keptUnknown { self.report("kept \(line)", line) }
+        for line in report.failed { logger.error("could not repair: \(line)") }
+    }
+}

@@ -1,0 +1,103 @@
+import BPF
+import CLibBPF
+import Glibc
+import struct SystemPackage.FilePath
+
+/// Which build of keepalive's programs: the version compiled into the object
+/// (ka_program_version) and a hash of the object itself.
+public struct ProgramIdentity: Equatable, Sendable, CustomStringConvertible {
+    public let version: UInt32
+    public let hash: UInt64
+
+    public var description: String { "\(version) (\(String(hash, radix: 16).leftPadded(to: 16).prefix(12)))" }
+
+    /// FNV-1a: identity, not security (the object comes from our own binary).
+    static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        bytes.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+    }
+}
+
+/// keepalive.bpf.o (bpf/keepalive.bpf.c), opened through its generated
+/// skeleton: the maps and programs are its fields, not names in strings.
+/// KEEPALIVE_BPF_OBJECT names another build of the object to use instead of
+/// the embedded one (development: try a program without rebuilding the binary).
+final class MainObject {
+    static let overrideVariable = "KEEPALIVE_BPF_OBJECT"
+
+    let skeleton: UnsafeMutablePointer<keepalive_bpf>
+    let identity: ProgramIdentity
+    private let loader = BPFObject(name: "keepalive")
+    private let override: [UInt8]?  // libbpf reads it until the load is done
+
+    init(pinRoot: String?) throws {
+        let overridePath = getenv(Self.overrideVariable).map { String(cString: $0) }
+        override = try overridePath.map { path throws(SyscallError) in try readFileBytes(FilePath(path)) }
+        var embeddedSize = 0
+        let embedded = keepalive_bpf__elf_bytes(&embeddedSize)!
+        let bytes = override.map { UnsafeRawBufferPointer(start: $0.withUnsafeBytes(\.baseAddress), count: $0.count) }
+            ?? UnsafeRawBufferPointer(start: embedded, count: embeddedSize)
+        skeleton = try loader.open(pinRoot: pinRoot) { opts in
+            ka_open_keepalive(opts, overridePath == nil ? nil : bytes.baseAddress, bytes.count)
+        }
+        identity = ProgramIdentity(version: skeleton.pointee.rodata.pointee.ka_program_version,
+                                   hash: ProgramIdentity.hash(bytes))
+    }
+
+    deinit { keepalive_bpf__destroy(skeleton) }
+
+    var maps: keepalive_bpf.__Unnamed_struct_maps { skeleton.pointee.maps }
+    var progs: keepalive_bpf.__Unnamed_struct_progs { skeleton.pointee.progs }
+
+    /// The programs linked to cgroups, by kind.
+    func program(_ kind: Attachment) -> OpaquePointer {
+        switch kind {
+        case .sockops: progs.keepalive_sockops
+        case .setsockopt: progs.keepalive_setsockopt
+        }
+    }
+
+    /// Whether this kernel has the tracepoint the reaped-connection counter hooks.
+    static var kernelReportsSocketErrors: Bool {
+        FeatureProbe.kernelType("btf_trace_inet_sk_error_report", kind: Int32(BTF_KIND_TYPEDEF))
+    }
+
+    func load(countingReaped: Bool) throws(LoadError) {
+        bpf_program__set_autoload(progs.keepalive_reaped, countingReaped)
+        try loader.load(skeleton.pointee.obj, { keepalive_bpf__load(skeleton) }, probes: [
+            .btf,
+            .programType(BPF_PROG_TYPE_SOCK_OPS, "sock_ops programs (Linux 4.13)"),
+            .programType(BPF_PROG_TYPE_CGROUP_SOCKOPT, "cgroup sockopt programs (Linux 5.3)"),
+            .helper(BPF_FUNC_skc_to_tcp_sock, in: BPF_PROG_TYPE_SOCK_OPS, "bpf_skc_to_tcp_sock (Linux 5.9)"),
+            .helper(BPF_FUNC_loop, in: BPF_PROG_TYPE_SOCK_OPS, "bpf_loop (Linux 5.17)"),
+            .helper(BPF_FUNC_get_current_task_btf, in: BPF_PROG_TYPE_CGROUP_SOCKOPT,
+                    "bpf_get_current_task_btf in sockopt programs (Linux 5.11)"),
+        ])
+    }
+}
+
+/// keepalive_iter.bpf.o: the TCP iterator behind `--existing` and `inspect`.
+final class IteratorObject {
+    let skeleton: UnsafeMutablePointer<keepalive_iter_bpf>
+    private let loader = BPFObject(name: "keepalive_iter")
+
+    /// With `pinRoot`, the iterator shares the state's pinned maps (libbpf
+    /// reuses them by name); without, it gets empty ones of its own.
+    init(pinRoot: String?) throws {
+        skeleton = try loader.open(pinRoot: pinRoot) { keepalive_iter_bpf__open_opts($0) }
+        if pinRoot == nil {
+            let maps = skeleton.pointee.maps
+            for map in [maps.ka_policies_v2, maps.ka_counters, maps.ka_errors] { try BPFObject.unpinned(map!) }
+        }
+    }
+
+    deinit { keepalive_iter_bpf__destroy(skeleton) }
+
+    func load() throws(LoadError) {
+        try loader.load(skeleton.pointee.obj, { keepalive_iter_bpf__load(skeleton) }, probes: [
+            .btf,
+            .programType(BPF_PROG_TYPE_TRACING, "BPF tracing programs (Linux 5.5)"),
+            .helper(BPF_FUNC_setsockopt, in: BPF_PROG_TYPE_TRACING, "bpf_setsockopt in TCP iterators (Linux 5.14)"),
+            .helper(BPF_FUNC_loop, in: BPF_PROG_TYPE_TRACING, "bpf_loop (Linux 5.17)"),
+        ])
+    }
+}

@@ -1,0 +1,226 @@
+import BPF
+import CLibBPF
+import Glibc
+import struct SystemPackage.FilePath
+
+/// Sockets configured and connections reaped under one policy, summed over CPUs.
+public struct PolicyCounters: Equatable, Sendable {
+    public var configured: UInt64 = 0
+    public var reapedKeepalive: UInt64 = 0
+    public var reapedUserTimeout: UInt64 = 0
+
+    public var reaped: UInt64 { reapedKeepalive + reapedUserTimeout }
+}
+
+/// The StateKernel of a pinned state: its maps and programs (opened from
+/// their pins, or fresh from a load), and its links as the kernel reports them.
+final class PinnedKernel: StateKernel {
+    unowned let state: PinnedState
+    let identity: ProgramIdentity
+    let policies: BPFMap<UInt64, ka_policy>
+    let counters: BPFPerCPUMap<UInt64, ka_counters>
+    let errors: BPFPerCPUMap<UInt32, UInt64>
+    let meta: BPFMap<UInt32, ka_meta>
+    let events: BPFMap<UInt32, ka_event>
+    let eventsHead: BPFMap<UInt32, UInt64>
+    let programs: [Attachment: (program: BPFProgram, id: UInt32)]
+    let reapedProgram: BPFProgram?
+    /// Programs of ours that links may still run: an upgrade in progress.
+    let staleProgramIDs: Set<UInt32>
+    private let rootInode: ino_t
+
+    var countingReaped: Bool { reapedProgram != nil }
+    var allPrograms: [BPFProgram] { Attachment.allCases.map { programs[$0]!.program } + [reapedProgram].compactMap { $0 } }
+
+    /// The state as pinned, when it holds this binary's programs.
+    convenience init(pinned object: MainObject, state: PinnedState) throws {
+        let reaped = BPFObject.name(ofProgram: object.progs.keepalive_reaped)
+        let reapedPath = state.root + "/" + reaped
+        try self.init(object, state: state, pinned: true, staleProgramIDs: [],
+                      reapedProgram: BPFFS.exists(reapedPath) ? try BPFProgram.pinned(at: reapedPath, name: reaped) : nil)
+    }
+
+    /// The state as `object` just loaded it (its maps pinned or reused by libbpf).
+    convenience init(loaded object: MainObject, state: PinnedState, staleProgramIDs: Set<UInt32>, countingReaped: Bool) throws {
+        try self.init(object, state: state, pinned: false, staleProgramIDs: staleProgramIDs,
+                      reapedProgram: countingReaped ? try BPFObject.program(object.progs.keepalive_reaped) : nil)
+    }
+
+    private init(_ object: MainObject, state: PinnedState, pinned: Bool, staleProgramIDs: Set<UInt32>,
+                 reapedProgram: BPFProgram?) throws {
+        func map<M>(_ map: OpaquePointer?, _ make: (FileDescriptor, String, bpf_map_type) throws -> M) throws -> M {
+            let name = BPFObject.name(ofMap: map!)
+            let fd = pinned ? try BPFFS.open(pinned: BPFObject.pinPath(ofMap: map!)!, as: .map)
+                : try BPFObject.mapDescriptor(map!)
+            return try make(fd, name, bpf_map__type(map!))
+        }
+        self.state = state
+        identity = object.identity
+        let maps = object.maps
+        policies = try map(maps.ka_policies_v2) { try BPFMap($0, name: $1, type: $2) }
+        counters = try map(maps.ka_counters) { try BPFPerCPUMap($0, name: $1, type: $2) }
+        errors = try map(maps.ka_errors) { try BPFPerCPUMap($0, name: $1, type: $2) }
+        meta = try map(maps.ka_meta) { try BPFMap($0, name: $1, type: $2) }
+        events = try map(maps.ka_events) { try BPFMap($0, name: $1, type: $2) }
+        eventsHead = try map(maps.ka_events_head) { try BPFMap($0, name: $1, type: $2) }
+        var programs: [Attachment: (program: BPFProgram, id: UInt32)] = [:]
+        for kind in Attachment.allCases {
+            let name = BPFObject.name(ofProgram: object.program(kind))
+            let program = pinned ? try BPFProgram.pinned(at: state.root + "/" + name, name: name)
+                : try BPFObject.program(object.program(kind))
+            programs[kind] = (program, try program.id())
+        }
+        self.programs = programs
+        self.reapedProgram = reapedProgram
+        self.staleProgramIDs = staleProgramIDs
+        guard let st = FilePath(state.root).status() else { throw SyscallError("inspect \(state.root)", errno: errno) }
+        rootInode = st.st_ino
+    }
+
+    // MARK: identity
+
+    func isStillPinned() -> Bool {
+        guard let st = FilePath(state.root).status(), st.st_ino == rootInode,
+              let path = Optional(state.root + "/" + meta.handle.name),
+              let fd = try? BPFFS.open(pinned: path, as: .map),
+              let pinned = try? MapHandle(fd, name: meta.handle.name, expecting: MapShape(
+                  type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: MemoryLayout<ka_meta>.size)) else { return false }
+        return pinned.id == meta.handle.id
+    }
+
+    func metaMatches() throws -> Bool {
+        guard let current = try meta.lookup(0) else { return false }
+        return current.layout == KA_STATE_LAYOUT && current.object_hash == identity.hash
+            && current.program_version == identity.version
+    }
+
+    func changeSequence() throws -> UInt64 {
+        try meta.lookup(0)?.change_seq ?? 0
+    }
+
+    func writeIdentity(changeSeq: UInt64) throws {
+        try meta.update(0, ka_meta(layout: UInt32(KA_STATE_LAYOUT), program_version: identity.version,
+                                   object_hash: identity.hash, change_seq: changeSeq))
+    }
+
+    func bumpChangeSequence() throws {
+        guard var current = try meta.lookup(0) else { return }
+        current.change_seq &+= 1
+        try meta.update(0, current)
+    }
+
+    // MARK: policies
+
+    func readPolicies() throws -> [UInt64: PolicyRecord] {
+        Dictionary(try policies.entries().map { ($0.key, PolicyRecord($0.value)) }, uniquingKeysWith: { $1 })
+    }
+
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, isNew: Bool) throws {
+        let encoded = try record.encoded()
+        if isNew { try counters.update(id, ka_counters()) }
+        do {
+            try policies.update(id, encoded)
+        } catch let error as SyscallError where error.errno == E2BIG {
+            if isNew { try? counters.delete(id) }
+            throw StateError.full(capacity: policies.handle.capacity)
+        }
+    }
+
+    func deletePolicy(_ id: UInt64) throws {
+        try policies.delete(id)
+        try counters.delete(id)
+    }
+
+    func counterIDs() throws -> Set<UInt64> { Set(try counters.keys()) }
+
+    func deleteCounters(_ id: UInt64) throws { try counters.delete(id) }
+
+    func counters(of id: UInt64) -> PolicyCounters {
+        let perCPU = (try? counters.lookup(id)) ?? nil
+        return (perCPU ?? []).reduce(into: PolicyCounters()) { sum, cpu in
+            sum.configured &+= cpu.configured
+            sum.reapedKeepalive &+= cpu.reaped.0
+            sum.reapedUserTimeout &+= cpu.reaped.1
+        }
+    }
+
+    func setsockoptErrors() throws -> [(option: String, count: UInt64)] {
+        let names = [(KA_OPT_KEEPALIVE, KA_SO_KEEPALIVE_KEY)] + PolicyOption.allCases.map { ($0.bpfOption, $0.key) }
+        return try names.map { index, name in
+            (name, (try errors.lookup(index.rawValue) ?? []).reduce(0, &+))
+        }
+    }
+
+    // MARK: links
+
+    func readLinks(_ kind: Attachment) throws -> [String: LinkState] {
+        let directory = state.linksDirectory(kind)
+        guard BPFFS.exists(directory) else { return [:] }
+        var links: [String: LinkState] = [:]
+        for name in try directoryNames(directory) {
+            links[name] = classify(directory + "/" + name, name: name, kind: kind)
+        }
+        return links
+    }
+
+    private func classify(_ path: String, name: String, kind: Attachment) -> LinkState {
+        let info: BPFLink.Info
+        do {
+            info = try BPFLink.pinned(at: path).info()
+        } catch {
+            return .foreign("\(error)")
+        }
+        guard info.type == BPF_LINK_TYPE_CGROUP, info.attachType == kind.attachType else {
+            return .foreign("not a \(kind) cgroup link")
+        }
+        let current = info.programID == programs[kind]!.id
+        guard current || staleProgramIDs.contains(info.programID) else {
+            return .foreign("runs program \(info.programID), not keepalive's")
+        }
+        if info.cgroupID == 0 { return .defunct }
+        guard UInt64(name) == info.cgroupID else { return .misplaced }
+        return current ? .current : .staleProgram
+    }
+
+    func createLink(_ kind: Attachment, at cgroup: Cgroup) throws {
+        let directory = state.cgroups.absolute(cgroup.path)
+        let fd: FileDescriptor
+        do {
+            fd = try directory.openDirectory()
+        } catch {
+            throw CgroupAccessError(path: cgroup.display, errno: error.errno)
+        }
+        var st = stat()
+        // The cgroup at that path must still be the one meant (ids are never reused).
+        guard fstat(fd.raw, &st) == 0, UInt64(st.st_ino) == cgroup.id else {
+            throw CgroupAccessError(path: cgroup.display, errno: ENOENT)
+        }
+        let link = try programs[kind]!.program.attach(cgroup: fd, type: kind.attachType, cgroupPath: directory.displayString)
+        try link.pin(at: state.linksDirectory(kind) + "/\(cgroup.id)")
+    }
+
+    func removeLink(_ kind: Attachment, pin: String) throws {
+        try BPFFS.unpin(state.linksDirectory(kind) + "/" + pin)
+    }
+
+    func updateLink(_ kind: Attachment, pin: String) throws {
+        try BPFLink.pinned(at: state.linksDirectory(kind) + "/" + pin).update(to: programs[kind]!.program)
+    }
+
+    /// Makes sure the reaped-connection tracepoint has its link (after an
+    /// outside hand removed it, or an upgrade was interrupted before it).
+    func repairReapedLink() throws {
+        guard let reapedProgram else { return }
+        let path = state.reapedLinkPath
+        if let info = try? BPFLink.pinned(at: path).info(), info.programID == (try? reapedProgram.id()) { return }
+        let link = try reapedProgram.attachTracepoint()
+        let next = PinnedState.staged(path, id: try link.info().id)
+        try link.pin(at: next)
+        try BPFFS.rename(next, to: path)
+        state.logger.notice("re-created the reaped-connection link at \(path)")
+    }
+
+    func presence(of path: FilePath, id: UInt64) -> CgroupPresence {
+        state.cgroups.presence(of: path, id: id)
+    }
+}

@@ -1,0 +1,137 @@
+import BPF
+import CLibBPF
+import Glibc
+import struct SystemPackage.FilePath
+
+/// Why the kernel ended a covered connection (enum ka_reaped_reason).
+public enum ReapedReason: Sendable, CaseIterable, Codable {
+    /// Idle: keepalive probes went unanswered.
+    case keepalive
+    /// Data went unacknowledged: the user timeout (or retransmissions) gave up.
+    case userTimeout
+
+    public var key: String {
+        switch self {
+        case .keepalive: KA_REAPED_KEEPALIVE_KEY
+        case .userTimeout: KA_REAPED_USER_TIMEOUT_KEY
+        }
+    }
+
+    init(_ raw: UInt32) {
+        self = raw == KA_REAPED_USER_TIMEOUT.rawValue ? .userTimeout : .keepalive
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(key)
+    }
+
+    public init(from decoder: Decoder) throws {
+        let key = try decoder.singleValueContainer().decode(String.self)
+        self = Self.allCases.first { $0.key == key } ?? .keepalive
+    }
+}
+
+/// A connection the kernel ended because its peer stopped answering, as the
+/// reaped-connection program recorded it.
+public struct ReapedEvent: Sendable {
+    public let sequence: UInt64
+    /// Seconds since the epoch.
+    public let time: Double
+    public let cgroupID: UInt64
+    public let policyCgroupID: UInt64
+    public let inode: UInt64
+    public let local: String
+    public let remote: String
+    public let reason: ReapedReason
+    /// Since the peer's last packet.
+    public let silentMilliseconds: UInt64
+    /// The socket's values when it died (its own, or its namespace's defaults).
+    public let keepidle: UInt64
+    public let keepintvl: UInt64
+    public let keepcnt: UInt32
+    public let userTimeout: UInt32
+    /// The path of the cgroup whose policy covered the socket, if it still has one.
+    public internal(set) var policyPath: FilePath?
+
+    init(_ e: ka_event, clock: KernelClock) {
+        sequence = e.seq - 1
+        time = clock.wallTime(ofBootNanoseconds: e.boot_ns)
+        cgroupID = e.cgroup_id
+        policyCgroupID = e.policy_cgroup_id
+        inode = e.inode
+        local = socketEndpoint(family: e.family, address: e.local_addr, port: e.local_port)
+        remote = socketEndpoint(family: e.family, address: e.remote_addr, port: e.remote_port)
+        reason = ReapedReason(e.reason)
+        silentMilliseconds = clock.milliseconds(ofJiffies: e.silent_jiffies)
+        keepidle = clock.milliseconds(ofJiffies: e.keepidle_jiffies) / 1000
+        keepintvl = clock.milliseconds(ofJiffies: e.keepintvl_jiffies) / 1000
+        keepcnt = e.keepcnt
+        userTimeout = e.user_timeout_ms
+    }
+}
+
+/// The kernel's clocks as the BPF program reads them: jiffies (whose length
+/// is the coarse clocks' resolution) and boot time.
+struct KernelClock {
+    let nanosecondsPerJiffy: UInt64
+    let bootToWall: Double
+
+    init() {
+        var resolution = timespec()
+        clock_getres(CLOCK_MONOTONIC_COARSE, &resolution)
+        nanosecondsPerJiffy = max(1, UInt64(resolution.tv_nsec))
+        var boot = timespec(), wall = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &boot)
+        clock_gettime(CLOCK_REALTIME, &wall)
+        bootToWall = Double(wall.tv_sec) + Double(wall.tv_nsec) / 1e9 - Double(boot.tv_sec) - Double(boot.tv_nsec) / 1e9
+    }
+
+    func milliseconds(ofJiffies jiffies: UInt32) -> UInt64 {
+        UInt64(jiffies) * nanosecondsPerJiffy / 1_000_000
+    }
+
+    func wallTime(ofBootNanoseconds ns: UInt64) -> Double {
+        bootToWall + Double(ns) / 1e9
+    }
+}
+
+extension PinnedKernel {
+    /// The reaped connections the kernel side keeps, oldest first, numbered
+    /// from `after` on. A slot being written (or overwritten while read) is left out.
+    func reapedEvents(after: UInt64 = 0) throws -> [ReapedEvent] {
+        let capacity = UInt64(KA_EVENTS_MAX)
+        let head = try eventsHead.lookup(0) ?? 0
+        let first = max(after, head > capacity ? head - capacity : 0)
+        guard first < head else { return [] }
+        let clock = KernelClock()
+        var found: [ReapedEvent] = []
+        for sequence in first..<head {
+            guard let slot = try events.lookup(UInt32(sequence % capacity)), slot.seq == sequence + 1 else { continue }
+            var event = ReapedEvent(slot, clock: clock)
+            event.policyPath = try policies.lookup(slot.policy_cgroup_id).map { PolicyRecord($0).path }
+            found.append(event)
+        }
+        // Slots the program moved past while they were read may hold newer events.
+        let now = try eventsHead.lookup(0) ?? head
+        return found.filter { now <= capacity || $0.sequence >= now - capacity }
+    }
+
+    /// The number the next reaped connection will get.
+    func reapedEventHead() throws -> UInt64 {
+        try eventsHead.lookup(0) ?? 0
+    }
+}
+
+typealias AddressBytes = (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                          UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
+
+/// "192.0.2.1:80" or "[2001:db8::1]:80", from the kernel's bytes.
+func socketEndpoint(family: UInt32, address: AddressBytes, port: UInt16) -> String {
+    var bytes = address
+    var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+    let af = Int32(family)
+    _ = withUnsafePointer(to: &bytes) { inet_ntop(af, $0, &text, socklen_t(text.count)) }
+    let host = String(cString: text)
+    return af == AF_INET6 ? "[\(host)]:\(port)" : "\(host):\(port)"
+}

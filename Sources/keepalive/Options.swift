@@ -1,0 +1,164 @@
+import ArgumentParser
+import BPF
+import Glibc
+import KeepaliveCore
+import Logging
+
+/// Where the state lives and how to talk about it: what every privileged
+/// subcommand shares. Flags and environment variables are named here; the
+/// core only knows paths.
+struct StateOptions: ParsableArguments {
+    static let pinPathVariable = "KEEPALIVE_PIN_PATH"
+    static let cgroupRootVariable = "KEEPALIVE_CGROUP_ROOT"
+
+    @Option(name: .long, help: ArgumentHelp("bpffs directory of keepalive's pinned state (or \(Self.pinPathVariable)).",
+                                            valueName: "path"))
+    var pinPath: String = environment(Self.pinPathVariable) ?? PinnedState.defaultRoot
+
+    @Option(name: .long, help: ArgumentHelp(
+        "cgroup2 mount (or a directory holding it at unified/) to use instead of the one in /proc/self/mountinfo (or \(Self.cgroupRootVariable)).",
+        valueName: "path"))
+    var cgroupRoot: String?
+
+    @Flag(name: .long, help: "Print libbpf's messages and the whole verifier log of a program the kernel refuses.")
+    var verbose = false
+
+    var logger: Logger {
+        var logger = Logger(label: "keepalive") { _ in CLILogHandler() }
+        logger.logLevel = verbose ? .debug : .notice
+        return logger
+    }
+
+    /// Checks privilege, then finds the cgroup2 hierarchy.
+    func cgroups() throws -> CgroupFS {
+        let missing = Privileges.missingForBPF()
+        guard missing.isEmpty else {
+            throw CommandError("missing privilege: \(missing.joined(separator: ", ")) (run as root)")
+        }
+        Libbpf.route(to: logger)
+        let root = cgroupRoot ?? environment(Self.cgroupRootVariable)
+        let discovered: Result<CgroupFS, CgroupError> = Result { () throws(CgroupError) in try CgroupFS.discover(root: root) }
+        if case .failure(let error) = discovered, root != nil {
+            throw CommandError("\(error) (from --cgroup-root or \(Self.cgroupRootVariable))")
+        }
+        return try discovered.get()
+    }
+
+    func state(_ cgroups: CgroupFS) -> PinnedState {
+        PinnedState(root: pinPath, cgroups: cgroups, logger: logger)
+    }
+
+    /// The whole verifier log of a refused program, with --verbose.
+    func explain(_ error: any Error) -> any Error {
+        if verbose, let load = error as? LoadError, !load.log.isEmpty { printError(load.log) }
+        return error
+    }
+}
+
+func environment(_ name: String) -> String? {
+    getenv(name).map { String(cString: $0) }
+}
+
+/// Which cgroup a command acts on: a path, a systemd unit, or a process's cgroup.
+struct TargetOptions: ParsableArguments {
+    @Argument(help: "cgroup v2 directory: relative to the cgroup2 mount, or absolute; / for the root.")
+    var cgroup: String?
+
+    @Option(help: ArgumentHelp("A systemd unit, e.g. nginx.service, instead of a path.", valueName: "name"))
+    var unit: String?
+
+    @Option(help: ArgumentHelp("A process whose cgroup to use, instead of a path.", valueName: "pid"))
+    var pid: Int32?
+
+    var given: Int { [cgroup != nil, unit != nil, pid != nil].filter { $0 }.count }
+
+    func validate() throws {
+        guard given <= 1 else { throw ValidationError("give one of CGROUP, --unit or --pid") }
+    }
+
+    func resolve(_ cgroups: CgroupFS) throws -> Cgroup {
+        let resolver = TargetResolver(cgroups: cgroups)
+        if let unit { return try resolver.cgroup(ofUnit: unit) }
+        if let pid { return try resolver.cgroup(ofPID: pid) }
+        guard let cgroup else { throw CommandError("give a cgroup, --unit or --pid") }
+        return try cgroups.resolve(cgroup)
+    }
+}
+
+/// A policy's values as flags, parsed and range-checked by PolicyOption as
+/// argument-parser reads them. Each property is named after its option.
+struct PolicyArguments: ParsableArguments {
+    @Option(parsing: .unconditional, help: help(.keepidle, "s"), transform: flagValue(.keepidle))
+    var keepidle: Int32?
+    @Option(parsing: .unconditional, help: help(.keepintvl, "s"), transform: flagValue(.keepintvl))
+    var keepintvl: Int32?
+    @Option(parsing: .unconditional, help: help(.keepcnt, "n"), transform: flagValue(.keepcnt))
+    var keepcnt: Int32?
+    @Option(parsing: .unconditional, help: help(.userTimeout, "ms"), transform: flagValue(.userTimeout))
+    var userTimeout: Int32?
+    @Option(parsing: .unconditional, help: help(.syncnt, "n"), transform: flagValue(.syncnt))
+    var syncnt: Int32?
+    @Option(parsing: .unconditional, help: help(.maxseg, "bytes"), transform: flagValue(.maxseg))
+    var maxseg: Int32?
+    @Option(parsing: .unconditional, help: help(.windowClamp, "bytes"), transform: flagValue(.windowClamp))
+    var windowClamp: Int32?
+
+    // Checked in validate(), so that a bad value reads "--precedence 'x' is neither ...".
+    @Option(help: ArgumentHelp("Who wins when the program sets keepalive itself: \(Precedence.application.name) (default) or \(Precedence.policy.name).",
+                               valueName: Precedence.allCases.map(\.name).joined(separator: "|")))
+    var precedence: String?
+
+    @Option(help: .hidden)
+    var deferAccept: String?
+
+    func validate() throws {
+        if deferAccept != nil {
+            throw ValidationError("--defer-accept: TCP_DEFER_ACCEPT cannot be set from BPF (bpf_setsockopt refuses it); use libkeepalive_listen.so or libkeepalive_socket.so")
+        }
+        do { _ = try precedence.map(Precedence.init(parsing:)) } catch { throw ValidationError("--precedence \(error.problem)") }
+    }
+
+    /// The policy the flags describe; options not given keep their defaults.
+    var policy: Policy {
+        // The @Option properties themselves, by option: no second list of them.
+        var values: [PolicyOption: Int32] = [:]
+        for child in Mirror(reflecting: self).children {
+            guard let label = child.label, let option = PolicyOption(rawValue: String(label.dropFirst())),
+                  let value = (child.value as? Option<Int32?>)?.wrappedValue else { continue }
+            values[option] = value
+        }
+        return Policy(values, precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application)
+    }
+
+    private static func help(_ option: PolicyOption, _ unit: String) -> ArgumentHelp {
+        ArgumentHelp(option.help, valueName: unit)
+    }
+
+    private static func flagValue(_ option: PolicyOption) -> @Sendable (String) throws -> Int32 {
+        { text in
+            do throws(PolicyError) { return try option.parse(text) } catch { throw CommandError(error.problem) }
+        }
+    }
+}
+
+/// A failure worth one line to the user.
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// swift-log for a command line: "keepalive: warning: message" on stderr.
+struct CLILogHandler: LogHandler {
+    var logLevel: Logger.Level = .notice
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        printError("keepalive: \(level): \(message)")
+    }
+}

@@ -1,0 +1,92 @@
+import Glibc
+@testable import KeepaliveCore
+import struct SystemPackage.FilePath
+
+/// A kernel in memory for the Transaction's logic: a cgroup tree, the policy
+/// map, and each kind's links as the kernel would report them. Faults can
+/// be injected where the real kernel would fail.
+final class InMemoryKernel: StateKernel {
+    /// path -> id of every cgroup that exists.
+    var cgroups: [FilePath: UInt64] = [FilePath(): 1]
+    var policies: [UInt64: PolicyRecord] = [:]
+    var counters: Set<UInt64> = []
+    var links: [Attachment: [String: LinkState]] = [.sockops: [:], .setsockopt: [:]]
+    var capacity = 65536
+    var changeSequence: UInt64 = 0
+    /// Cgroups whose presence cannot be told (stat fails with this errno).
+    var unreadable: [FilePath: Int32] = [:]
+    /// Link operations that fail, by cgroup id.
+    var failingLinks: [UInt64: Int32] = [:]
+    private var nextID: UInt64 = 100
+    private(set) var operations: [String] = []
+
+    @discardableResult
+    func mkdir(_ path: String) -> Cgroup {
+        let filePath = FilePath(path)
+        if let id = cgroups[filePath] { return Cgroup(path: filePath, id: id) }
+        nextID += 1
+        cgroups[filePath] = nextID
+        return Cgroup(path: filePath, id: nextID)
+    }
+
+    func rmdir(_ path: String) {
+        let filePath = FilePath(path)
+        guard let id = cgroups.removeValue(forKey: filePath) else { return }
+        // The kernel detaches the links of a removed cgroup.
+        for kind in Attachment.allCases where links[kind]?[String(id)] != nil { links[kind]?[String(id)] = .defunct }
+    }
+
+    func cgroup(_ path: String) -> Cgroup { Cgroup(path: FilePath(path), id: cgroups[FilePath(path)]!) }
+
+    func linked(_ kind: Attachment = .sockops) -> Set<String> {
+        Set(links[kind]!.filter { $0.value == .current }.keys.map { pin in
+            cgroups.first { String($0.value) == pin }.map { $0.key.string } ?? "id \(pin)"
+        })
+    }
+
+    // MARK: StateKernel
+
+    func readPolicies() throws -> [UInt64: PolicyRecord] { policies }
+
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, isNew: Bool) throws {
+        if policies[id] == nil && policies.count >= capacity { throw StateError.full(capacity: capacity) }
+        _ = try record.encoded()
+        if isNew { counters.insert(id) }
+        policies[id] = record
+        operations.append("write \(record.path)")
+    }
+
+    func deletePolicy(_ id: UInt64) throws {
+        policies[id] = nil
+        counters.remove(id)
+        operations.append("delete \(id)")
+    }
+
+    func counterIDs() throws -> Set<UInt64> { counters }
+    func deleteCounters(_ id: UInt64) throws { counters.remove(id) }
+    func readLinks(_ kind: Attachment) throws -> [String: LinkState] { links[kind]! }
+
+    func createLink(_ kind: Attachment, at cgroup: Cgroup) throws {
+        if let code = failingLinks[cgroup.id] { throw CgroupAccessError(path: cgroup.display, errno: code) }
+        guard cgroups[cgroup.path] == cgroup.id else { throw CgroupAccessError(path: cgroup.display, errno: ENOENT) }
+        links[kind]![String(cgroup.id)] = .current
+        operations.append("link \(kind) \(cgroup.path)")
+    }
+
+    func removeLink(_ kind: Attachment, pin: String) throws {
+        links[kind]![pin] = nil
+        operations.append("unlink \(kind) \(pin)")
+    }
+
+    func updateLink(_ kind: Attachment, pin: String) throws {
+        links[kind]![pin] = .current
+        operations.append("update \(kind) \(pin)")
+    }
+
+    func presence(of path: FilePath, id: UInt64) -> CgroupPresence {
+        if let code = unreadable[path] { return .unknown(errno: code) }
+        return cgroups[path] == id ? .present : .gone
+    }
+
+    func bumpChangeSequence() throws { changeSequence += 1 }
+}

@@ -1,0 +1,220 @@
+import Glibc
+import Testing
+@testable import KeepaliveCore
+import struct SystemPackage.FilePath
+
+/// The Transaction against an in-memory kernel: the invariant (each kind's
+/// program linked exactly at the topmost cgroups whose policy wants it), the
+/// repairs of what a crash leaves, and pruning only on proof.
+@Suite struct TransactionTests {
+    let kernel = InMemoryKernel()
+
+    func transaction() throws -> Transaction { try Transaction(kernel: kernel) }
+
+    @Test func aPolicyIsLinkedAtItsCgroup() throws {
+        let app = kernel.mkdir("app")
+        #expect(try transaction().apply(Policy(), to: app) == .created)
+        #expect(kernel.linked() == ["app"])
+        #expect(kernel.linked(.setsockopt) == [])  // only `precedence: policy` wants that program
+        #expect(kernel.counters == [app.id])
+    }
+
+    @Test func nestedPoliciesShareTheTopmostLink() throws {
+        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c"), grandchild = kernel.mkdir("p/c/g")
+        let txn = try transaction()
+        try txn.apply(Policy(), to: child)
+        try txn.apply(Policy(), to: grandchild)
+        #expect(kernel.linked() == ["p/c"])
+        try txn.apply(Policy(), to: parent)  // covers the child now: its link goes, after the parent's came
+        #expect(kernel.linked() == ["p"])
+        #expect(kernel.operations.firstIndex(of: "link sock_ops p")! < kernel.operations.firstIndex(of: "unlink sock_ops \(child.id)")!)
+        #expect(try txn.remove(parent.id))  // handed down to the child before the parent's link goes
+        #expect(kernel.linked() == ["p/c"])
+        #expect(kernel.operations.lastIndex(of: "link sock_ops p/c")! < kernel.operations.lastIndex(of: "unlink sock_ops \(parent.id)")!)
+        #expect(try txn.remove(child.id))
+        #expect(kernel.linked() == ["p/c/g"])
+    }
+
+    @Test func precedenceMovesTheSetsockoptLinkOnly() throws {
+        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c")
+        let txn = try transaction()
+        try txn.apply(Policy(), to: parent)
+        try txn.apply(Policy([:], precedence: .policy), to: child)
+        #expect(kernel.linked(.setsockopt) == ["p/c"] && kernel.linked() == ["p"])
+        try txn.apply(Policy([:], precedence: .policy), to: parent)
+        #expect(kernel.linked(.setsockopt) == ["p"])
+        try txn.apply(Policy(), to: parent)
+        #expect(kernel.linked(.setsockopt) == ["p/c"] && kernel.linked() == ["p"])
+    }
+
+    @Test func unchangedPoliciesAreNotWrittenAgain() throws {
+        let app = kernel.mkdir("app")
+        try transaction().apply(Policy([.keepidle: 30]), to: app)
+        let writes = kernel.operations.count
+        #expect(try transaction().apply(Policy([.keepidle: 30]), to: app) == .unchanged)
+        #expect(kernel.operations.count == writes)
+        #expect(try transaction().apply(Policy([.keepidle: 31]), to: app) == .updated)
+    }
+
+    @Test func aFailedLinkRestoresWhatWasInForce() throws {
+        let app = kernel.mkdir("app")
+        kernel.failingLinks[app.id] = EACCES
+        #expect(throws: LinkFailure.self) { try transaction().apply(Policy(), to: app) }
+        #expect(kernel.policies.isEmpty && kernel.counters.isEmpty)
+    }
+
+    @Test func aFullMapIsAClearErrorAndChangesNothing() throws {
+        kernel.capacity = 1
+        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        try transaction().apply(Policy(), to: a)
+        #expect(throws: StateError.full(capacity: 1)) { try transaction().apply(Policy(), to: b) }
+        #expect(Set(kernel.policies.keys) == [a.id] && kernel.linked() == ["a"])
+    }
+
+    // MARK: reconcile
+
+    @Test func reloadAtCapacityRemovesStalePoliciesFirst() throws {
+        kernel.capacity = 3
+        let old = (0..<3).map { kernel.mkdir("x/\($0)") }, new = (0..<3).map { kernel.mkdir("y/\($0)") }
+        let desire = { (cgroups: [Cgroup]) in cgroups.map { Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1") } }
+        #expect(try transaction().reconcile(desire(old)).failures.isEmpty)
+        let outcome = try transaction().reconcile(desire(new))
+        #expect(outcome.failures.isEmpty)
+        #expect(Set(kernel.policies.keys) == Set(new.map(\.id)))
+        #expect(outcome.changes.filter { $0.kind == .detached }.count == 3)
+    }
+
+    @Test func reconcileLeavesTheCLIsPoliciesAlone() throws {
+        let mine = kernel.mkdir("mine"), theirs = kernel.mkdir("theirs")
+        try transaction().apply(Policy(), to: theirs, owner: .cli)
+        _ = try transaction().reconcile([Transaction.Desire(cgroup: mine, policy: Policy(), source: "f:1")])
+        _ = try transaction().reconcile([])
+        #expect(Set(kernel.policies.keys) == [theirs.id])
+    }
+
+    @Test func oneFailingCgroupDoesNotBlockTheOthers() throws {
+        let bad = kernel.mkdir("bad"), good = kernel.mkdir("good"), gone = kernel.mkdir("gone")
+        kernel.failingLinks[bad.id] = EACCES
+        kernel.rmdir("gone")  // vanished between resolution and the pass
+        let outcome = try transaction().reconcile([bad, gone, good].map {
+            Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1")
+        })
+        #expect(kernel.linked() == ["good"])
+        #expect(outcome.failures.map(\.scope) == [.cgroup, .vanished] || outcome.failures.map(\.scope) == [.vanished, .cgroup])
+        #expect(outcome.failures.first { $0.cgroup == gone.path }?.scope == .vanished)
+    }
+
+    // MARK: repair
+
+    @Test func policiesAreDroppedOnlyWhenTheirCgroupIsProvenGone() throws {
+        let gone = kernel.mkdir("gone"), locked = kernel.mkdir("locked"), busy = kernel.mkdir("busy")
+        let replaced = kernel.mkdir("replaced")
+        for cgroup in [gone, locked, busy, replaced] { try transaction().apply(Policy(), to: cgroup) }
+        kernel.rmdir("gone")
+        kernel.rmdir("replaced")
+        kernel.mkdir("replaced")                 // same path, another cgroup: the old one is gone
+        kernel.unreadable[locked.path] = EACCES  // a delegated cgroup made 0700 by its owner
+        kernel.unreadable[busy.path] = EMFILE    // out of descriptors
+        let report = try transaction().repair()
+        #expect(Set(kernel.policies.keys) == [locked.id, busy.id])
+        #expect(report.dropped.sorted() == ["gone (cgroup removed)", "replaced (cgroup removed)"])
+        #expect(report.keptUnknown.count == 2)
+        #expect(kernel.links[.sockops]![String(gone.id)] == nil)  // its defunct link is removed too
+    }
+
+    @Test func repairRemovesALinkBelowACoveringLink() throws {
+        // Killed while attaching a parent above a linked child: both linked.
+        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c")
+        try transaction().apply(Policy(), to: child)
+        kernel.policies[parent.id] = PolicyRecord(policy: Policy(), owner: .cli, path: parent.path)
+        kernel.links[.sockops]![String(parent.id)] = .current
+        let report = try transaction().repair()
+        #expect(kernel.linked() == ["p"])
+        #expect(report.repaired == ["removed the sock_ops link at p/c, which a link above covers"])
+    }
+
+    @Test func repairLinksAPolicyNothingCovers() throws {
+        // Killed after the policy was written, before its link was made.
+        let app = kernel.mkdir("app")
+        kernel.policies[app.id] = PolicyRecord(policy: Policy(), owner: .cli, path: app.path)
+        kernel.counters.insert(app.id)
+        #expect(try transaction().repair().repaired == ["linked the sock_ops program at app"])
+        #expect(kernel.linked() == ["app"])
+    }
+
+    @Test func repairRemovesLinksWithoutAPolicyAndOrphanCounters() throws {
+        // Killed during detach --all, or between a delete and an unlink.
+        let app = kernel.mkdir("app")
+        kernel.links[.setsockopt]![String(app.id)] = .current
+        kernel.counters.insert(999)
+        let report = try transaction().repair()
+        #expect(kernel.links[.setsockopt]!.isEmpty && kernel.counters.isEmpty)
+        #expect(report.repaired.count == 2)
+    }
+
+    @Test func repairUpdatesLinksStillRunningAnOlderProgram() throws {
+        let app = kernel.mkdir("app")
+        try transaction().apply(Policy(), to: app)
+        kernel.links[.sockops]![String(app.id)] = .staleProgram  // an upgrade killed half-way
+        #expect(try transaction().repair().repaired == ["updated the sock_ops link at app to the current program"])
+        #expect(kernel.operations.last == "update sock_ops \(app.id)")
+    }
+
+    @Test func whatIsNotOursIsLeftAlone() throws {
+        let app = kernel.mkdir("app")
+        kernel.links[.sockops]!["notes"] = .foreign("not a BPF link")
+        kernel.links[.sockops]![String(app.id)] = .foreign("runs program 7, not keepalive's")
+        let report = try transaction().repair()
+        #expect(report.keptUnknown.count == 2)
+        #expect(kernel.links[.sockops]!.count == 2)
+    }
+
+    @Test func repairingTwiceChangesNothingMore() throws {
+        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c")
+        try transaction().apply(Policy(), to: child)
+        kernel.policies[parent.id] = PolicyRecord(policy: Policy(), owner: .cli, path: parent.path)
+        _ = try transaction().repair()
+        let operations = kernel.operations.count
+        let again = try transaction().repair()
+        #expect(again.repaired.isEmpty && kernel.operations.count == operations)
+    }
+
+    @Test func everyChangeAnnouncesItselfOnce() throws {
+        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let txn = try transaction()
+        try txn.apply(Policy(), to: a)
+        try txn.apply(Policy(), to: b)
+        #expect(kernel.changeSequence == 1)
+        _ = try transaction().repair()
+        #expect(kernel.changeSequence == 1)  // nothing to repair: nothing announced
+    }
+
+    @Test func statusReadsCoverageFromTheLinks() throws {
+        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c"), lone = kernel.mkdir("lone")
+        let txn = try transaction()
+        try txn.apply(Policy(), to: parent)
+        try txn.apply(Policy(), to: child)
+        kernel.policies[lone.id] = PolicyRecord(policy: Policy(), owner: .cli, path: lone.path)
+        let entries = try transaction().entries()
+        #expect(entries.map { "\($0.record.path) \($0.linked) \($0.covered)" } ==
+            ["lone false false", "p true true", "p/c false true"])
+    }
+}
+
+@Suite struct PolicyIndexTests {
+    @Test func answersAboveAndTopmostBelow() {
+        let index = PolicyIndex()
+        index.insert("a", id: 1)
+        index.insert("a/b/c", id: 2)
+        index.insert("a/d", id: 3)
+        index.insert("e/f", id: 4)
+        #expect(index.ancestors(of: "a/b/c/x") == [1, 2])
+        #expect(Set(index.topmost(below: "a") { _ in true }) == [2, 3])
+        #expect(Set(index.topmost(below: nil) { _ in true }) == [1, 4])
+        #expect(Set(index.topmost(below: nil) { $0 != 1 }) == [2, 3, 4])
+        index.remove("a")
+        #expect(index.ancestors(of: "a/b/c/x") == [2])
+        index.remove("a/b/c")
+        #expect(index.topmost(below: "a/b") { _ in true } == [])
+    }
+}
