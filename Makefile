@@ -112,11 +112,20 @@ bench: all $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
 
 # --- tests --------------------------------------------------------------------
 
-TEST_HELPERS := $(BUILD)/test/foreign.bpf.o
+# foreign: another tool's program; layout1: keepalive 0.1.0's pinned layout, for
+# the migration test; keepalive-next: the programs as a later build would have
+# them (next version), for the upgrade tests (KEEPALIVE_BPF_OBJECT).
+NEXT_PROGRAM_VERSION := $(shell awk '/^\#define KA_PROGRAM_VERSION / {print $$3 + 1}' bpf/keepalive_policy.h)
+TEST_HELPERS := $(BUILD)/test/foreign.bpf.o $(BUILD)/test/layout1.bpf.o $(BUILD)/test/keepalive-next.bpf.o
 
-$(BUILD)/test/foreign.bpf.o: Tests/integration/helpers/foreign.bpf.c $(BUILD)/bpf/vmlinux.h
+$(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
-	$(BPF_CLANG) -g -O2 -target bpf -mcpu=v3 -Wall -Werror -I$(BUILD)/bpf -c $< -o $@
+	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(BUILD)/test/keepalive-next.bpf.o: bpf/keepalive.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
+	@mkdir -p $(@D)
+	$(BPF_CLANG) $(BPF_CFLAGS) -DKA_PROGRAM_VERSION=$(NEXT_PROGRAM_VERSION) -c $< -o $@.debug
+	$(LLVM_STRIP) -g $@.debug -o $@
 
 test: all $(TEST_HELPERS)
 	@rc=0; \

@@ -31,7 +31,8 @@ public struct Agent {
         return try AgentConfig.parse(String(decoding: data, as: UTF8.self), file: path)
     }
 
-    public func run() async throws {
+    /// Runs until SIGTERM/SIGINT; with `once`, makes the state match the file and returns.
+    public func run(once: Bool = false) async throws {
         let config = try Self.loadConfig(configPath)
         let endpoint = try metricsAddress.map(MetricsServer.parseAddress)
         raiseDescriptorLimit()
@@ -39,12 +40,11 @@ public struct Agent {
         let claim = try state.claimForAgent()
         let health = Health()
         let metrics = AgentMetrics()
-        var services: [any Service] = [
-            EnforcementService(configPath: configPath, config: config, state: state, claim: claim, logger: logger,
-                               health: health, metrics: metrics,
-                               notifier: SystemdNotifier(environment: ProcessInfo.processInfo.environment)),
-            ShutdownDeadline(),
-        ]
+        let enforcement = EnforcementService(configPath: configPath, config: config, state: state, claim: claim,
+                                             logger: logger, health: health, metrics: metrics,
+                                             notifier: SystemdNotifier(environment: ProcessInfo.processInfo.environment))
+        if once { return try enforcement.enforceOnce() }
+        var services: [any Service] = [enforcement, ShutdownDeadline()]
         if let endpoint {
             let state = self.state
             services.append(MetricsServer(host: endpoint.host, port: endpoint.port,

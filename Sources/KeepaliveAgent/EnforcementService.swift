@@ -1,4 +1,5 @@
 import AsyncAlgorithms
+import Glibc
 import KeepaliveCore
 import Logging
 import NIOCore
@@ -44,6 +45,12 @@ final class EnforcementService: Service, @unchecked Sendable {
         self.metrics = metrics
         self.notifier = notifier
         reaped = ReapedLog(state: state, logger: logger)
+    }
+
+    /// One full pass, then done: `agent --once`.
+    func enforceOnce() throws {
+        try fullPass(nil)
+        logger.info("enforced \(config.policies.count) policy entries from \(configPath) on \(desired.count) cgroups")
     }
 
     private enum Input: Sendable {
@@ -93,15 +100,16 @@ final class EnforcementService: Service, @unchecked Sendable {
     /// Resolves the whole file and makes the state agree with it. Throws what
     /// stops enforcement (the state cannot be opened, loaded or written);
     /// one cgroup's trouble is logged and retried.
-    private func fullPass(_ watcher: CgroupWatcher) throws {
+    private func fullPass(_ watcher: CgroupWatcher?) throws {
         lastFullPass = .now
         let resolution = resolver.resolve(config)
         desired = resolution.matches
         report("unreadable", resolution.unreadable.first.map { "cannot read \($0): cgroups there are not covered until it can be read" })
-        watchEverything(resolution.watch, watcher)
+        if let watcher { watchEverything(resolution.watch, watcher) }
         let outcome = try inTransaction(fullCheck: true) { session in
             log(session.report)
-            return session.transaction.reconcile(desires(resolution.matches.values))
+            return session.transaction.reconcile(desires(resolution.matches.values),
+                                                 complete: resolution.unreadable.isEmpty)
         }
         try conclude(outcome)
     }
@@ -168,19 +176,26 @@ final class EnforcementService: Service, @unchecked Sendable {
 
     private func tick(_ watcher: CgroupWatcher) {
         health.tick()
-        if !state.isIntact() {
+        switch state.pinning() {
+        case .intact:
+            report("pinning", nil)
+        case .unknown(let code):
+            report("pinning", "cannot check the pinned state at \(state.root): \(String(cString: strerror(code)))")
+        case .replaced:
             logger.notice("the pinned state at \(state.root) vanished or was replaced: making it again and enforcing the policies anew")
             iterator = nil
             do {
                 try state.prepare()
-                claim = try state.claimForAgent()
+                claim = try state.claimForAgent(keeping: claim)
             } catch {
                 health.passFailed("\(error)")
                 report("pass", "cannot restore the pinned state: \(error)")
                 return
             }
             recoverablePass(watcher, because: "pinned state replaced")
-        } else if ContinuousClock.now - lastFullPass >= Self.fullPassInterval {
+            return
+        }
+        if ContinuousClock.now - lastFullPass >= Self.fullPassInterval {
             recoverablePass(watcher, because: "periodic check")
         }
         reaped.poll()

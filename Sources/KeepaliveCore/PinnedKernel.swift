@@ -3,6 +3,15 @@ import CLibBPF
 import Glibc
 import struct SystemPackage.FilePath
 
+/// Whether open handles are still the pinned state.
+public enum Pinning: Equatable, Sendable {
+    case intact
+    /// Proven: the root or its maps are gone or another state's now.
+    case replaced
+    /// The check itself failed (errno): nothing is proven.
+    case unknown(Int32)
+}
+
 /// Sockets configured and connections reaped under one policy, summed over CPUs.
 public struct PolicyCounters: Equatable, Sendable {
     public var configured: UInt64 = 0
@@ -79,14 +88,25 @@ final class PinnedKernel: StateKernel {
 
     // MARK: identity
 
-    func isStillPinned() -> Bool {
-        guard let st = FilePath(state.root).status(), st.st_ino == rootInode,
-              let path = Optional(state.root + "/" + meta.handle.name),
-              let fd = try? BPFFS.open(pinned: path, as: .map),
-              let pinned = try? MapHandle(fd, name: meta.handle.name, expecting: MapShape(
-                  type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: MemoryLayout<ka_meta>.size)) else { return false }
-        return pinned.id == meta.handle.id
+    /// Whether these handles are still the state pinned at the root: its
+    /// directory and its meta map. Replaced only on proof (ENOENT, or
+    /// another inode or map there); a check that fails otherwise (EMFILE,
+    /// ...) proves nothing.
+    func pinning() -> Pinning {
+        guard let st = FilePath(state.root).status() else { return errno == ENOENT ? .replaced : .unknown(errno) }
+        guard st.st_ino == rootInode else { return .replaced }
+        let fd: FileDescriptor
+        do {
+            fd = try BPFFS.open(pinned: state.root + "/" + meta.handle.name, as: .map)
+        } catch {
+            return error.errno == ENOENT ? .replaced : .unknown(error.errno)
+        }
+        guard let pinned = try? MapHandle(fd, name: meta.handle.name, expecting: MapShape(
+            type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: MemoryLayout<ka_meta>.size)) else { return .replaced }
+        return pinned.id == meta.handle.id ? .intact : .replaced
     }
+
+    func isStillPinned() -> Bool { pinning() == .intact }
 
     func metaMatches() throws -> Bool {
         guard let current = try meta.lookup(0) else { return false }

@@ -113,11 +113,8 @@ public final class PinnedState: @unchecked Sendable {
 
     /// Whether the state this process has open is still the one pinned (its
     /// root directory and its maps). Cheap: for the agent's heartbeat.
-    public func isIntact() -> Bool {
-        threads.withLock { _ in
-            guard let open else { return false }
-            return open.kernel.isStillPinned()
-        }
+    public func pinning() -> Pinning {
+        threads.withLock { _ in open?.kernel.pinning() ?? .replaced }
     }
 
     // MARK: reading without the lock
@@ -378,8 +375,13 @@ public final class PinnedState: @unchecked Sendable {
         init(fd: FileDescriptor) { self.fd = fd }
     }
 
-    /// Claims the state for this agent (an flock held for its lifetime).
-    public func claimForAgent() throws -> AgentClaim {
+    /// Claims the state for this agent (an flock held for its lifetime). A
+    /// claim already held on the same lock directory is kept.
+    public func claimForAgent(keeping held: AgentClaim? = nil) throws -> AgentClaim {
+        var lock = Glibc.stat(), mine = Glibc.stat()
+        if let held, stat(agentLockPath, &lock) == 0, fstat(held.fd.raw, &mine) == 0, lock.st_ino == mine.st_ino {
+            return held
+        }
         guard mkdir(agentLockPath, 0o700) == 0 || errno == EEXIST else {
             throw SyscallError("create \(agentLockPath)", errno: errno)
         }

@@ -157,10 +157,12 @@ public final class Transaction {
     /// first (so a full map has room), then new and changed ones come, parents
     /// first; unchanged ones are not touched. Policies set with the CLI stay
     /// unless `desired` names their cgroup. One cgroup's failure does not stop
-    /// the others.
-    public func reconcile(_ desired: [Desire], owner: PolicyOwner = .agent) -> Outcome {
+    /// the others. When `desired` is not `complete` (part of the cgroup tree
+    /// could not be read) nothing is withdrawn: not seeing a cgroup is no proof.
+    public func reconcile(_ desired: [Desire], complete: Bool = true, owner: PolicyOwner = .agent) -> Outcome {
         let wanted = Set(desired.map(\.cgroup.id))
-        var outcome = withdraw(records.filter { $0.value.owner == owner && !wanted.contains($0.key) }.map(\.key), owner: owner)
+        let stale = complete ? records.filter { $0.value.owner == owner && !wanted.contains($0.key) }.map(\.key) : []
+        var outcome = withdraw(stale, owner: owner)
         let enforced = enforce(desired, owner: owner)
         outcome.changes += enforced.changes
         outcome.failures += enforced.failures

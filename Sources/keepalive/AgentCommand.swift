@@ -24,6 +24,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Flag(help: "Check the policy file and exit (needs no privilege).")
     var check = false
 
+    @Flag(help: "Make the policies in force match the file once, then exit (what a reload does).")
+    var once = false
+
     @OptionGroup var options: StateOptions
 
     func run() async throws {
@@ -41,8 +44,8 @@ struct AgentCommand: AsyncParsableCommand {
         _ = try Agent.loadConfig(config)  // a bad file stops the start, before anything changes
         let cgroups = try options.cgroups()
         do {
-            try await Agent(configPath: config, metricsAddress: metricsAddress, state: options.state(cgroups),
-                            logger: logger).run()
+            try await Agent(configPath: config, metricsAddress: once ? nil : metricsAddress,
+                            state: options.state(cgroups), logger: logger).run(once: once)
         } catch {
             throw options.explain(error)
         }

@@ -92,6 +92,16 @@ import struct SystemPackage.FilePath
         #expect(Set(kernel.policies.keys) == [theirs.id])
     }
 
+    @Test func anIncompleteResolutionWithdrawsNothing() throws {
+        let seen = kernel.mkdir("seen"), unseen = kernel.mkdir("unseen")
+        let desire = { (cgroups: [Cgroup]) in cgroups.map { Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1") } }
+        _ = try transaction().reconcile(desire([seen, unseen]))
+        _ = try transaction().reconcile(desire([seen]), complete: false)  // a directory could not be read
+        #expect(Set(kernel.policies.keys) == [seen.id, unseen.id])
+        _ = try transaction().reconcile(desire([seen]))
+        #expect(Set(kernel.policies.keys) == [seen.id])
+    }
+
     @Test func oneFailingCgroupDoesNotBlockTheOthers() throws {
         let bad = kernel.mkdir("bad"), good = kernel.mkdir("good"), gone = kernel.mkdir("gone")
         kernel.failingLinks[bad.id] = EACCES

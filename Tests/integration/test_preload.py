@@ -195,3 +195,20 @@ def test_a_real_program_works_unchanged():
         assert client.stdout == "ping\n"
     finally:
         server.wait(timeout=10)
+
+
+BAD_ADDRESS_CONNECT = """
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+s = socket.socket()
+result = libc.connect(s.fileno(), ctypes.c_void_p(8), 16)  # an address the kernel cannot read
+print(result, errno.errorcode[ctypes.get_errno()])
+"""
+
+
+@pytest.mark.parametrize("lib", [CONNECT, SOCKET, f"{CONNECT}:{LISTEN}"])
+def test_a_bad_address_is_efault_as_without_the_library(lib):
+    baseline = run([PYTHON, "-c", BAD_ADDRESS_CONNECT], env=env_with(None))
+    out = run([PYTHON, "-c", BAD_ADDRESS_CONNECT], env=env_with(lib), check=False)
+    assert baseline.stdout == "-1 EFAULT\n"
+    assert out.returncode == 0 and out.stdout == baseline.stdout, out.stderr

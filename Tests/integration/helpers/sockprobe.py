@@ -12,10 +12,14 @@ policy is to cover it.
         options of a UDP socket and of a connected UNIX stream socket
     sockprobe.py threads N PER_THREAD
         N threads connecting at once; every connected socket's options
-    sockprobe.py appset NAME=VALUE...
+    sockprobe.py loop SECONDS
+        connect and accept over and over for SECONDS; how many connected and
+        accepted sockets had each keepidle ({"connected": {"33": 812}, ...})
+    sockprobe.py appset NAME=VALUE[@LENGTH]...
         connect, then set options itself as programs do (keepalive, keepidle,
         keepintvl, keepcnt, user_timeout), in order; each call's result
-        (0 or errno) and the connected socket's options afterwards
+        (0 or errno) and the connected socket's options afterwards. With
+        @LENGTH the value is passed in a buffer of that many bytes.
 """
 import argparse
 import errno
@@ -135,13 +139,34 @@ def appset(assignments):
     calls = []
     for assignment in assignments:
         name, value = assignment.split("=")
+        value, _, length = value.partition("@")
         level, opt = SETTABLE[name]
+        argument = int(value)
+        if length:  # an int, then padding: the kernel reads the first 4 bytes
+            argument = int(value).to_bytes(4, sys.byteorder, signed=True) + bytes(int(length) - 4)
         try:
-            client.setsockopt(level, opt, int(value))
+            client.setsockopt(level, opt, argument)
             calls.append([name, int(value), 0])
         except OSError as e:
             calls.append([name, int(value), e.errno])
     return {"calls": calls, "connected": options(client)}
+
+
+def loop(seconds):
+    import time
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = {"connected": {}, "accepted": {}}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        for side, sock in (("connected", client), ("accepted", accepted)):
+            idle = str(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+                       if sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) else 0)
+            seen[side][idle] = seen[side].get(idle, 0) + 1
+        client.close()
+        accepted.close()
+    return seen
 
 
 def main():
@@ -157,6 +182,8 @@ def main():
     t = sub.add_parser("threads")
     t.add_argument("count", type=int)
     t.add_argument("per_thread", type=int)
+    lp = sub.add_parser("loop")
+    lp.add_argument("seconds", type=float)
     a = sub.add_parser("appset")
     a.add_argument("assignments", nargs="+")
     args = parser.parse_args()
@@ -168,6 +195,8 @@ def main():
         out = other()
     elif args.mode == "appset":
         out = appset(args.assignments)
+    elif args.mode == "loop":
+        out = loop(args.seconds)
     else:
         out = threads(args.count, args.per_thread)
     json.dump(out, sys.stdout)
