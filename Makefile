@@ -13,7 +13,8 @@ ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
 # Debian packages the build and the tests need; `deps` installs the missing ones.
 DEBIAN_PACKAGES := clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev \
-                   gcc make binutils busybox-static iproute2 nftables procps systemd util-linux
+                   gcc make binutils busybox-static iproute2 nftables procps systemd util-linux strace \
+                   debootstrap systemd-container podman runc
 PYTHON_PACKAGES := pytest pyyaml kubernetes-validate
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
@@ -32,7 +33,7 @@ BPF_CFLAGS    := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werr
 SWIFT_SOURCES := $(shell find Sources -path Sources/CLibBPF/generated -prune -o \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) -print) Package.swift
 
 .SECONDARY:  # keep intermediate objects
-.PHONY: all deps preload bpf swift run bench test test-swift test-integration clean
+.PHONY: all deps preload bpf swift image run bench test test-swift test-integration clean
 
 all: deps preload swift
 
@@ -90,6 +91,40 @@ $(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_SKELETONS)
 	@mkdir -p $(@D)
 	cp "$$($(SWIFT) build -c release --show-bin-path)/keepalive" $@
 
+# --- a Debian 12 tree (debootstrap), cached: the base of the image and the ---
+# --- machine the deployment tests boot with systemd as PID 1 ------------------
+
+ROOTFS := $(BUILD)/rootfs/bookworm
+ROOTFS_PACKAGES := systemd,systemd-sysv,dbus,python3,iproute2,libbpf1,procps,curl
+# The Debian mirror this machine's own apt sources name.
+DEBIAN_MIRROR = $(shell cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+	| awk '/^(deb |URIs:)/ && !/security/ { for (i = 2; i <= NF; i++) if ($$i ~ /^https?:/) { print $$i; exit } }')
+
+$(ROOTFS)/.complete: | $(BUILD)/.deps
+	@rm -rf $(ROOTFS) $(ROOTFS).tmp && mkdir -p $(@D)/..
+	debootstrap --variant=minbase --include=$(ROOTFS_PACKAGES) bookworm $(ROOTFS).tmp $(DEBIAN_MIRROR) \
+	    > $(BUILD)/rootfs/debootstrap.log 2>&1 || { tail -20 $(BUILD)/rootfs/debootstrap.log; exit 1; }
+	mv $(ROOTFS).tmp $(ROOTFS) && touch $@
+
+# --- the container image: the binary on a base of libbpf1 and the C libraries -
+# --- it links, taken from the Debian tree; no shell, no package manager -------
+
+IMAGE ?= keepalive:latest
+IMAGE_BASE ?= localhost/keepalive-base:latest
+
+$(BUILD)/image/base.tar: $(ROOTFS)/.complete deploy/container/base-files
+	@mkdir -p $(@D)
+	deploy/container/base-files $(ROOTFS) > $(@D)/base-files.txt
+	tar -C $(ROOTFS) --dereference --no-recursion -cf $@.tmp -T $(@D)/base-files.txt && mv $@.tmp $@
+
+$(BUILD)/image/keepalive: $(BUILD)/bin/keepalive
+	@mkdir -p $(@D)
+	strip -o $@ $<   # symbols are a third of the binary
+
+image: $(BUILD)/image/keepalive $(BUILD)/image/base.tar
+	podman import --quiet $(BUILD)/image/base.tar $(IMAGE_BASE)
+	podman build --quiet --build-arg BASE=$(IMAGE_BASE) -f deploy/container/Containerfile -t $(IMAGE) .
+
 # --- the agent on the shipped default policy, in the foreground ---------------
 
 METRICS_ADDRESS ?= 127.0.0.1:9464
@@ -114,9 +149,11 @@ bench: all $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
 
 # foreign: another tool's program; layout1: keepalive 0.1.0's pinned layout, for
 # the migration test; keepalive-next: the programs as a later build would have
-# them (next version), for the upgrade tests (KEEPALIVE_BPF_OBJECT).
+# them (next version), for the upgrade tests; refused: programs the verifier
+# refuses, for the load-error tests (both through KEEPALIVE_BPF_OBJECT).
 NEXT_PROGRAM_VERSION := $(shell awk '/^\#define KA_PROGRAM_VERSION / {print $$3 + 1}' bpf/keepalive_policy.h)
-TEST_HELPERS := $(BUILD)/test/foreign.bpf.o $(BUILD)/test/layout1.bpf.o $(BUILD)/test/keepalive-next.bpf.o
+TEST_HELPERS := $(BUILD)/test/foreign.bpf.o $(BUILD)/test/layout1.bpf.o $(BUILD)/test/keepalive-next.bpf.o \
+                $(BUILD)/test/refused.bpf.o
 
 $(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
@@ -127,7 +164,7 @@ $(BUILD)/test/keepalive-next.bpf.o: bpf/keepalive.bpf.c $(BPF_HEADERS) $(BUILD)/
 	$(BPF_CLANG) $(BPF_CFLAGS) -DKA_PROGRAM_VERSION=$(NEXT_PROGRAM_VERSION) -c $< -o $@.debug
 	$(LLVM_STRIP) -g $@.debug -o $@
 
-test: all $(TEST_HELPERS)
+test: all $(TEST_HELPERS) $(ROOTFS)/.complete
 	@rc=0; \
 	$(MAKE) --no-print-directory test-swift || rc=1; \
 	$(MAKE) --no-print-directory test-integration || rc=1; \
@@ -136,7 +173,7 @@ test: all $(TEST_HELPERS)
 test-swift: $(BPF_SKELETONS)
 	$(SWIFT) test
 
-test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS)
+test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(ROOTFS)/.complete
 	$(PYTHON) -m pytest -p no:cacheprovider Tests/integration
 
 clean:

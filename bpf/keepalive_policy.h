@@ -161,6 +161,9 @@ struct ka_meta {
 	__u32 program_version;  /* ka_program_version of the programs in force */
 	__u64 object_hash;      /* FNV-1a of the object the programs came from */
 	__u64 change_seq;       /* bumped by every change: readers' caches stay valid while it holds */
+	__u64 cgroup_root_id;   /* the cgroup the policies' paths start from: the cgroup2 mount's
+				   root as the state's users see it (a container's cgroup
+				   namespace sees its own); another view is refused */
 };
 
 /*

@@ -141,11 +141,16 @@ public struct BPFPerCPUMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendab
 
     /// Sets every CPU's value to `value`.
     public func update(_ key: Key, _ value: Value, flags: Int32 = Int32(BPF_ANY)) throws(SyscallError) {
+        try update(key, perCPU: { _ in value }, flags: flags)
+    }
+
+    /// Sets each CPU's value (e.g. a total on the first CPU, zero on the others).
+    public func update(_ key: Key, perCPU value: (Int) -> Value, flags: Int32 = Int32(BPF_ANY)) throws(SyscallError) {
         var key = key
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: stride * cpus, alignment: 8)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 0, count: stride * cpus)
-        for cpu in 0..<cpus { buffer.storeBytes(of: value, toByteOffset: cpu * stride, as: Value.self) }
+        for cpu in 0..<cpus { buffer.storeBytes(of: value(cpu), toByteOffset: cpu * stride, as: Value.self) }
         try handle.update(&key, buffer, flags: flags)
     }
 

@@ -40,18 +40,21 @@ public final class BPFObject {
     /// Loads the object (`load` is the skeleton's NAME__load). On failure the
     /// probes are run: "this kernel lacks X" only when one of them says so.
     public func load(_ object: OpaquePointer, _ load: () -> Int32, probes: [FeatureProbe]) throws(LoadError) {
+        _ = Libbpf.takeLastWarning()
         let result = load()
         guard result < 0 else { return }
+        let verifierLog = String(cString: log)
+        // A program is to blame only when the verifier said something about it.
         var failed: String?
         var program = bpf_object__next_program(object, nil)
-        while let current = program, failed == nil {
+        while !verifierLog.isEmpty, let current = program, failed == nil {
             if bpf_program__autoload(current) && bpf_program__fd(current) < 0 {
                 failed = String(cString: bpf_program__name(current))
             }
             program = bpf_object__next_program(object, current)
         }
-        throw LoadError(object: name, program: failed, errno: -result, log: String(cString: log),
-                        unsupported: probes.first { !$0.holds() }?.feature)
+        throw LoadError(object: name, program: failed, errno: -result, log: verifierLog,
+                        libbpfMessage: Libbpf.takeLastWarning(), unsupported: probes.first { !$0.holds() }?.feature)
     }
 
     /// A loaded program of the object.

@@ -3,10 +3,22 @@ import Glibc
 import Logging
 import Synchronization
 
-/// libbpf's own messages go to a swift-log logger: warnings as warnings,
-/// the rest at debug level.
+/// libbpf's own messages go to a swift-log logger, at debug level: every
+/// failure libbpf reports also comes back as an error that keepalive reports
+/// in one line (a load failure with the verifier's verdict), so its own
+/// account (the whole verifier log, say) is for --verbose.
 public enum Libbpf {
     private static let destination = Mutex<Logger?>(nil)
+    /// libbpf's last warning: why a call failed when the kernel's errno alone does not say.
+    private static let lastWarning = Mutex<String?>(nil)
+
+    /// The last warning libbpf printed, once.
+    static func takeLastWarning() -> String? {
+        lastWarning.withLock { warning in
+            defer { warning = nil }
+            return warning
+        }
+    }
 
     public static func route(to logger: Logger) {
         destination.withLock { $0 = logger }
@@ -16,8 +28,9 @@ public enum Libbpf {
             let n = vsnprintf(&buffer, buffer.count, format, args)
             let text = String(cString: buffer).trimmingTrailingNewlines
             guard !text.isEmpty else { return n }
+            if level == LIBBPF_WARN { Libbpf.lastWarning.withLock { $0 = text } }
             Libbpf.destination.withLock { logger in
-                logger?.log(level: level == LIBBPF_WARN ? .warning : .debug, "\(text)")
+                logger?.debug("\(text)")
             }
             return n
         }

@@ -44,7 +44,7 @@ public struct Agent {
                                              logger: logger, health: health, metrics: metrics,
                                              notifier: SystemdNotifier(environment: ProcessInfo.processInfo.environment))
         if once { return try enforcement.enforceOnce() }
-        var services: [any Service] = [enforcement, ShutdownDeadline()]
+        var services: [any Service] = [enforcement]
         if let endpoint {
             let state = self.state
             services.append(MetricsServer(host: endpoint.host, port: endpoint.port,
@@ -66,14 +66,28 @@ public struct Agent {
     }
 }
 
-/// Once a graceful shutdown begins, the process ends within 2 s whatever is
-/// still running: everything in force is pinned and survives any exit, so
-/// waiting longer could only keep a supervisor waiting.
-struct ShutdownDeadline: Service {
+/// SIGTERM and SIGINT end the agent with exit 0 within 2 s whatever it is
+/// doing: still starting, in the middle of a pass, or stuck. Everything in
+/// force is pinned and survives any exit, and each step survives being cut
+/// short, so waiting longer could only keep a supervisor waiting. Armed
+/// before anything else; the service group's graceful shutdown usually ends
+/// the process well before the deadline.
+public enum StopDeadline {
     static let limit = 1.8
+    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
 
-    func run() async throws {
-        try? await gracefulShutdown()
-        DispatchQueue.global().asyncAfter(deadline: .now() + Self.limit) { exit(0) }
+    public static func arm() {
+        for signalNumber in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler {
+                DispatchQueue.global().asyncAfter(deadline: .now() + limit) {
+                    fflush(nil)
+                    _exit(0)
+                }
+            }
+            source.resume()
+            signal(signalNumber, SIG_IGN)  // delivered to the source only
+            sources.append(source)
+        }
     }
 }

@@ -72,13 +72,15 @@ final class EnforcementService: Service, @unchecked Sendable {
                 hangups.map { _ in Input.hangup },
                 AsyncTimerSequence(interval: .seconds(1), clock: .continuous).map { _ in Input.tick })
             for try await input in inputs.cancelOnGracefulShutdown() {
-                handle(input, watcher)
+                try handle(input, watcher)
             }
         }
         notifier.notify("STOPPING=1")
     }
 
-    private func handle(_ input: Input, _ watcher: CgroupWatcher) {
+    /// Throws only what ends enforcement for good (the pinned state is gone
+    /// and cannot be made again): the supervisor restarts the agent.
+    private func handle(_ input: Input, _ watcher: CgroupWatcher) throws {
         switch input {
         case .watcher(let buffer):
             for event in watcher.decode(buffer) {
@@ -91,7 +93,7 @@ final class EnforcementService: Service, @unchecked Sendable {
         case .hangup:
             reload(watcher)
         case .tick:
-            tick(watcher)
+            try tick(watcher)
         }
     }
 
@@ -174,8 +176,11 @@ final class EnforcementService: Service, @unchecked Sendable {
         recoverablePass(watcher, because: "reload")
     }
 
-    private func tick(_ watcher: CgroupWatcher) {
+    private func tick(_ watcher: CgroupWatcher) throws {
         health.tick()
+        // Only while alive (as /livez says): a stuck loop or passes that keep
+        // failing stop these, and systemd restarts the agent.
+        if notifier.watchdog && health.notAliveReason == nil { notifier.notify("WATCHDOG=1") }
         switch state.pinning() {
         case .intact:
             report("pinning", nil)
@@ -188,9 +193,7 @@ final class EnforcementService: Service, @unchecked Sendable {
                 try state.prepare()
                 claim = try state.claimForAgent(keeping: claim)
             } catch {
-                health.passFailed("\(error)")
-                report("pass", "cannot restore the pinned state: \(error)")
-                return
+                throw AgentError("cannot make the pinned state at \(state.root) again: \(error)")
             }
             recoverablePass(watcher, because: "pinned state replaced")
             return
@@ -236,7 +239,7 @@ final class EnforcementService: Service, @unchecked Sendable {
                 failing.insert(failure.cgroup.cgroupDisplay)
                 report("cgroup \(failure.cgroup.cgroupDisplay)", "cannot enforce the policy on \(failure.cgroup.cgroupDisplay): \(failure.error)")
             case .state:
-                stateFailure = stateFailure ?? "\(failure.cgroup.cgroupDisplay): \(failure.error)"
+                stateFailure = stateFailure ?? failure.error  // it names the cgroup
             }
         }
         for key in reported.keys where key.hasPrefix("cgroup ") && !failing.contains(String(key.dropFirst(7))) {

@@ -4,9 +4,13 @@ import Glibc
 /// systemd started us with Type=notify (else nothing).
 struct SystemdNotifier: Sendable {
     private let path: String?
+    /// WatchdogSec= is set for this process: it must say WATCHDOG=1 regularly.
+    let watchdog: Bool
 
     init(environment: [String: String]) {
         path = environment["NOTIFY_SOCKET"].flatMap { $0.isEmpty ? nil : $0 }
+        watchdog = path != nil && (environment["WATCHDOG_USEC"].flatMap(UInt64.init) ?? 0) > 0
+            && (environment["WATCHDOG_PID"].flatMap(Int32.init) ?? getpid()) == getpid()
     }
 
     func notify(_ state: String) {

@@ -9,19 +9,25 @@ import struct SystemPackage.FilePath
 public struct CgroupFS: Sendable {
     /// Where cgroup2 is mounted (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid systems).
     public let mount: FilePath
+    /// The id of the cgroup at the mount: the hierarchy's root (1), or in a
+    /// cgroup namespace (a container's systemd) the namespace's root. Paths
+    /// below the mount mean something only together with it.
+    public let rootID: UInt64
 
     static let magic = 0x6367_7270   // CGROUP2_SUPER_MAGIC
-    static let hierarchyRootID: UInt64 = 1  // kernfs numbers the hierarchy's root 1
+    public static let hierarchyRootID: UInt64 = 1  // kernfs numbers the hierarchy's root 1
 
-    public init(mount: FilePath) {
+    public init(mount: FilePath, rootID: UInt64 = hierarchyRootID) {
         self.mount = mount
+        self.rootID = rootID
     }
 
     /// Finds the cgroup2 hierarchy: `root` if given (the cgroup2 mount itself,
     /// or a directory holding it at unified/, as a hybrid host's /sys/fs/cgroup
     /// mounted into a container does), else the first cgroup2 in mountinfo.
-    /// It must show the whole hierarchy: in a cgroup namespace's view every
-    /// host cgroup would look gone.
+    /// The mount's root must be a cgroup's own directory (a cgroup
+    /// namespace's root is, a subdirectory bind-mounted elsewhere is not):
+    /// then /proc/PID/cgroup paths are below it.
     public static func discover(root: String?, mountinfo: String = "/proc/self/mountinfo") throws(CgroupError) -> CgroupFS {
         let mount: FilePath
         if let root {
@@ -36,10 +42,8 @@ public struct CgroupFS: Sendable {
             }
             mount = FilePath(found)
         }
-        guard let st = mount.status(), UInt64(st.st_ino) == hierarchyRootID else {
-            throw .notHierarchyRoot(mount.string)
-        }
-        return CgroupFS(mount: mount)
+        guard let st = mount.status() else { throw .notFound(mount.string) }
+        return CgroupFS(mount: mount, rootID: UInt64(st.st_ino))
     }
 
     static func isCgroup2(_ path: FilePath) -> Bool {
@@ -256,7 +260,6 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
     case noProcess(Int32)
     case noUnit(String)
     case notCgroup2Mount(String)
-    case notHierarchyRoot(String)
     case ambiguous(String)
 
     public var description: String {
@@ -266,8 +269,6 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
         case let .notCgroup2(path, mount): "'\(path)' is not a cgroup v2 directory (cgroup2 is mounted at \(mount))"
         case let .noProcess(pid): "no process \(pid) with a cgroup v2 path (see /proc/\(pid)/cgroup)"
         case let .notCgroup2Mount(path): "'\(path)' is not a cgroup2 mount, nor holds one at unified/"
-        case let .notHierarchyRoot(path):
-            "cgroup2 at '\(path)' is not the hierarchy's root (a cgroup namespace's view or a mounted subtree); mount the host's cgroup2"
         case let .noUnit(name): "no cgroup for unit '\(name)' (it is not running, or not under a slice)"
         case let .ambiguous(path):
             "cgroup path '\(path)' is empty or has '.' or '..' in it; name the root cgroup explicitly as /"

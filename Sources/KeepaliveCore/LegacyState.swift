@@ -39,7 +39,7 @@ struct LegacyState {
                                                    name: Self.socketsPin, type: BPF_MAP_TYPE_ARRAY)
         let entries = try map.entries()
         guard !entries.isEmpty else { return [] }
-        var paths: [UInt64: FilePath] = [CgroupFS.hierarchyRootID: FilePath()]
+        var paths: [UInt64: FilePath] = [cgroups.rootID: FilePath()]
         let unreadable = cgroups.walk(below: FilePath()) { paths[$0.id] = $0.path; return true }
         var result: [(id: UInt64, record: PolicyRecord, configured: UInt64)] = []
         for (id, old) in entries {

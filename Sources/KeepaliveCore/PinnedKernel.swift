@@ -120,7 +120,8 @@ final class PinnedKernel: StateKernel {
 
     func writeIdentity(changeSeq: UInt64) throws {
         try meta.update(0, ka_meta(layout: UInt32(KA_STATE_LAYOUT), program_version: identity.version,
-                                   object_hash: identity.hash, change_seq: changeSeq))
+                                   object_hash: identity.hash, change_seq: changeSeq,
+                                   cgroup_root_id: state.cgroups.rootID))
     }
 
     func bumpChangeSequence() throws {

@@ -236,6 +236,9 @@ public final class PinnedState: @unchecked Sendable {
         if let meta, meta.layout != 0, meta.program_version > object.identity.version {
             throw StateError.newerProgram(path: root, found: meta.program_version, known: object.identity.version)
         }
+        if let meta, meta.layout == KA_STATE_LAYOUT, meta.cgroup_root_id != 0, meta.cgroup_root_id != cgroups.rootID {
+            throw StateError.otherCgroupView(path: root, recorded: meta.cgroup_root_id, seen: cgroups.rootID)
+        }
         let legacy = LegacyState(root: root)
         let installed = meta.map {
             $0.layout == KA_STATE_LAYOUT && $0.object_hash == object.identity.hash
@@ -262,7 +265,8 @@ public final class PinnedState: @unchecked Sendable {
         let kernel = try PinnedKernel(loaded: object, state: self, staleProgramIDs: known, countingReaped: countingReaped)
         if legacy.isPresent && (meta?.layout ?? 0) < KA_STATE_LAYOUT {
             for (id, record, configured) in try legacy.policies(in: cgroups) {
-                try kernel.counters.update(id, ka_counters(configured: configured, reaped: (0, 0)))
+                // A total: on one CPU only, so that the sum over CPUs is it.
+                try kernel.counters.update(id, perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) })
                 try kernel.policies.update(id, try record.encoded())
             }
         }

@@ -17,6 +17,9 @@ public enum StateError: Error, CustomStringConvertible, Equatable {
     case migrationBlocked(String)
     /// Another agent holds this state.
     case agentRunning(path: String, pid: Int32?)
+    /// The state's policies were set from another cgroup root (a cgroup
+    /// namespace sees a subtree as its root): their paths mean other cgroups here.
+    case otherCgroupView(path: String, recorded: UInt64, seen: UInt64)
 
     public var description: String {
         switch self {
@@ -39,6 +42,10 @@ public enum StateError: Error, CustomStringConvertible, Equatable {
         case let .agentRunning(path, pid):
             "another keepalive agent\(pid.map { " (pid \($0))" } ?? "") is enforcing the state at \(path); "
                 + "two agents would undo each other's policies"
+        case let .otherCgroupView(path, recorded, seen):
+            "the state at \(path) was made from the cgroup2 hierarchy rooted at cgroup id \(recorded), but this "
+                + "process sees it rooted at id \(seen) (another cgroup namespace); use the same cgroup root "
+                + "as the state's other users, or another pin path"
         }
     }
 }

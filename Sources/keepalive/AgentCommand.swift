@@ -1,9 +1,10 @@
 import ArgumentParser
+import BPF
 import KeepaliveAgent
 import KeepaliveCore
 import Logging
 
-struct AgentCommand: AsyncParsableCommand {
+struct AgentCommand: AsyncParsableCommand, StateCommand {
     static let configuration = CommandConfiguration(
         commandName: "agent",
         abstract: "Run as a daemon: enforce a policy file, cover cgroups as they appear, reload on SIGHUP.",
@@ -30,24 +31,21 @@ struct AgentCommand: AsyncParsableCommand {
     @OptionGroup var options: StateOptions
 
     func run() async throws {
+        if !check && !once { StopDeadline.arm() }
         if check {
             let parsed = try Agent.loadConfig(config)
             print("\(config): ok, \(parsed.policies.count) policy entries")
             return
         }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = options.verbose ? .debug : .info
-            return handler
-        }
+        let style = LineLogHandler.Style.forAgent, level: Logger.Level = options.verbose ? .debug : .info
+        LoggingSystem.bootstrap { _ in LineLogHandler(style: style, logLevel: level) }
         let logger = Logger(label: "keepalive.agent")
         _ = try Agent.loadConfig(config)  // a bad file stops the start, before anything changes
         let cgroups = try options.cgroups()
-        do {
-            try await Agent(configPath: config, metricsAddress: once ? nil : metricsAddress,
-                            state: options.state(cgroups), logger: logger).run(once: once)
-        } catch {
-            throw options.explain(error)
-        }
+        logger.info("starting keepalive \(KeepaliveVersion.string): policy file \(config), pin path \(options.pinPath)")
+        Libbpf.route(to: logger)
+        let agent = Agent(configPath: config, metricsAddress: once ? nil : metricsAddress,
+                          state: options.state(cgroups), logger: logger)
+        try await agent.run(once: once)
     }
 }

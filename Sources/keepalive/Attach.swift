@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Attach: ParsableCommand {
+struct Attach: ParsableCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "Give every TCP socket of a cgroup subtree a keepalive policy (or update it in place).",
         discussion: "Values of 0 leave the system default. TCP_DEFER_ACCEPT is a preload-mode option only."

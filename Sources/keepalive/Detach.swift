@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Detach: ParsableCommand {
+struct Detach: ParsableCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "Remove a cgroup's policy (its sockets fall back to an ancestor's), or every policy with --all."
     )

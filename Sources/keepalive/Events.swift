@@ -3,7 +3,7 @@ import Foundation
 import KeepaliveCore
 import struct SystemPackage.FilePath
 
-struct Events: ParsableCommand, JSONOutputCommand {
+struct Events: ParsableCommand, JSONOutputCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the connections the kernel ended because the peer stopped answering (newest last).",
         discussion: """

@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Inspect: ParsableCommand, JSONOutputCommand {
+struct Inspect: ParsableCommand, JSONOutputCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "List a cgroup subtree's TCP sockets with the keepalive values the kernel has in force."
     )
@@ -23,12 +23,7 @@ struct Inspect: ParsableCommand, JSONOutputCommand {
         let state = options.state(cgroups)
         // The iterator shares the state's maps when there is one; it needs no lock to read.
         let hasState = try state.transaction(create: false) { _ in true } ?? false
-        let result: SocketIterator.Result
-        do {
-            result = try SocketIterator(pinRoot: hasState ? state.root : nil, cgroups: cgroups).run(cgroup, applying: false)
-        } catch {
-            throw options.explain(error)
-        }
+        let result = try SocketIterator(pinRoot: hasState ? state.root : nil, cgroups: cgroups).run(cgroup, applying: false)
         for failure in result.unreachable { printError("keepalive: warning: \(failure)") }
         let rows = result.sockets.map(Self.row)
         if json { try printJSON(rows) } else { printTable(rows) }

@@ -24,7 +24,7 @@ struct StateOptions: ParsableArguments {
     var verbose = false
 
     var logger: Logger {
-        var logger = Logger(label: "keepalive") { _ in CLILogHandler() }
+        var logger = Logger(label: "keepalive") { _ in LineLogHandler(style: .command) }
         logger.logLevel = verbose ? .debug : .notice
         return logger
     }
@@ -48,11 +48,11 @@ struct StateOptions: ParsableArguments {
         PinnedState(root: pinPath, cgroups: cgroups, logger: logger)
     }
 
-    /// The whole verifier log of a refused program, with --verbose.
-    func explain(_ error: any Error) -> any Error {
-        if verbose, let load = error as? LoadError, !load.log.isEmpty { printError(load.log) }
-        return error
-    }
+}
+
+/// A command that works on the pinned state (all but `agent --check` need privilege).
+protocol StateCommand {
+    var options: StateOptions { get }
 }
 
 func environment(_ name: String) -> String? {
@@ -145,20 +145,4 @@ struct PolicyArguments: ParsableArguments {
 struct CommandError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
-}
-
-/// swift-log for a command line: "keepalive: warning: message" on stderr.
-struct CLILogHandler: LogHandler {
-    var logLevel: Logger.Level = .notice
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        printError("keepalive: \(level): \(message)")
-    }
 }

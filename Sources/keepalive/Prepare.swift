@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Prepare: ParsableCommand {
+struct Prepare: ParsableCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make the pin directory (mounting bpffs if the host has none): run before a sandboxed agent.",
         discussion: """

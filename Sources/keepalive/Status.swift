@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Status: ParsableCommand, JSONOutputCommand {
+struct Status: ParsableCommand, JSONOutputCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "List every cgroup with a policy: values in force, sockets configured, connections reaped.",
         discussion: "It first checks the pinned state against the kernel's links and repairs what differs; it says what it repaired."

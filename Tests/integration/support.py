@@ -24,6 +24,7 @@ LIB = os.path.join(BUILD, "lib")
 KEEPALIVE = os.path.join(BUILD, "bin", "keepalive")
 HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
 SOCKPROBE = os.path.join(HELPERS, "sockprobe.py")
+HOLDER = os.path.join(HELPERS, "holder.py")
 BPFFS = "/sys/fs/bpf"
 IN_CI = os.environ.get("CI") == "true"
 PREFIX = "ka-test-"
@@ -75,6 +76,15 @@ def in_cgroup(cgroup, argv):
 def probe(*args, env=None, cgroup=None):
     """Runs the socket probe (in `cgroup` if given); returns its JSON."""
     return json.loads(run(in_cgroup(cgroup, [PYTHON, SOCKPROBE] + list(args)), env=env).stdout)
+
+
+def hold(cgroup, processes, own=False):
+    """Starts helpers/holder.py in `cgroup` (added to `processes`); its pid once the connection is open."""
+    holder = subprocess.Popen(in_cgroup(cgroup, [PYTHON, HOLDER] + (["own"] if own else [])),
+                              stdout=subprocess.PIPE, text=True)
+    processes.append(holder)
+    assert holder.stdout.readline() == "held\n"
+    return holder.pid
 
 
 def keepalive_values(options):

@@ -29,10 +29,14 @@ def test_daemonset_gives_the_agent_what_it_needs():
     pod = docs["DaemonSet"]["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["hostPID"] is True  # existing: true enters the host processes' network namespaces
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert {"operator": "Exists"} in pod["tolerations"]
     security = container["securityContext"]
     assert security["privileged"] is False
-    assert {"BPF", "NET_ADMIN", "PERFMON"} <= set(security["capabilities"]["add"])
+    assert {"BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"} <= set(security["capabilities"]["add"])
+    assert security["capabilities"]["drop"] == ["ALL"] and security["readOnlyRootFilesystem"] is True
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["bpffs"]["mountPath"] == "/sys/fs/bpf" and volumes["bpffs"]["hostPath"]["path"] == "/sys/fs/bpf"
@@ -86,12 +90,19 @@ def unit_file():
 
 
 def test_systemd_unit_is_hardened_and_keeps_bpf_reachable():
-    service = unit_file()["Service"]
+    unit = unit_file()
+    service = unit["Service"]
+    assert service["Type"] == "notify" and "Wants" not in unit["Unit"]
+    assert service["ExecStartPre"].startswith("+") and service["ExecStartPre"].endswith("keepalive prepare")
     assert "bpf" in service["SystemCallFilter"].split()
     assert "@system-service" in service["SystemCallFilter"].split()
-    assert service["ReadWritePaths"] == "/sys/fs/bpf" and service["ProtectKernelTunables"] == "yes"
+    assert service["ReadWritePaths"] == "-/sys/fs/bpf/keepalive" and service["ProtectKernelTunables"] == "yes"
     caps = set(service["CapabilityBoundingSet"].split())
-    assert {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"} <= caps
+    assert {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"} <= caps and "CAP_SYS_RESOURCE" not in caps
+    with open(UNIT) as f:
+        comments = [line for line in f if line.startswith("#")]
+    for cap in caps:  # each capability the unit keeps is said why
+        assert any(line.split()[1:2] == [cap] for line in comments), cap
     assert service["ExecReload"].endswith("kill -HUP $MAINPID")
     assert "--config /etc/keepalive/keepalive.yaml" in service["ExecStart"]
 
@@ -106,4 +117,10 @@ def test_systemd_unit_verifies(tmp_path):
     security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(copy)],
                               capture_output=True, text=True)
     exposure = float(security.stdout.rsplit("level for keepalive.service:", 1)[1].split()[0])
-    assert exposure <= 5.0, security.stdout
+    assert exposure <= 4.0, security.stdout
+
+
+def test_version_and_help_exit_zero():
+    version = run([KEEPALIVE, "--version"], check=False)
+    assert version.returncode == 0 and version.stdout.strip() and not version.stderr, version
+    assert run([KEEPALIVE, "agent", "--help"], check=False).returncode == 0

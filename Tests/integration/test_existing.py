@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from support import KERNEL_DEFAULT, PYTHON, in_cgroup, run, socket_values, values
+from support import KERNEL_DEFAULT, PYTHON, hold, in_cgroup, run, socket_values, values
 
 # A server that joins a cgroup (and optionally a network namespace), accepts
 # `count` connections, prints its port and holds everything open.
@@ -121,3 +121,19 @@ def test_existing_sockets_in_another_network_namespace(keepalive, cgroups, proce
             p.wait()
         processes.clear()
         run(["ip", "netns", "del", netns], check=False)
+
+
+@pytest.mark.parametrize("precedence", ["application", "policy"])
+def test_a_socket_whose_program_set_keepalive_keeps_it_unless_the_policy_takes_precedence(keepalive, cgroups,
+                                                                                           processes, precedence):
+    cgroup = cgroups.make()
+    own, plain = hold(cgroup, processes, own=True), hold(cgroup, processes)
+    result = keepalive("attach", cgroup, "--keepidle", "23", "--precedence", precedence, "--existing")
+    policy = values(23, 15, 9, (23 + 15 * 9) * 1000)
+    if precedence == "application":
+        assert "; 1 kept the keepalive their program set" in result.stdout, result.stdout
+        assert socket_values(own)[0] == {**KERNEL_DEFAULT, "keepalive": 1, "keepidle": 77}
+    else:
+        assert socket_values(own)[0] == policy
+    assert socket_values(own)[1] == policy      # its accepted end never had keepalive on
+    assert socket_values(plain) == [policy] * 2

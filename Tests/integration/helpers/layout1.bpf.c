@@ -41,13 +41,15 @@ SEC("sockops")
 int keepalive_sockops(struct bpf_sock_ops *skops)
 {
 	struct layout1_policy *policy;
+	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 	__u64 *count, id;
 	int on = 1;
 
 	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB && skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
 		return 1;
-	if (!skops->sk || !(tp = bpf_skc_to_tcp_sock(skops->sk)))
+	sk = skops->sk;
+	if (!sk || !(tp = bpf_skc_to_tcp_sock(sk)))
 		return 1;
 	id = tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup->kn->id;
 	policy = bpf_map_lookup_elem(&ka_policies, &id);

@@ -1,0 +1,143 @@
+"""Upgrades in place: another build's programs replace the pinned ones on every
+link (bpf_link_update) with no socket unconfigured in between, keepalive
+0.1.0's pinned layout is migrated, and an older binary refuses newer state.
+
+A later build is this one's bpf/keepalive.bpf.c compiled with the next
+program version (build/test/keepalive-next.bpf.o, used through
+KEEPALIVE_BPF_OBJECT); 0.1.0's layout is build/test/layout1.bpf.o, pinned
+and linked here as 0.1.0 did.
+"""
+import ctypes
+import json
+import os
+import struct
+import subprocess
+
+from support import BUILD, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, run, values
+
+NEXT_OBJECT = os.path.join(BUILD, "test", "keepalive-next.bpf.o")
+LAYOUT1_OBJECT = os.path.join(BUILD, "test", "layout1.bpf.o")
+BPF_CGROUP_SOCK_OPS = 3
+
+
+def upgraded():
+    return {**os.environ, "KEEPALIVE_BPF_OBJECT": NEXT_OBJECT}
+
+
+def program_of(keepalive, kind="links"):
+    """{pin: program id} of the state's links of one kind, from bpftool."""
+    directory = os.path.join(keepalive.pin_path, kind)
+    return {pin: json.loads(run(["bpftool", "-j", "link", "show", "pinned", os.path.join(directory, pin)]).stdout)
+            ["prog_id"] for pin in os.listdir(directory)}
+
+
+def pinned_program_id(keepalive, name):
+    return json.loads(run(["bpftool", "-j", "prog", "show", "pinned", os.path.join(keepalive.pin_path, name)])
+                      .stdout)["id"]
+
+
+def test_an_upgrade_under_live_connections_leaves_no_socket_unconfigured(keepalive, cgroups):
+    parent = cgroups.make()
+    child = cgroups.make(cgroups.rel(parent) + "/child")
+    keepalive("attach", parent, "--keepidle", "33")
+    keepalive("attach", child, "--keepidle", "34", "--precedence", "policy")
+    before = program_of(keepalive)
+    # Connections in a loop in both cgroups while another build takes over.
+    loops = [subprocess.Popen(in_cgroup(cg, [PYTHON, SOCKPROBE, "loop", "3"]), stdout=subprocess.PIPE, text=True)
+             for cg in (parent, child)]
+    upgrade = keepalive("status", "--json", env=upgraded())
+    seen = [json.loads(loop.communicate(timeout=30)[0]) for loop in loops]
+    assert json.loads(upgrade.stdout)["programs"]["version"] == next_version()
+    # Every socket made before, during and after the swap was configured.
+    for idle, counts in zip(("33", "34"), seen):
+        for side in ("connected", "accepted"):
+            assert set(counts[side]) == {idle}, counts
+            assert counts[side][idle] > 100, counts
+    # The same links, now running the new programs.
+    after = program_of(keepalive)
+    assert after.keys() == before.keys()
+    assert set(after.values()) == {pinned_program_id(keepalive, "keepalive_sockops")} != set(before.values())
+    assert probe("pair", cgroup=child)["connected"]["keepidle"] == 34
+
+
+def next_version():
+    with open(os.path.join(os.path.dirname(BUILD), "bpf", "keepalive_policy.h")) as f:
+        for line in f:
+            if line.startswith("#define KA_PROGRAM_VERSION "):
+                return int(line.split()[2]) + 1
+    raise AssertionError("no KA_PROGRAM_VERSION")
+
+
+def test_an_older_binary_refuses_newer_state_and_changes_nothing(keepalive, cgroups):
+    cgroup = cgroups.make()
+    keepalive("attach", cgroup, "--keepidle", "35", env=upgraded())
+    links = program_of(keepalive)
+    result = keepalive("attach", cgroups.make(), check=False)
+    assert result.returncode != 0
+    assert f"runs program version {next_version()}, newer than this keepalive's {next_version() - 1}" in result.stderr
+    assert program_of(keepalive) == links
+    assert [p["cgroup"] for p in json.loads(keepalive("status", "--json", env=upgraded()).stdout)["policies"]] \
+        == [cgroups.rel(cgroup)]
+
+
+class Libbpf:
+    """The few libbpf calls keepalive 0.1.0 made to link and pin, through ctypes."""
+
+    def __init__(self):
+        self.lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+
+    def check(self, result, what):
+        if result < 0:
+            raise OSError(ctypes.get_errno() or -result, what)
+        return result
+
+    def link_cgroup(self, program_pin, cgroup, link_pin):
+        program = self.check(self.lib.bpf_obj_get(program_pin.encode()), "bpf_obj_get")
+        directory = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            link = self.check(self.lib.bpf_link_create(program, directory, BPF_CGROUP_SOCK_OPS, None), "link")
+            self.check(self.lib.bpf_obj_pin(link, link_pin.encode()), "pin")
+            os.close(link)
+        finally:
+            os.close(directory)
+            os.close(program)
+
+
+def pin_layout1(root, cgroup, keepidle, sockets):
+    """keepalive 0.1.0's state: its maps and programs under its pin names, one
+    policy (slot 0, `sockets` counted there) and its link."""
+    os.makedirs(os.path.join(root, "links"))
+    os.makedirs(os.path.join(root, "links-setsockopt"))
+    staging = os.path.join(root, "staging")
+    run(["bpftool", "prog", "loadall", LAYOUT1_OBJECT, staging, "pinmaps", root])
+    os.rename(os.path.join(staging, "keepalive_sockops"), os.path.join(root, "prog"))
+    os.rename(os.path.join(staging, "keepalive_setsockopt"), os.path.join(root, "prog-setsockopt"))
+    os.rmdir(staging)
+    cgroup_id = os.stat(cgroup).st_ino
+    derived = (keepidle + 4 * 5) * 1000
+    record = struct.pack("<7i3I", keepidle, 4, 5, derived, 0, 0, 0, 1, 0, 7)  # flags: derived user timeout
+    run(["bpftool", "map", "update", "pinned", os.path.join(root, "ka_policies"),
+         "key", *[str(b) for b in struct.pack("<Q", cgroup_id)], "value", *[str(b) for b in record]])
+    run(["bpftool", "map", "update", "pinned", os.path.join(root, "ka_sockets"),
+         "key", *[str(b) for b in struct.pack("<I", 0)], "value", *[str(b) for b in struct.pack("<Q", sockets)]])
+    Libbpf().link_cgroup(os.path.join(root, "prog"), cgroup, os.path.join(root, "links", str(cgroup_id)))
+
+
+def test_the_state_of_keepalive_0_1_0_is_migrated_in_place(keepalive, cgroups):
+    cgroup = cgroups.make()
+    pin_layout1(keepalive.pin_path, cgroup, keepidle=44, sockets=5)
+    old = probe("pair", cgroup=cgroup)["connected"]
+    assert (old["keepalive"], old["keepidle"], old["keepintvl"]) == (1, 44, 75)  # 0.1.0's program: keepidle only
+    counted = json.loads(run(["bpftool", "-j", "map", "lookup", "pinned", os.path.join(keepalive.pin_path, "ka_sockets"),
+                              "key", "0", "0", "0", "0"]).stdout)["value"]
+    counted = int.from_bytes(bytes(int(b, 16) for b in counted), "little") if isinstance(counted, list) else counted
+    assert counted > 5  # 0.1.0's program counted the probe's sockets too
+    report = keepalive.report()
+    [policy] = report["policies"]
+    assert (policy["cgroup"], policy["keepidle"], policy["keepintvl"], policy["keepcnt"]) == (cgroups.rel(cgroup), 44, 4, 5)
+    assert policy["sockets_configured"] == counted and policy["attached"] is True, policy
+    # The same link, now running this binary's program; 0.1.0's pins are gone.
+    [(pin, program)] = program_of(keepalive).items()
+    assert pin == str(os.stat(cgroup).st_ino) and program == pinned_program_id(keepalive, "keepalive_sockops")
+    assert not {"prog", "prog-setsockopt", "ka_policies", "ka_sockets"} & set(os.listdir(keepalive.pin_path))
+    assert keepalive_values(probe("pair", cgroup=cgroup)["connected"]) == values(44, 4, 5, 64000)
