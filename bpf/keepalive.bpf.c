@@ -227,7 +227,8 @@ static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgro
 	e->inode = sk->sk_socket && sk->sk_socket->file ? sk->sk_socket->file->f_inode->i_ino : 0;
 	e->family = skc->skc_family;
 	e->reason = reason;
-	e->local_port = skc->skc_num;
+	/* Not skc_num: tcp_done released the port (zeroed it) before this runs. */
+	e->local_port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
 	e->remote_port = bpf_ntohs(skc->skc_dport);
 	if (e->family == 2 /* AF_INET */) {
 		__builtin_memcpy(e->local_addr, &skc->skc_rcv_saddr, 4);

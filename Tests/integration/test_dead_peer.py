@@ -48,8 +48,9 @@ def spawn(args, env=None, cgroup=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
 
 
-def run_case(pair, side, send, wait, cgroup=None, env=None):
-    """Connects the two ends, cuts the path, and returns the waiter's result (None if still blocked)."""
+def run_case(pair, side, send, wait, cgroup=None, env=None, observe=None):
+    """Connects the two ends, cuts the path, and returns the waiter's result (None if still blocked).
+    `observe(waiter)`, if given, runs once the waiter's connection died, while it still lives."""
     if side == "connect":  # the end under test connects; the peer listens
         peer_args = ["--netns", pair.far, "peer", "listen", PEER_ADDR, str(PORT)]
         waiter_args = ["--netns", pair.near, "waiter", "connect", PEER_ADDR, str(PORT)]
@@ -74,7 +75,10 @@ def run_case(pair, side, send, wait, cgroup=None, env=None):
         pair.silence(pair.far)
         waiter.stdin.write(b"go\n")
         line = read_line(waiter, wait)
-        return json.loads(line) if line else None
+        result = json.loads(line) if line else None
+        if result and observe:
+            result["observed"] = observe(waiter)
+        return result
     finally:
         for p in procs:
             p.kill()
@@ -91,8 +95,26 @@ def test_bpf_policy_detects_vanished_peer(netns_pair, keepalive, cgroups, case, 
     policy, configured, send = CASES[case]
     cg = cgroups.make()
     keepalive("attach", cg, *[arg for k, v in policy.items() for arg in (f"--{k.replace('_', '-')}", str(v))])
-    result = run_case(netns_pair, side, send, wait=3 * configured + 5, cgroup=cg)
+
+    def reaped(waiter):
+        with open(f"/proc/{waiter.pid}/comm") as f:
+            command = f.read().strip()
+        return json.loads(keepalive("events", "--json").stdout), keepalive.status(), waiter.pid, command
+
+    result = run_case(netns_pair, side, send, wait=3 * configured + 5, cgroup=cg, observe=reaped)
     check(f"bpf ({'connect' if side == 'connect' else 'accept'})", case, configured, result)
+    # keepalive saw it too: one reaped connection, as it was.
+    (events, [status], pid, command), reason = result["observed"], "user_timeout" if send else "keepalive"
+    [event] = events
+    assert (event["reason"], event["pid"], event["command"]) == (reason, pid, command), event
+    assert event["cgroup"] == event["policy_cgroup"] == cgroups.rel(cg)
+    local, remote = (POLICY_ADDR, PEER_ADDR) if side == "connect" else (POLICY_ADDR + f":{PORT}", PEER_ADDR)
+    assert event["local"].startswith(local + ":" if side == "connect" else local) and event["remote"].startswith(remote)
+    assert (event["remote"] if side == "connect" else event["local"]).endswith(f":{PORT}")
+    assert abs(event["silent_ms"] / 1000 - configured) <= 1.0, (event, configured)
+    user_timeout = policy.get("user_timeout", (2 + 1 * 3) * 1000)
+    assert (event["keepidle"], event["keepintvl"], event["keepcnt"], event["user_timeout"]) == (2, 1, 3, user_timeout)
+    assert (status["reaped"], status[f"reaped_{reason}"]) == (1, 1), status
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -15,7 +15,8 @@ prints "ready", and waits for a line on stdin: the test cuts the path in
 between. With --send it then writes data that can never be acknowledged. It
 blocks in recv until the kernel gives up, and prints one JSON line: the error
 and the seconds since the last byte received (or, with --send, since the send),
-which is what the kernel's timers count from.
+which is what the kernel's timers count from. It then holds the dead socket
+open until killed, as a program that has not noticed yet would.
 """
 import argparse
 import ctypes
@@ -91,6 +92,8 @@ def main():
         result = {"errno": e.errno, "error": errno.errorcode.get(e.errno, str(e.errno))}
     result["elapsed"] = round(time.monotonic() - start, 3)
     print(json.dumps(result), flush=True)
+    while True:
+        time.sleep(3600)
 
 
 if __name__ == "__main__":
