@@ -14,7 +14,7 @@ ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 # Debian packages the build and the tests need; `deps` installs the missing ones.
 DEBIAN_PACKAGES := clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev \
                    gcc make binutils busybox-static iproute2 nftables procps systemd util-linux strace \
-                   debootstrap systemd-container podman runc
+                   debootstrap systemd-container podman runc prometheus redis-server redis-tools
 PYTHON_PACKAGES := pytest pyyaml kubernetes-validate
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \

@@ -117,10 +117,7 @@ def netns_pair():
 
 def pytest_terminal_summary(terminalreporter):
     """Prints the dead-peer suite's measured detection times, when it ran."""
-    try:
-        from test_dead_peer import RESULTS
-    except ImportError:
-        return
+    from cutcable import RESULTS
     if not RESULTS:
         return
     write = terminalreporter.write_line

@@ -1,88 +1,16 @@
 """The outcome users want: a connection whose peer vanished fails on time.
 
-Two network namespaces joined by a veth pair; one end of a TCP connection in
-each. After a last exchange the peer's namespace drops every packet (nftables),
-so the peer vanishes without FIN or RST. The end under test blocks in recv; we
-measure when the kernel gives up, for both modes and both sides, and show that
-without a policy it is still hanging at three times the configured time.
+On the cut cable (cutcable.py) we measure when the kernel gives up, for both
+modes and both sides, and show that without a policy it is still hanging at
+three times the configured time. In BPF mode keepalive reports each one.
 """
 import json
 import os
-import select
-import subprocess
-import time
 
 import pytest
 
-from support import HELPERS, LIB, PYTHON, in_cgroup, preload_env
-
-DEADPEER = os.path.join(HELPERS, "deadpeer.py")
-POLICY_ADDR, PEER_ADDR, PORT = "192.0.2.1", "192.0.2.2", 7777  # the netns_pair fixture's addresses
-
-# name -> (policy values, seconds the policy says detection takes, send data after the cut)
-CASES = {
-    "keepalive-probes": ({"keepidle": 2, "keepintvl": 1, "keepcnt": 3, "user_timeout": 0}, 2.0 + 1 * 3, False),
-    "user-timeout-pending-data": ({"keepidle": 2, "keepintvl": 1, "keepcnt": 3, "user_timeout": 3000}, 3.0, True),
-    "derived-user-timeout": ({"keepidle": 2, "keepintvl": 1, "keepcnt": 3}, 2.0 + 1 * 3, False),
-}
-
-RESULTS = []  # rows for the summary printed at the end of the run
-
-
-def read_line(proc, timeout):
-    """One line of a child's stdout, or None if none came within `timeout` seconds."""
-    deadline, line = time.monotonic() + timeout, b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
-            return None
-        chunk = os.read(proc.stdout.fileno(), 1)
-        if not chunk:
-            return None
-        line += chunk
-    return line.decode().strip()
-
-
-def spawn(args, env=None, cgroup=None):
-    return subprocess.Popen(in_cgroup(cgroup, [PYTHON, DEADPEER] + args), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
-
-
-def run_case(pair, side, send, wait, cgroup=None, env=None, observe=None):
-    """Connects the two ends, cuts the path, and returns the waiter's result (None if still blocked).
-    `observe(waiter)`, if given, runs once the waiter's connection died, while it still lives."""
-    if side == "connect":  # the end under test connects; the peer listens
-        peer_args = ["--netns", pair.far, "peer", "listen", PEER_ADDR, str(PORT)]
-        waiter_args = ["--netns", pair.near, "waiter", "connect", PEER_ADDR, str(PORT)]
-    else:                  # the end under test accepts; the peer connects
-        peer_args = ["--netns", pair.far, "peer", "connect", POLICY_ADDR, str(PORT)]
-        waiter_args = ["--netns", pair.near, "waiter", "listen", POLICY_ADDR, str(PORT)]
-    if send:
-        waiter_args.append("--send")
-    procs = []
-    try:
-        if side == "connect":
-            procs.append(spawn(peer_args))
-            assert read_line(procs[-1], 10) == "listening"
-            procs.append(spawn(waiter_args, env=env, cgroup=cgroup))
-            waiter = procs[-1]
-        else:
-            procs.append(spawn(waiter_args, env=env, cgroup=cgroup))
-            waiter = procs[-1]
-            assert read_line(waiter, 10) == "listening"
-            procs.append(spawn(peer_args))
-        assert read_line(waiter, 10) == "ready", waiter.stderr.read1().decode() if waiter.poll() is not None else ""
-        pair.silence(pair.far)
-        waiter.stdin.write(b"go\n")
-        line = read_line(waiter, wait)
-        result = json.loads(line) if line else None
-        if result and observe:
-            result["observed"] = observe(waiter)
-        return result
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+from cutcable import CASES, PEER_ADDR, POLICY_ADDR, PORT, RESULTS, run_case
+from support import LIB, preload_env
 
 
 def within_tolerance(measured, configured):

@@ -6,6 +6,7 @@ import tempfile
 
 import yaml
 
+from conftest import require_tool
 from support import KEEPALIVE, PYTHON, ROOT, run
 
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -124,3 +125,12 @@ def test_version_and_help_exit_zero():
     version = run([KEEPALIVE, "--version"], check=False)
     assert version.returncode == 0 and version.stdout.strip() and not version.stderr, version
     assert run([KEEPALIVE, "agent", "--help"], check=False).returncode == 0
+
+
+def test_alert_rules_check_and_pass_their_unit_tests():
+    require_tool("promtool")
+    rules = os.path.join(DEPLOY, "prometheus")
+    checked = run(["promtool", "check", "rules", os.path.join(rules, "alerts.yaml")], check=False)
+    assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked.stdout + checked.stderr
+    tested = run(["promtool", "test", "rules", "alerts_test.yaml"], check=False, cwd=rules)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
