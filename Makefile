@@ -184,7 +184,7 @@ test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
 	$(SWIFT) test
 
 test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(ROOTFS)/.complete
-	$(PYTHON) -m pytest -p no:cacheprovider Tests/integration
+	$(PYTHON) -m pytest -p no:cacheprovider --durations=8 Tests/integration
 
 clean:
 	rm -rf $(BUILD) .build Sources/CLibBPF/generated Sources/KeepaliveCore/generated

@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -24,8 +25,8 @@ from support import KEEPALIVE, bpffs_mounted, cgroup2_mount, in_cgroup  # noqa: 
 CONNRATE = os.path.join(ROOT, "build", "bench", "connrate")
 EMPTY_PROGRAM = os.path.join(ROOT, "build", "bench", "empty.bpf.o")
 PRELOAD = ":".join(os.path.join(ROOT, "build", "lib", l) for l in ("libkeepalive.so", "libkeepalive_listen.so"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
-SECONDS = float(os.environ.get("BENCH_SECONDS", "0.4"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "45"))  # for all the rate modes together
+BATCH_MS = int(os.environ.get("BENCH_BATCH_MS", "20"))
 TAG = uuid.uuid4().hex[:8]
 PIN = f"/sys/fs/bpf/ka-bench-{TAG}"
 
@@ -42,10 +43,18 @@ def keepalive(*args):
     return sh(KEEPALIVE, *args, "--pin-path", PIN)
 
 
-def connrate(cgroup=None, env=None, go=False, seconds=SECONDS):
-    """Connections per second of one fresh process, in `cgroup` if given."""
-    argv = [CONNRATE, str(seconds)] + (["--go"] if go else [])
-    return float(sh(*in_cgroup(cgroup, argv), env={**os.environ, **(env or {})}))
+def connrate(cgroup, setup="plain", seconds=1.0):
+    """Connections per second of one mode alone, in `cgroup`."""
+    return connrate_modes({"alone": (cgroup, setup, "raw")}, seconds)[0][1]
+
+
+def without_reaped_hook(measure):
+    """`measure` with the reaped-connection tracepoint detached (unpinned), then repaired by a command."""
+    os.unlink(os.path.join(PIN, "link-reaped"))
+    try:
+        return measure()
+    finally:
+        keepalive("status")  # every command repairs the state: the link is made again
 
 
 def mkcg(relative):
@@ -59,46 +68,63 @@ def remove_tree(path):
         os.rmdir(dirpath)
 
 
-# --- connection rate, interleaved rounds --------------------------------------
+# --- connection rate: every mode in one process, taking turns -----------------
+
+def connrate_modes(modes, seconds, env=None):
+    """Runs bench/connrate over `modes` ({name: (cgroup or None, setup, calls)}); its rows:
+    (name, conn/s, median overhead %, first quartile, third quartile)."""
+    specs = [f"{name}={cgroup or '-'},{setup},{calls}" for name, (cgroup, setup, calls) in modes.items()]
+    out = sh(CONNRATE, str(seconds), str(BATCH_MS), *specs, env={**os.environ, **(env or {})})
+    rows = []
+    for line in out.splitlines():
+        name, rate, median, q1, q3, baseline = line.split("\t")
+        overhead = None if name == baseline else float(median)
+        rows.append((name, float(rate), overhead, float(q1), float(q3)))
+    return rows
+
 
 def rate_table():
+    """All modes side by side in one process (bench/connrate.c): each takes its
+    turn for BATCH_MS, in a new order every round, and is compared with the
+    baseline of the same round, so the VM's drifting speed cancels out. The
+    preload libraries are loaded for the whole run; the other modes bypass
+    them with raw system calls."""
     plain, policy_app, policy_pol, empty = mkcg("plain"), mkcg("bpf-app"), mkcg("bpf-policy"), mkcg("empty")
     keepalive("attach", policy_app)
     keepalive("attach", policy_pol, "--precedence", "policy")
     sh("bpftool", "prog", "load", EMPTY_PROGRAM, PIN + "-empty", "type", "sockops")
     sh("bpftool", "cgroup", "attach", empty, "sock_ops", "pinned", PIN + "-empty", "multi")
     modes = {
-        "none": lambda: connrate(plain),
-        "empty sock_ops program (the kernel's floor)": lambda: connrate(empty),
-        "preload (libkeepalive + _listen)": lambda: connrate(plain, env={"LD_PRELOAD": PRELOAD}),
-        "BPF, default policy": lambda: connrate(policy_app),
-        "none, Go-style client": lambda: connrate(plain, go=True),
-        "BPF, Go-style client, precedence application": lambda: connrate(policy_app, go=True),
-        "BPF, Go-style client, precedence policy": lambda: connrate(policy_pol, go=True),
+        NONE: (plain, "plain", "raw"),
+        "empty sock_ops program (the kernel's floor)": (empty, "plain", "raw"),
+        SELF_KEEPALIVE: (plain, "keepalive", "raw"),
+        SELF_POLICY: (plain, "policy", "raw"),
+        "preload (libkeepalive + _listen)": (plain, "plain", "libc"),
+        BPF: (policy_app, "plain", "raw"),
+        GO_NONE: (plain, "go", "raw"),
+        "BPF, Go-style client, precedence application": (policy_app, "go", "raw"),
+        "BPF, Go-style client, precedence policy": (policy_pol, "go", "raw"),
     }
-    samples = {name: [] for name in modes}
-    for name, run in modes.items():
-        run()  # warm-up
-    for _ in range(ROUNDS):
-        order = list(modes)
-        random.shuffle(order)  # interleaved, in a different order each round
-        for name in order:
-            samples[name].append(modes[name]())
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    rows = []
-    for name, median in medians.items():
-        base = medians["none, Go-style client" if "Go-style" in name else "none"]
-        spread = statistics.quantiles(samples[name], n=4) if len(samples[name]) >= 4 else [median] * 3
-        rows.append((name, median, (1 - median / base) * 100, spread[0], spread[2]))
-    return rows
+    rows = connrate_modes(modes, SECONDS, env={"LD_PRELOAD": PRELOAD})
+    # The reaped-connection hook runs on connections that end with an error
+    # (here: the accepted end of every connection gets the client's RST).
+    # Detached: the same two modes again.
+    without = without_reaped_hook(lambda: connrate_modes({NONE: modes[NONE], BPF_NO_HOOK: modes[BPF]}, SECONDS / 3))
+    return rows + without[1:]
+
+
+NONE = "none"
+GO_NONE = "none, Go-style client"
+SELF_KEEPALIVE = "the program sets SO_KEEPALIVE itself"
+SELF_POLICY = "the program sets the default policy itself"
+BPF = "BPF, default policy (reaped hook attached)"
+BPF_NO_HOOK = "BPF, default policy, reaped hook detached"
 
 
 # --- the program's own cost, from the kernel's accounting ---------------------
 
-def program_ids():
-    """ids of the pinned programs by pin name."""
-    return {name: json.loads(sh("bpftool", "-j", "prog", "show", "pinned", os.path.join(PIN, name)))["id"]
-            for name in ("keepalive_sockops", "keepalive_setsockopt")}
+def program_id(pin):
+    return json.loads(sh("bpftool", "-j", "prog", "show", "pinned", pin))["id"]
 
 
 def prog_stats(prog_id):
@@ -106,19 +132,21 @@ def prog_stats(prog_id):
     return info.get("run_time_ns", 0), info.get("run_cnt", 0)
 
 
-def cost_per_run(cgroup, go=False, program="keepalive_sockops"):
-    """ns per run of one of our programs while a process in `cgroup` connects."""
-    prog_id = program_ids()[program]
+def cost_per_run(cgroup, setup="plain", pin=None):
+    """ns per run of a pinned program (keepalive's sock_ops by default) while a
+    process in `cgroup` connects, and its runs per connection."""
+    prog_id = program_id(pin or os.path.join(PIN, "keepalive_sockops"))
     t0, n0 = prog_stats(prog_id)
-    connections = connrate(cgroup, go=go, seconds=1.0)
+    connections = connrate(cgroup, setup)
     t1, n1 = prog_stats(prog_id)
     runs = n1 - n0
     return (t1 - t0) / runs if runs else float("nan"), runs / max(connections, 1)
 
 
 def median_cost(cgroup, rounds=5, **kw):
-    costs = [cost_per_run(cgroup, **kw)[0] for _ in range(rounds)]
-    return statistics.median(costs)
+    """Medians over rounds: (ns per run, runs per connection)."""
+    costs = [cost_per_run(cgroup, **kw) for _ in range(rounds)]
+    return statistics.median(c[0] for c in costs), statistics.median(c[1] for c in costs)
 
 
 # --- policies at scale, through the real agent -------------------------------
@@ -134,38 +162,84 @@ def run_agent(pattern):
         if "ready:" in line:
             break
     applied = time.monotonic() - start
+    # Keep reading its log: a full pipe would block the agent mid-pass.
+    threading.Thread(target=lambda: [None for _ in agent.stderr], daemon=True).start()
     os.unlink(config)
     return agent, applied
 
 
 def idle_usage(pid, seconds=5.0):
-    def cpu_ticks():
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    before = cpu_ticks()
+    """The agent's CPU (% of one core) while nothing happens, and its resident memory (MiB)."""
+    before = cpu_seconds(pid)
     time.sleep(seconds)
-    cpu = (cpu_ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds * 100
+    cpu = (cpu_seconds(pid) - before) / seconds * 100
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     return cpu, rss / 1024
 
 
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def coverage_latency(pods, name):
+    """Seconds from the mkdir of a cgroup the agent's glob matches to its link being pinned."""
+    path = os.path.join(pods, name)
+    start = time.monotonic()
+    os.mkdir(path)
+    link = os.path.join(PIN, "links", str(os.stat(path).st_ino))
+    while not os.path.exists(link):
+        time.sleep(0.0002)
+        if time.monotonic() - start > 10:
+            sys.exit(f"bench: {path} not covered within 10 s")
+    return time.monotonic() - start
+
+
+def churn_cpu(pid, pods, per_second=100, seconds=10.0):
+    """The agent's CPU (% of one core) while cgroups are made and removed, `per_second` each."""
+    made, before, start = [], cpu_seconds(pid), time.monotonic()
+    for i in range(int(per_second * seconds)):
+        time.sleep(max(0.0, start + i / per_second - time.monotonic()))
+        path = os.path.join(pods, f"churn{i}")
+        os.mkdir(path)
+        made.append(path)
+        if len(made) > per_second // 2:  # each lives half a second
+            os.rmdir(made.pop(0))
+    elapsed = time.monotonic() - start
+    used = cpu_seconds(pid) - before
+    for path in made:
+        os.rmdir(path)
+    return used / elapsed * 100
+
+
+def agent_row(pods, agent, applied, count):
+    """The agent at `count` policies: start, idle cost, a new cgroup's coverage, churn."""
+    cpu, rss = idle_usage(agent.pid)
+    latencies = [coverage_latency(pods, f"new{i}") for i in range(100)]
+    churn = churn_cpu(agent.pid, pods)
+    for i in range(100):
+        os.rmdir(os.path.join(pods, f"new{i}"))
+    return {"count": count, "applied": applied, "idle_cpu": cpu, "rss": rss,
+            "latency_ms": statistics.median(latencies) * 1000,
+            "latency_p90_ms": statistics.quantiles(latencies, n=10)[-1] * 1000, "churn_cpu": churn}
+
+
 def scale_rows():
-    rows, agent_row = [], None
+    rows, agent = [], None
     for count in (1, 100, 10000):
         pods = mkcg("scale")
         for i in range(count):
             os.mkdir(os.path.join(pods, f"pod{i}"))
-        agent, applied = run_agent("scale/*")
+        process, applied = run_agent("scale/*")
         try:
-            cost = median_cost(os.path.join(pods, "pod0"))
+            cost = median_cost(os.path.join(pods, "pod0"))[0]
             if count == 10000:
-                cpu, rss = idle_usage(agent.pid)
-                agent_row = (count, applied, cpu, rss)
+                agent = agent_row(pods, process, applied, count)
         finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait()
+            process.send_signal(signal.SIGTERM)
+            process.wait()
             keepalive("detach", "--all")
             remove_tree(pods)
         rows.append((f"{count} policies", cost))
@@ -174,11 +248,11 @@ def scale_rows():
         keepalive("attach", top)
         leaf = mkcg("depth/" + "/".join(f"l{i}" for i in range(1, depth)))
         try:
-            rows.append((f"depth {depth} (policy {depth - 1} levels up)", median_cost(leaf)))
+            rows.append((f"depth {depth} (policy {depth - 1} levels up)", median_cost(leaf)[0]))
         finally:
             keepalive("detach", "--all")
             remove_tree(top)
-    return rows, agent_row
+    return rows, agent
 
 
 def main():
@@ -191,9 +265,10 @@ def main():
         sh("sysctl", "-q", "kernel.bpf_stats_enabled=0")  # accounting costs time on every run: off for rates
         rates = rate_table()
         sh("sysctl", "-q", "kernel.bpf_stats_enabled=1")
-        costs = [("sock_ops, default policy (per run)", *cost_per_run(mkcg("bpf-app"))),
-                 ("setsockopt, precedence policy, Go-style client (per run)",
-                  *cost_per_run(mkcg("bpf-policy"), go=True, program="keepalive_setsockopt"))]
+        costs = [("sock_ops, default policy", *median_cost(mkcg("bpf-app"))),
+                 ("empty sock_ops program (the accounting's own floor)", *median_cost(mkcg("empty"), pin=PIN + "-empty")),
+                 ("setsockopt, precedence policy, Go-style client",
+                  *median_cost(mkcg("bpf-policy"), setup="go", pin=os.path.join(PIN, "keepalive_setsockopt")))]
         keepalive("detach", "--all")
         scale, agent = scale_rows()
     finally:
@@ -214,21 +289,47 @@ def main():
 def report(rates, costs, scale, agent):
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
     print(f"keepalive benchmark: {os.uname().release}, {os.cpu_count()} CPUs ({cpu}), "
-          f"{ROUNDS} interleaved rounds of {SECONDS} s, medians\n")
-    print(f"{'loopback connect+accept+close':48} {'conn/s':>9} {'overhead':>9} {'IQR':>17}")
-    for name, median, overhead, q1, q3 in rates:
-        shown = "-" if name.startswith("none") else f"{overhead:+.1f}%"
-        print(f"{name:48} {median:9.0f} {shown:>9} {q1:8.0f}-{q3:<8.0f}")
-    print(f"\n{'BPF program cost (kernel.bpf_stats_enabled)':58} {'ns/run':>8} {'runs/conn':>10}")
+          f"modes taking turns in {BATCH_MS} ms batches for {SECONDS:.0f} s, each against its baseline in the same round\n")
+    print(f"{'loopback connect+accept+close, both ends covered':48} {'conn/s':>9} {'overhead':>9} {'quartiles':>16}")
+    for name, rate, overhead, q1, q3 in rates:
+        if overhead is None:
+            print(f"{name:48} {rate:9.0f} {'-':>9}")
+        else:
+            print(f"{name:48} {rate:9.0f} {overhead:+8.1f}% {q1:+7.1f} to {q3:+.1f}")
+    print(f"\n{'BPF program cost (kernel.bpf_stats_enabled)':58} {'ns/run':>8} {'runs/conn':>10} {'ns/conn':>8}")
     for name, ns, per_conn in costs:
-        print(f"{name:58} {ns:8.0f} {per_conn:10.2f}")
+        print(f"{name:58} {ns:8.0f} {per_conn:10.2f} {ns * per_conn:8.0f}")
     print(f"\n{'sock_ops cost by policies in force and cgroup depth':58} {'ns/run':>8}")
     for name, ns in scale:
         print(f"{name:58} {ns:8.0f}")
     if agent:
-        count, applied, cpu_pct, rss = agent
-        print(f"\nagent with {count} policies: applied at start in {applied:.2f} s; "
-              f"idle CPU {cpu_pct:.2f}% over 5 s; RSS {rss:.1f} MiB")
+        print(f"\nagent with {agent['count']} policies (a glob over {agent['count']} cgroups): applied at start in "
+              f"{agent['applied']:.2f} s; idle CPU {agent['idle_cpu']:.2f}% over 5 s; RSS {agent['rss']:.1f} MiB")
+        print(f"a new matching cgroup covered (mkdir to link pinned), 100 times: median {agent['latency_ms']:.1f} ms, "
+              f"90th percentile {agent['latency_p90_ms']:.1f} ms")
+        print(f"churn of 100 cgroups/s made and 100/s removed, 10 s: agent CPU {agent['churn_cpu']:.1f}% of one core")
+    overhead = {name: o for name, _, o, q1, q3 in rates if o is not None}
+    spread = {name: q3 - q1 for name, _, o, q1, q3 in rates if o is not None}
+    ns_per_conn = costs[0][1] * costs[0][2]
+    print("\ntargets")
+    targets = [
+        (f"BPF no more expensive than the program doing it itself ({overhead[BPF]:+.1f}% vs {overhead[SELF_POLICY]:+.1f}%)",
+         overhead[BPF] <= overhead[SELF_POLICY]),
+        (f"BPF within 2 points of SO_KEEPALIVE alone ({overhead[BPF] - overhead[SELF_KEEPALIVE]:+.1f} points)",
+         overhead[BPF] - overhead[SELF_KEEPALIVE] <= 2.0),
+        (f"the program's own cost at most 600 ns per connection ({ns_per_conn:.0f} ns)", ns_per_conn <= 600),
+        (f"the reaped hook within run-to-run noise ({overhead[BPF] - overhead[BPF_NO_HOOK]:+.1f} points, "
+         f"IQR {max(spread[BPF], spread[BPF_NO_HOOK]):.1f} points)",
+         abs(overhead[BPF] - overhead[BPF_NO_HOOK]) <= max(spread[BPF], spread[BPF_NO_HOOK])),
+    ]
+    if agent:
+        targets += [
+            (f"a new cgroup covered within 50 ms with {agent['count']} present (median {agent['latency_ms']:.1f} ms)",
+             agent["latency_ms"] <= 50),
+            (f"agent CPU under 10% of a core under churn ({agent['churn_cpu']:.1f}%)", agent["churn_cpu"] < 10),
+        ]
+    for text, met in targets:
+        print(f"  {'PASS' if met else 'FAIL'}  {text}")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ static __always_inline bool holds_policy(struct tcp_sock *tp, const struct ka_po
 	return s && s->generation == p->generation && keepalive_on(tp) &&
 	       (!p->keepidle || tp->keepalive_time == s->keepalive_time) &&
 	       (!p->keepintvl || tp->keepalive_intvl == s->keepalive_intvl) &&
-	       (!p->keepcnt || tp->keepalive_probes == p->keepcnt) &&
+	       (!p->keepcnt || keepcnt_in_force(tp) == p->keepcnt) &&
 	       (!p->user_timeout || tp->inet_conn.icsk_user_timeout == (__u32)p->user_timeout) &&
 	       !p->window_clamp;  /* recomputed at the handshake: always set */
 }
@@ -118,10 +118,10 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 	if (!policy)
 		return 1;
 	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || !holds_policy(tp, policy))
-		apply_policy(skops, policy, op == BPF_SOCK_OPS_TCP_CONNECT_CB);
+		apply_policy(skops, tp, policy, op == BPF_SOCK_OPS_TCP_CONNECT_CB);
 	if (op == BPF_SOCK_OPS_TCP_LISTEN_CB)
 		remember_listener(tp, policy);
-	counters = counters_of(policy_cgroup_id);
+	counters = counters_of(policy);
 	if (counters)
 		counters->configured += 1;
 	return 1;
@@ -273,7 +273,7 @@ int BPF_PROG(keepalive_reaped, struct sock *sk)
 	if (!policy)
 		return 0;
 	reason = tp->write_seq != tp->snd_una ? KA_REAPED_USER_TIMEOUT : KA_REAPED_KEEPALIVE;
-	counters = counters_of(policy_cgroup_id);
+	counters = counters_of(policy);
 	if (counters)
 		counters->reaped[reason] += 1;
 	record_reaped(tp, policy_cgroup_id, reason);

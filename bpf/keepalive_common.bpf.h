@@ -32,14 +32,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ka_policies_v2 SEC(".maps");
 
-/* policy's cgroup id -> its counters, one copy per CPU: no cache line is
- * shared between CPUs. Entries are made by userspace with the policy, so the
- * programs never allocate. */
+/* policy's slot -> its counters, one copy per CPU: no cache line is shared
+ * between CPUs. An array: the verifier inlines the lookup (no hashing, no
+ * helper call), and nothing is ever allocated. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KA_MAX_POLICIES);
-	__type(key, __u64);
+	__type(key, __u32);
 	__type(value, struct ka_counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ka_counters SEC(".maps");
@@ -61,9 +60,9 @@ static __always_inline void count_error(__u32 option)
 		*errors += 1;
 }
 
-static __always_inline struct ka_counters *counters_of(__u64 policy_cgroup_id)
+static __always_inline struct ka_counters *counters_of(const struct ka_policy *policy)
 {
-	return bpf_map_lookup_elem(&ka_counters, &policy_cgroup_id);
+	return bpf_map_lookup_elem(&ka_counters, &policy->slot);
 }
 
 /* `ctx` is what bpf_setsockopt takes in the calling program: sock_ops or a socket. */
@@ -124,12 +123,24 @@ static __always_inline void walk_up(struct ka_walk *w)
 		bpf_loop(w->cgrp->level + 1, walk_step, w, 0);
 }
 
-/* Nearest policy from `cgrp` upwards, and the id of the cgroup that has it. */
+/*
+ * Nearest policy from `cgrp` upwards, and the id of the cgroup that has it.
+ * The first step is taken before the loop: most sockets live in the very
+ * cgroup that has the policy (a service's own), and need no more.
+ */
 static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp, __u64 *policy_cgroup_id)
 {
 	struct ka_walk w = { .cgrp = cgrp };
 
-	walk_up(&w);
+	if (!cgrp)
+		return NULL;
+	w.found_id = cgrp->kn->id;
+	w.policy = bpf_map_lookup_elem(&ka_policies_v2, &w.found_id);
+	if (!w.policy) {
+		w.found_id = 0;
+		w.cgrp = cgrp->self.parent ? cgrp->self.parent->cgroup : NULL;
+		walk_up(&w);
+	}
 	*policy_cgroup_id = w.found_id;
 	return w.found_id ? w.policy : NULL;
 }
@@ -149,20 +160,30 @@ static __always_inline bool in_subtree(struct tcp_sock *tp, __u64 top)
 	return w.found_id != 0;
 }
 
+/* The probe count a socket has now: its own, or its network namespace's default. */
+static __always_inline int keepcnt_in_force(struct tcp_sock *tp)
+{
+	return tp->keepalive_probes ? tp->keepalive_probes :
+	       tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ipv4.sysctl_tcp_keepalive_probes;
+}
+
 /*
  * SYN count and MSS act before the handshake: only for a connecting socket.
  * SO_KEEPALIVE comes last: it arms the keepalive timer, and TCP_KEEPIDLE set
- * after it would re-arm it.
+ * after it would re-arm it. A value the socket has already (the default
+ * policy's 9 probes are the kernel's default) is not set again: each
+ * bpf_setsockopt costs. (Idle and interval are kept in jiffies, whose
+ * length a program does not know: those are always set.)
  */
-static __always_inline void apply_policy(void *ctx, const struct ka_policy *p, bool connecting)
+static __always_inline void apply_policy(void *ctx, struct tcp_sock *tp, const struct ka_policy *p, bool connecting)
 {
 	if (p->keepidle)
 		set_opt(ctx, KA_OPT_KEEPIDLE, SOL_TCP, TCP_KEEPIDLE, p->keepidle);
 	if (p->keepintvl)
 		set_opt(ctx, KA_OPT_KEEPINTVL, SOL_TCP, TCP_KEEPINTVL, p->keepintvl);
-	if (p->keepcnt)
+	if (p->keepcnt && p->keepcnt != keepcnt_in_force(tp))
 		set_opt(ctx, KA_OPT_KEEPCNT, SOL_TCP, TCP_KEEPCNT, p->keepcnt);
-	if (p->user_timeout)
+	if (p->user_timeout && (__u32)p->user_timeout != tp->inet_conn.icsk_user_timeout)
 		set_opt(ctx, KA_OPT_USER_TIMEOUT, SOL_TCP, TCP_USER_TIMEOUT, p->user_timeout);
 	if (p->window_clamp)
 		set_opt(ctx, KA_OPT_WINDOW_CLAMP, SOL_TCP, TCP_WINDOW_CLAMP, p->window_clamp);

@@ -85,8 +85,8 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 		if (config->mode == KA_ITER_APPLY && !overrides && keepalive_on(tp)) {
 			record.flags |= KA_SOCKET_KEPT_OWN;
 		} else if (config->mode == KA_ITER_APPLY) {
-			apply_policy(tp, policy, false);
-			counters = counters_of(policy_cgroup_id);
+			apply_policy(tp, tp, policy, false);
+			counters = counters_of(policy);
 			if (counters)
 				counters->configured += 1;
 			record.flags |= KA_SOCKET_APPLIED;

@@ -132,7 +132,8 @@ struct ka_policy {
 	__u32 flags;
 	__u32 generation; /* new (random) on every change: tells accepted sockets
 			     whether their listener had these very values */
-	__u32 reserved;
+	__u32 slot;       /* its counters: the index in ka_counters, unique among
+			     the policies (userspace gives it, zeroed, with the policy) */
 	/* Userspace only: the cgroup's path below the cgroup2 mount. cgroup2
 	 * directories cannot be renamed, so it proves the cgroup gone (ENOENT, or
 	 * another inode there) and places the policy in the tree without a walk. */
@@ -149,7 +150,7 @@ enum ka_reaped_reason {
 #define KA_REAPED_KEEPALIVE_KEY     "keepalive"
 #define KA_REAPED_USER_TIMEOUT_KEY  "user_timeout"
 
-/* Per policy (keyed by its cgroup id), per CPU: nothing is shared between CPUs. */
+/* Per policy (at its slot), per CPU: nothing is shared between CPUs. */
 struct ka_counters {
 	__u64 configured;                  /* sockets the policy configured */
 	__u64 reaped[KA_REAPED_REASONS];   /* connections ended, by reason */

@@ -85,8 +85,7 @@ public enum StopDeadline {
                     _exit(0)
                 }
             }
-            source.resume()
-            signal(signalNumber, SIG_IGN)  // delivered to the source only
+            source.resume()  // on Linux Dispatch takes the signal over itself (no SIG_IGN: that would drop it)
             sources.append(source)
         }
     }

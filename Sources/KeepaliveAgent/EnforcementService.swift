@@ -10,8 +10,11 @@ import UnixSignals
 /// Keeps the pinned state equal to the policy file over the cgroups that
 /// exist. A full pass (resolve every entry, check the state against the
 /// invariant, reconcile) runs at start, on SIGHUP, when the pinned state
-/// vanished or was replaced, and every 10 s; in between, each cgroup that
-/// appears or goes costs one small pass that touches only that cgroup.
+/// vanished or was replaced, when another process changed it, every 10 s
+/// while something failed or directories are unwatched (inotify limit), and
+/// every 5 minutes as a safety net. In between, each cgroup that appears or
+/// goes costs one small pass that touches only that cgroup: the agent's cost
+/// follows the changes, not the number of cgroups.
 final class EnforcementService: Service, @unchecked Sendable {
     private let configPath: String
     private var config: AgentConfig
@@ -24,14 +27,16 @@ final class EnforcementService: Service, @unchecked Sendable {
     private var claim: PinnedState.AgentClaim
 
     // Touched only by run()'s loop.
-    private var desired: [UInt64: TargetResolver.Match] = [:]
+    private var desired = Selection()
     private var reported: [String: String] = [:]   // what was logged as failing, to log it once
     private var lastFullPass = ContinuousClock.now
+    private var failing = false  // the last pass failed, or some cgroup did: retried
     private var iterator: SocketIterator?
     private var iteratorUnavailable = false
     private let reaped: ReapedLog
 
-    static let fullPassInterval = Duration.seconds(10)
+    static let retryInterval = Duration.seconds(10)
+    static let safetyInterval = Duration.seconds(300)
 
     init(configPath: String, config: AgentConfig, state: PinnedState, claim: PinnedState.AgentClaim, logger: Logger,
          health: Health, metrics: AgentMetrics, notifier: SystemdNotifier) {
@@ -105,7 +110,7 @@ final class EnforcementService: Service, @unchecked Sendable {
     private func fullPass(_ watcher: CgroupWatcher?) throws {
         lastFullPass = .now
         let resolution = resolver.resolve(config)
-        desired = resolution.matches
+        desired = Selection(resolution.matches)
         report("unreadable", resolution.unreadable.first.map { "cannot read \($0): cgroups there are not covered until it can be read" })
         if let watcher { watchEverything(resolution.watch, watcher) }
         let outcome = try inTransaction(fullCheck: true) { session in
@@ -124,6 +129,7 @@ final class EnforcementService: Service, @unchecked Sendable {
             health.passSucceeded()
             report("pass", nil)
         } catch {
+            failing = true
             health.passFailed("\(error)")
             report("pass", "enforcement pass failed: \(error)")
         }
@@ -134,17 +140,18 @@ final class EnforcementService: Service, @unchecked Sendable {
         let resolution = resolver.resolve(config, appeared: cgroup)
         watchEverything(resolution.watch, watcher)
         guard !resolution.matches.isEmpty else { return }
-        for (id, match) in resolution.matches where (desired[id]?.spec ?? -1) <= match.spec { desired[id] = match }
+        for match in resolution.matches.values where (desired[match.cgroup.id]?.spec ?? -1) <= match.spec {
+            desired.insert(match)
+        }
         passOnly(resolution.matches.values.map(\.cgroup.id))
     }
 
     private func cgroupVanished(_ path: FilePath) {
-        let gone = desired.filter { $0.value.cgroup.path.starts(with: path) }
-        guard !gone.isEmpty else { return }
-        for id in gone.keys { desired[id] = nil }
+        guard let gone = desired.remove(at: path) else { return }
         do {
-            try conclude(try inTransaction(fullCheck: false) { $0.transaction.withdraw(Array(gone.keys)) })
+            try conclude(try inTransaction(fullCheck: false) { $0.transaction.withdraw([gone]) }, only: [path])
         } catch {
+            failing = true
             health.passFailed("\(error)")
             report("pass", "enforcement pass failed: \(error)")
         }
@@ -154,8 +161,10 @@ final class EnforcementService: Service, @unchecked Sendable {
     private func passOnly(_ ids: [UInt64]) {
         let wants = desires(ids.compactMap { desired[$0] })
         do {
-            try conclude(try inTransaction(fullCheck: false) { $0.transaction.enforce(wants) })
+            try conclude(try inTransaction(fullCheck: false) { $0.transaction.enforce(wants) },
+                         only: wants.map(\.cgroup.path))
         } catch {
+            failing = true
             health.passFailed("\(error)")
             report("pass", "enforcement pass failed: \(error)")
         }
@@ -198,10 +207,17 @@ final class EnforcementService: Service, @unchecked Sendable {
             recoverablePass(watcher, because: "pinned state replaced")
             return
         }
-        if ContinuousClock.now - lastFullPass >= Self.fullPassInterval {
-            recoverablePass(watcher, because: "periodic check")
-        }
+        if let reason = fullPassDue(watcher) { recoverablePass(watcher, because: reason) }
         reaped.poll()
+    }
+
+    /// Why a full pass is due now, if it is.
+    private func fullPassDue(_ watcher: CgroupWatcher) -> String? {
+        let since = ContinuousClock.now - lastFullPass
+        if state.changedElsewhere() { return "another process changed the pinned state" }
+        if failing && since >= Self.retryInterval { return "retrying what failed" }
+        if !watcher.unwatched.isEmpty && since >= Self.retryInterval { return "rescanning unwatched directories" }
+        return since >= Self.safetyInterval ? "periodic check" : nil
     }
 
     // MARK: helpers
@@ -224,10 +240,11 @@ final class EnforcementService: Service, @unchecked Sendable {
     /// the file asks for it, and sorts its failures: a cgroup that vanished
     /// meanwhile is no failure, a cgroup's own trouble is logged once and
     /// retried, and a failure to write the state stops the pass (thrown).
-    private func conclude(_ outcome: Transaction.Outcome) throws {
+    /// A pass over `only` these cgroups says nothing of the others'.
+    private func conclude(_ outcome: Transaction.Outcome, only touched: [FilePath]? = nil) throws {
         for change in outcome.changes {
             logger.info("\(change)")
-            if change.kind != .detached { coverExistingSockets(change.cgroup) }
+            if change.kind != .detached, let match = desired[change.cgroupID] { coverExistingSockets(match) }
         }
         var stateFailure: String?
         var failing: Set<String> = []
@@ -242,17 +259,21 @@ final class EnforcementService: Service, @unchecked Sendable {
                 stateFailure = stateFailure ?? failure.error  // it names the cgroup
             }
         }
-        for key in reported.keys where key.hasPrefix("cgroup ") && !failing.contains(String(key.dropFirst(7))) {
-            report(key, nil)
+        let passed = touched.map { Set($0.map(\.cgroupDisplay)) }
+        for key in reported.keys where key.hasPrefix("cgroup ") {
+            let cgroup = String(key.dropFirst(7))
+            if !failing.contains(cgroup) && passed.map({ $0.contains(cgroup) }) ?? true { report(key, nil) }
         }
-        metrics.setFailingCgroups(failing.count)
+        let stillFailing = reported.keys.filter { $0.hasPrefix("cgroup ") }.count
+        metrics.setFailingCgroups(stillFailing)
+        self.failing = stillFailing > 0 || stateFailure != nil
         metrics.setPolicies(desired.count)
         if let stateFailure { throw AgentError("cannot write the pinned state at \(state.root): \(stateFailure)") }
     }
 
-    private func coverExistingSockets(_ path: FilePath) {
-        guard let match = desired.values.first(where: { $0.cgroup.path == path }),
-              config.policies[match.spec].existing, !iteratorUnavailable else { return }
+    private func coverExistingSockets(_ match: TargetResolver.Match) {
+        guard config.policies[match.spec].existing, !iteratorUnavailable else { return }
+        let path = match.cgroup.path
         do {
             if iterator == nil { iterator = try SocketIterator(pinRoot: state.root, cgroups: state.cgroups) }
             guard let iterator, let result = try iterator.runIfPopulated(match.cgroup) else { return }
@@ -270,7 +291,7 @@ final class EnforcementService: Service, @unchecked Sendable {
         let unwatched = watcher.watch(paths)
         metrics.setUnwatchedDirectories(unwatched.count)
         report("inotify", unwatched.isEmpty ? nil
-               : "the inotify watch limit is reached (raise fs.inotify.max_user_watches): \(unwatched.count) cgroup directories are not watched; they are rescanned every \(Self.fullPassInterval)")
+               : "the inotify watch limit is reached (raise fs.inotify.max_user_watches): \(unwatched.count) cgroup directories are not watched; they are rescanned every \(Self.retryInterval)")
     }
 
     /// Logs a problem when it appears or changes, and once when it is gone.
@@ -288,5 +309,34 @@ final class EnforcementService: Service, @unchecked Sendable {
         for line in report.dropped { logger.info("dropped policy on \(line)") }
         for line in report.keptUnknown { self.report("kept \(line)", line) }
         for line in report.failed { logger.error("could not repair: \(line)") }
+    }
+}
+
+/// The cgroups the policy file selects now, found by id (the kernel's name)
+/// and by path (inotify's): each event costs a lookup, not a scan.
+struct Selection {
+    private var byID: [UInt64: TargetResolver.Match] = [:]
+    private var byPath: [FilePath: UInt64] = [:]
+
+    init(_ matches: [UInt64: TargetResolver.Match] = [:]) {
+        for match in matches.values { insert(match) }
+    }
+
+    var count: Int { byID.count }
+    var values: Dictionary<UInt64, TargetResolver.Match>.Values { byID.values }
+
+    subscript(id: UInt64) -> TargetResolver.Match? { byID[id] }
+
+    mutating func insert(_ match: TargetResolver.Match) {
+        byID[match.cgroup.id] = match
+        byPath[match.cgroup.path] = match.cgroup.id
+    }
+
+    /// Forgets the cgroup at `path`; its id, if it was selected. (cgroup2
+    /// removes only empty directories: a removed one has no selected children.)
+    mutating func remove(at path: FilePath) -> UInt64? {
+        guard let id = byPath.removeValue(forKey: path) else { return nil }
+        byID[id] = nil
+        return id
     }
 }

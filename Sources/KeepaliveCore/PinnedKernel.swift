@@ -27,7 +27,7 @@ final class PinnedKernel: StateKernel {
     unowned let state: PinnedState
     let identity: ProgramIdentity
     let policies: BPFMap<UInt64, ka_policy>
-    let counters: BPFPerCPUMap<UInt64, ka_counters>
+    let counters: BPFPerCPUMap<UInt32, ka_counters>
     let errors: BPFPerCPUMap<UInt32, UInt64>
     let meta: BPFMap<UInt32, ka_meta>
     let events: BPFMap<UInt32, ka_event>
@@ -136,28 +136,24 @@ final class PinnedKernel: StateKernel {
         Dictionary(try policies.entries().map { ($0.key, PolicyRecord($0.value)) }, uniquingKeysWith: { $1 })
     }
 
-    func writePolicy(_ record: PolicyRecord, for id: UInt64, isNew: Bool) throws {
+    var policyCapacity: Int { policies.handle.capacity }
+
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool) throws {
         let encoded = try record.encoded()
-        if isNew { try counters.update(id, ka_counters()) }
+        if freshCounters { try counters.update(record.slot, ka_counters()) }
         do {
             try policies.update(id, encoded)
         } catch let error as SyscallError where error.errno == E2BIG {
-            if isNew { try? counters.delete(id) }
-            throw StateError.full(capacity: policies.handle.capacity)
+            throw StateError.full(capacity: policyCapacity)
         }
     }
 
     func deletePolicy(_ id: UInt64) throws {
         try policies.delete(id)
-        try counters.delete(id)
     }
 
-    func counterIDs() throws -> Set<UInt64> { Set(try counters.keys()) }
-
-    func deleteCounters(_ id: UInt64) throws { try counters.delete(id) }
-
-    func counters(of id: UInt64) -> PolicyCounters {
-        let perCPU = (try? counters.lookup(id)) ?? nil
+    func counters(of record: PolicyRecord) -> PolicyCounters {
+        let perCPU = (try? counters.lookup(record.slot)) ?? nil
         return (perCPU ?? []).reduce(into: PolicyCounters()) { sum, cpu in
             sum.configured &+= cpu.configured
             sum.reapedKeepalive &+= cpu.reaped.0

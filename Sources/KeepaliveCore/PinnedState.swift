@@ -37,6 +37,8 @@ public final class PinnedState: @unchecked Sendable {
     final class Open {
         let kernel: PinnedKernel
         var cached: (transaction: Transaction, seq: UInt64)?
+        /// The root directory as checked and locked by the last full check.
+        var rootFD: FileDescriptor?
         init(kernel: PinnedKernel) { self.kernel = kernel }
     }
 
@@ -67,8 +69,8 @@ public final class PinnedState: @unchecked Sendable {
         public let countingReaped: Bool
         let kernel: PinnedKernel
 
-        /// Sockets configured and connections reaped under the policy of cgroup `id`.
-        public func counters(of id: UInt64) -> PolicyCounters { kernel.counters(of: id) }
+        /// Sockets configured and connections reaped under a policy.
+        public func counters(of record: PolicyRecord) -> PolicyCounters { kernel.counters(of: record) }
         /// Failed bpf_setsockopt calls since the state was made, by option key.
         public func setsockoptErrors() throws -> [(option: String, count: UInt64)] { try kernel.setsockoptErrors() }
         public func reapedEvents() throws -> [ReapedEvent] { try kernel.reapedEvents() }
@@ -76,17 +78,33 @@ public final class PinnedState: @unchecked Sendable {
 
     /// Runs `body` in a transaction, holding the state's lock. With `create` a
     /// missing state is made; without, nil is returned if there is none.
-    /// With `fullCheck` false (the agent between its periodic checks) a view
-    /// cached by the previous transaction is reused while nobody else changed
-    /// the state.
+    /// With `fullCheck` false (the agent between its periodic checks) the
+    /// state open since the last transaction is used as it is, without
+    /// checking its path and pins again (the agent's heartbeat does, every
+    /// second), and so is the view that transaction left while nobody else
+    /// changed the state: a small change costs a few system calls.
     public func transaction<T>(create: Bool, fullCheck: Bool = true, _ body: (Session) throws -> T) throws -> T? {
         try threads.withLock { _ -> T? in
-            guard let rootFD = try lockedRoot(create: create) else {
-                open = nil
-                return nil
+            let state: Open
+            let rootFD: FileDescriptor
+            if !fullCheck, let current = open, let fd = current.rootFD {
+                guard flock(fd.raw, LOCK_EX) == 0 else { throw SyscallError("lock \(root)", errno: errno) }
+                (state, rootFD) = (current, fd)
+            } else {
+                guard let fd = try lockedRoot(create: create) else {
+                    open = nil
+                    return nil
+                }
+                rootFD = fd
+                do {
+                    state = try currentOpen()
+                } catch {
+                    flock(fd.raw, LOCK_UN)
+                    throw error
+                }
+                state.rootFD = fd
             }
             defer { flock(rootFD.raw, LOCK_UN) }
-            let state = try currentOpen()
             let seq = try state.kernel.changeSequence()
             let session: Session
             if !fullCheck, let cached = state.cached, cached.seq == seq {
@@ -108,6 +126,16 @@ public final class PinnedState: @unchecked Sendable {
                 state.cached = nil  // the view may be half-way: read it afresh next time
                 throw error
             }
+        }
+    }
+
+    /// Whether another process changed the state since this one's last
+    /// transaction (the change sequence moved). One map lookup: for the
+    /// agent's heartbeat. False when there is nothing to compare with.
+    public func changedElsewhere() -> Bool {
+        threads.withLock { _ in
+            guard let open, let cached = open.cached, let seq = try? open.kernel.changeSequence() else { return false }
+            return seq != cached.seq
         }
     }
 
@@ -133,7 +161,7 @@ public final class PinnedState: @unchecked Sendable {
     public func snapshot() -> Snapshot {
         guard let kernel = pinnedKernel() else { return Snapshot() }
         var snapshot = Snapshot(programs: kernel.identity, countingReaped: kernel.countingReaped)
-        snapshot.policies = ((try? kernel.readPolicies()) ?? [:]).map { ($0.key, $0.value, kernel.counters(of: $0.key)) }
+        snapshot.policies = ((try? kernel.readPolicies()) ?? [:]).map { ($0.key, $0.value, kernel.counters(of: $0.value)) }
         snapshot.setsockoptErrors = (try? kernel.setsockoptErrors()) ?? []
         return snapshot
     }
@@ -264,9 +292,11 @@ public final class PinnedState: @unchecked Sendable {
         try object.load(countingReaped: countingReaped)
         let kernel = try PinnedKernel(loaded: object, state: self, staleProgramIDs: known, countingReaped: countingReaped)
         if legacy.isPresent && (meta?.layout ?? 0) < KA_STATE_LAYOUT {
-            for (id, record, configured) in try legacy.policies(in: cgroups) {
+            for (slot, (id, migrated, configured)) in try legacy.policies(in: cgroups).enumerated() {
+                var record = migrated
+                record.slot = UInt32(slot)
                 // A total: on one CPU only, so that the sum over CPUs is it.
-                try kernel.counters.update(id, perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) })
+                try kernel.counters.update(record.slot, perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) })
                 try kernel.policies.update(id, try record.encoded())
             }
         }

@@ -111,12 +111,16 @@ public struct PolicyRecord: Equatable, Sendable {
     public var path: FilePath
     /// New on every change: tells the BPF program a listener's values are stale.
     public var generation: UInt32
+    /// Where its counters are (ka_counters): unique among the policies.
+    public var slot: UInt32
 
-    public init(policy: Policy, owner: PolicyOwner, path: FilePath, generation: UInt32 = .random(in: 1...UInt32.max)) {
+    public init(policy: Policy, owner: PolicyOwner, path: FilePath, generation: UInt32 = .random(in: 1...UInt32.max),
+                slot: UInt32 = 0) {
         self.policy = policy
         self.owner = owner
         self.path = path
         self.generation = generation
+        self.slot = slot
     }
 
     public init(_ record: ka_policy) {
@@ -132,6 +136,7 @@ public struct PolicyRecord: Equatable, Sendable {
         self.policy = policy
         owner = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli
         generation = record.generation
+        slot = record.slot
         path = withUnsafeBytes(of: record.path) { raw in
             FilePath(platformString: raw.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0])
         }
@@ -152,6 +157,7 @@ public struct PolicyRecord: Equatable, Sendable {
         record.window_clamp = policy.windowClamp
         record.flags = flags
         record.generation = generation
+        record.slot = slot
         let bytes = path.withPlatformString { Array(UnsafeBufferPointer(start: $0, count: strlen($0))) }
         guard bytes.count < Int(KA_CGROUP_PATH_MAX) else { throw .pathTooLong(path.cgroupDisplay) }
         withUnsafeMutableBytes(of: &record.path) { raw in
@@ -160,7 +166,7 @@ public struct PolicyRecord: Equatable, Sendable {
         return record
     }
 
-    /// Same policy, owner and cgroup: writing it again would change nothing.
+    /// Same policy, owner and cgroup: writing it again would change nothing (its slot is bookkeeping).
     public func sameSettings(as other: PolicyRecord) -> Bool {
         policy == other.policy && owner == other.owner && path == other.path
     }

@@ -18,14 +18,12 @@ public enum LinkState: Equatable, Sendable {
 /// the cgroups. PinnedState is the real one; `swift test` uses an in-memory one.
 public protocol StateKernel: AnyObject {
     func readPolicies() throws -> [UInt64: PolicyRecord]
-    /// Writes a policy. A new one gets its zeroed counters first, so the
-    /// programs always find them (and never allocate).
-    func writePolicy(_ record: PolicyRecord, for id: UInt64, isNew: Bool) throws
-    /// Deletes a policy, then its counters.
+    /// How many policies the map holds: the slots are 0..<capacity.
+    var policyCapacity: Int { get }
+    /// Writes a policy. A new one (or one moved to another slot) gets its
+    /// counters zeroed first, so that they count from its start.
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool) throws
     func deletePolicy(_ id: UInt64) throws
-    /// Ids that have counters (those without a policy are leftovers of a crash).
-    func counterIDs() throws -> Set<UInt64>
-    func deleteCounters(_ id: UInt64) throws
     /// Every pin in a kind's links directory, by name (a cgroup id for ours).
     func readLinks(_ kind: Attachment) throws -> [String: LinkState]
     /// Attaches the kind's program to the cgroup and pins the link under its id.

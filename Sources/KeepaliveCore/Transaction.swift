@@ -14,13 +14,19 @@ public final class Transaction {
     let kernel: StateKernel
     public private(set) var records: [UInt64: PolicyRecord]
     private let index = PolicyIndex()
+    /// How many policies use each slot (more than one only until repair()).
+    private var slotsInUse: [UInt32: Int] = [:]
+    private var lowestFreeSlot: UInt32 = 0  // no slot below it is free
     private var links: [Attachment: [String: LinkState]] = [:]
     private var announced = false
 
     public init(kernel: StateKernel) throws {
         self.kernel = kernel
         records = try kernel.readPolicies()
-        for (id, record) in records { index.insert(record.path, id: id) }
+        for (id, record) in records {
+            index.insert(record.path, id: id)
+            slotsInUse[record.slot, default: 0] += 1
+        }
         for kind in Attachment.allCases { links[kind] = try kernel.readLinks(kind) }
     }
 
@@ -43,8 +49,8 @@ public final class Transaction {
     }
 
     /// Checks the kernel's state against the invariant and repairs it: drops
-    /// the policies of cgroups proven gone (nothing else), removes counters
-    /// without a policy, and makes every kind's links exactly the derived ones.
+    /// the policies of cgroups proven gone (nothing else), gives each policy
+    /// counters of its own, and makes every kind's links exactly the derived ones.
     @discardableResult
     public func repair() throws -> Report {
         var report = Report()
@@ -62,10 +68,16 @@ public final class Transaction {
                                           + "still exists (\(errnoText(code))); kept")
             }
         }
-        for id in try kernel.counterIDs().subtracting(records.keys) {
+        var taken: Set<UInt32> = []
+        for (id, record) in records.sorted(by: { $0.key < $1.key }) where !taken.insert(record.slot).inserted
+            || Int(record.slot) >= kernel.policyCapacity {
             try announce()
-            try kernel.deleteCounters(id)
-            report.repaired.append("removed counters of cgroup id \(id), which has no policy")
+            var moved = record
+            moved.slot = try freeSlot()
+            try kernel.writePolicy(moved, for: id, freshCounters: true)
+            remember(moved, for: id)
+            taken.insert(moved.slot)
+            report.repaired.append("gave the policy on \(record.path.cgroupDisplay) counters of its own (slot \(record.slot) was shared)")
         }
         for kind in Attachment.allCases {
             for (pin, state) in links[kind, default: [:]].sorted(by: { $0.key < $1.key }) {
@@ -90,12 +102,12 @@ public final class Transaction {
     @discardableResult
     public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli) throws -> Change {
         let previous = records[cgroup.id]
-        var record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path)
+        var record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path, slot: try previous?.slot ?? freeSlot())
         if let previous, previous.sameSettings(as: record) { record.generation = previous.generation }
         let rewrite = previous.map { !$0.sameSettings(as: record) } ?? true
         if rewrite {
             try announce()
-            try kernel.writePolicy(record, for: cgroup.id, isNew: previous == nil)
+            try kernel.writePolicy(record, for: cgroup.id, freshCounters: previous == nil)
             remember(record, for: cgroup.id)
         }
         let outcome = fixLinks(around: cgroup.path, id: cgroup.id)
@@ -176,8 +188,8 @@ public final class Transaction {
             do {
                 let change = try apply(want.policy, to: want.cgroup, owner: owner)
                 guard change != .unchanged else { continue }
-                outcome.changes.append(AppliedChange(kind: change == .created ? .attached : .updated,
-                                                     cgroup: want.cgroup.path, policy: want.policy, source: want.source))
+                outcome.changes.append(AppliedChange(kind: change == .created ? .attached : .updated, cgroup: want.cgroup.path,
+                                                     cgroupID: want.cgroup.id, policy: want.policy, source: want.source))
             } catch {
                 outcome.failures.append(Failure(cgroup: want.cgroup.path, error: error))
             }
@@ -192,7 +204,8 @@ public final class Transaction {
         for (id, record) in owned.sorted(by: { $0.1.path.depth > $1.1.path.depth }) {
             do {
                 try remove(id)
-                outcome.changes.append(AppliedChange(kind: .detached, cgroup: record.path, policy: nil, source: nil))
+                outcome.changes.append(AppliedChange(kind: .detached, cgroup: record.path, cgroupID: id, policy: nil,
+                                                     source: nil))
             } catch {
                 outcome.failures.append(Failure(cgroup: record.path, error: error))
             }
@@ -313,6 +326,13 @@ public final class Transaction {
 
     // MARK: bookkeeping
 
+    /// The lowest slot no policy uses; the map is full when there is none.
+    private func freeSlot() throws -> UInt32 {
+        while slotsInUse[lowestFreeSlot] != nil { lowestFreeSlot += 1 }
+        guard Int(lowestFreeSlot) < kernel.policyCapacity else { throw StateError.full(capacity: kernel.policyCapacity) }
+        return lowestFreeSlot
+    }
+
     /// Bumps the change sequence once per transaction, before its first write.
     private func announce() throws {
         guard !announced else { return }
@@ -321,19 +341,32 @@ public final class Transaction {
     }
 
     private func remember(_ record: PolicyRecord, for id: UInt64) {
-        if let old = records[id], old.path != record.path { index.remove(old.path) }
+        if let old = records[id] {
+            if old.path != record.path { index.remove(old.path) }
+            release(old.slot)
+        }
         records[id] = record
         index.insert(record.path, id: id)
+        slotsInUse[record.slot, default: 0] += 1
     }
 
     private func forget(_ id: UInt64) {
         guard let record = records.removeValue(forKey: id) else { return }
         index.remove(record.path)
+        release(record.slot)
+    }
+
+    private func release(_ slot: UInt32) {
+        slotsInUse[slot, default: 1] -= 1
+        if slotsInUse[slot] == 0 {
+            slotsInUse[slot] = nil
+            lowestFreeSlot = min(lowestFreeSlot, slot)
+        }
     }
 
     private func restore(_ previous: PolicyRecord?, for cgroup: Cgroup) throws {
         if let previous {
-            try kernel.writePolicy(previous, for: cgroup.id, isNew: false)
+            try kernel.writePolicy(previous, for: cgroup.id, freshCounters: false)
             remember(previous, for: cgroup.id)
         } else {
             try kernel.deletePolicy(cgroup.id)
@@ -358,6 +391,7 @@ public struct AppliedChange: Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable { case attached, updated, detached }
     public let kind: Kind
     public let cgroup: FilePath
+    public let cgroupID: UInt64
     public let policy: Policy?
     public let source: String?
 

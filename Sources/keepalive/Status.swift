@@ -46,7 +46,7 @@ struct StatusOutput: Encodable {
         self.pinPath = pinPath
         programs = Programs(version: session.programs.version, hash: String(session.programs.hash, radix: 16),
                             countingReaped: session.countingReaped)
-        policies = session.transaction.entries().map { Self.row($0, session.counters(of: $0.cgroupID)) }
+        policies = session.transaction.entries().map { Self.row($0, session.counters(of: $0.record)) }
         repaired = session.report.repaired
         dropped = session.report.dropped
         keptUnknown = session.report.keptUnknown

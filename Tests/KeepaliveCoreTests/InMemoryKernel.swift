@@ -9,7 +9,8 @@ final class InMemoryKernel: StateKernel {
     /// path -> id of every cgroup that exists.
     var cgroups: [FilePath: UInt64] = [FilePath(): 1]
     var policies: [UInt64: PolicyRecord] = [:]
-    var counters: Set<UInt64> = []
+    /// Slots whose counters were zeroed for a policy, in order.
+    var zeroedSlots: [UInt32] = []
     var links: [Attachment: [String: LinkState]] = [.sockops: [:], .setsockopt: [:]]
     var capacity = 65536
     var changeSequence: UInt64 = 0
@@ -48,22 +49,21 @@ final class InMemoryKernel: StateKernel {
 
     func readPolicies() throws -> [UInt64: PolicyRecord] { policies }
 
-    func writePolicy(_ record: PolicyRecord, for id: UInt64, isNew: Bool) throws {
+    var policyCapacity: Int { capacity }
+
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool) throws {
         if policies[id] == nil && policies.count >= capacity { throw StateError.full(capacity: capacity) }
         _ = try record.encoded()
-        if isNew { counters.insert(id) }
+        if freshCounters { zeroedSlots.append(record.slot) }
         policies[id] = record
         operations.append("write \(record.path)")
     }
 
     func deletePolicy(_ id: UInt64) throws {
         policies[id] = nil
-        counters.remove(id)
         operations.append("delete \(id)")
     }
 
-    func counterIDs() throws -> Set<UInt64> { counters }
-    func deleteCounters(_ id: UInt64) throws { counters.remove(id) }
     func readLinks(_ kind: Attachment) throws -> [String: LinkState] { links[kind]! }
 
     func createLink(_ kind: Attachment, at cgroup: Cgroup) throws {

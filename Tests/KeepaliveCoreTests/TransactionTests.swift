@@ -16,7 +16,28 @@ import struct SystemPackage.FilePath
         #expect(try transaction().apply(Policy(), to: app) == .created)
         #expect(kernel.linked() == ["app"])
         #expect(kernel.linked(.setsockopt) == [])  // only `precedence: policy` wants that program
-        #expect(kernel.counters == [app.id])
+        #expect(kernel.zeroedSlots == [0] && kernel.policies[app.id]?.slot == 0)  // counters from zero
+    }
+
+    @Test func eachPolicyCountsInASlotOfItsOwnAndFreedSlotsAreReused() throws {
+        let a = kernel.mkdir("a"), b = kernel.mkdir("b"), c = kernel.mkdir("c")
+        let txn = try transaction()
+        try txn.apply(Policy(), to: a)
+        try txn.apply(Policy(), to: b)
+        try txn.apply(Policy([.keepidle: 30]), to: a)  // an update keeps its slot and its counts
+        #expect(kernel.policies[a.id]?.slot == 0 && kernel.policies[b.id]?.slot == 1)
+        #expect(try txn.remove(a.id))
+        try txn.apply(Policy(), to: c)
+        #expect(kernel.policies[c.id]?.slot == 0 && kernel.zeroedSlots == [0, 1, 0])
+    }
+
+    @Test func repairGivesPoliciesThatShareASlotOneEach() throws {
+        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        kernel.policies[a.id] = PolicyRecord(policy: Policy(), owner: .cli, path: a.path, slot: 4)
+        kernel.policies[b.id] = PolicyRecord(policy: Policy(), owner: .cli, path: b.path, slot: 4)
+        let report = try transaction().repair()
+        #expect(Set([kernel.policies[a.id]!.slot, kernel.policies[b.id]!.slot]) == [4, 0])
+        #expect(report.repaired.contains("gave the policy on b counters of its own (slot 4 was shared)"))
     }
 
     @Test func nestedPoliciesShareTheTopmostLink() throws {
@@ -60,7 +81,7 @@ import struct SystemPackage.FilePath
         let app = kernel.mkdir("app")
         kernel.failingLinks[app.id] = EACCES
         #expect(throws: LinkFailure.self) { try transaction().apply(Policy(), to: app) }
-        #expect(kernel.policies.isEmpty && kernel.counters.isEmpty)
+        #expect(kernel.policies.isEmpty)
     }
 
     @Test func aFullMapIsAClearErrorAndChangesNothing() throws {
@@ -136,7 +157,7 @@ import struct SystemPackage.FilePath
         // Killed while attaching a parent above a linked child: both linked.
         let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c")
         try transaction().apply(Policy(), to: child)
-        kernel.policies[parent.id] = PolicyRecord(policy: Policy(), owner: .cli, path: parent.path)
+        kernel.policies[parent.id] = PolicyRecord(policy: Policy(), owner: .cli, path: parent.path, slot: 1)
         kernel.links[.sockops]![String(parent.id)] = .current
         let report = try transaction().repair()
         #expect(kernel.linked() == ["p"])
@@ -147,19 +168,17 @@ import struct SystemPackage.FilePath
         // Killed after the policy was written, before its link was made.
         let app = kernel.mkdir("app")
         kernel.policies[app.id] = PolicyRecord(policy: Policy(), owner: .cli, path: app.path)
-        kernel.counters.insert(app.id)
         #expect(try transaction().repair().repaired == ["linked the sock_ops program at app"])
         #expect(kernel.linked() == ["app"])
     }
 
-    @Test func repairRemovesLinksWithoutAPolicyAndOrphanCounters() throws {
+    @Test func repairRemovesLinksWithoutAPolicy() throws {
         // Killed during detach --all, or between a delete and an unlink.
         let app = kernel.mkdir("app")
         kernel.links[.setsockopt]![String(app.id)] = .current
-        kernel.counters.insert(999)
         let report = try transaction().repair()
-        #expect(kernel.links[.setsockopt]!.isEmpty && kernel.counters.isEmpty)
-        #expect(report.repaired.count == 2)
+        #expect(kernel.links[.setsockopt]!.isEmpty)
+        #expect(report.repaired.count == 1)
     }
 
     @Test func repairUpdatesLinksStillRunningAnOlderProgram() throws {
