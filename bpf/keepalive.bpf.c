@@ -17,7 +17,6 @@
  */
 #include "keepalive_common.bpf.h"
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -222,21 +221,9 @@ static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgro
 		return;
 	e->seq = 0;  /* readers skip the slot until it is whole again */
 	e->boot_ns = bpf_ktime_get_boot_ns();
-	e->cgroup_id = socket_cgroup(tp)->kn->id;
 	e->policy_cgroup_id = policy_cgroup_id;
-	e->inode = sk->sk_socket && sk->sk_socket->file ? sk->sk_socket->file->f_inode->i_ino : 0;
-	e->family = skc->skc_family;
+	identify(&e->socket, tp);
 	e->reason = reason;
-	/* Not skc_num: tcp_done released the port (zeroed it) before this runs. */
-	e->local_port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
-	e->remote_port = bpf_ntohs(skc->skc_dport);
-	if (e->family == 2 /* AF_INET */) {
-		__builtin_memcpy(e->local_addr, &skc->skc_rcv_saddr, 4);
-		__builtin_memcpy(e->remote_addr, &skc->skc_daddr, 4);
-	} else {
-		__builtin_memcpy(e->local_addr, &skc->skc_v6_rcv_saddr, 16);
-		__builtin_memcpy(e->remote_addr, &skc->skc_v6_daddr, 16);
-	}
 	/* The peer's last packet: an ACK (rcv_tstamp) or data (lrcvtime). */
 	last = tp->rcv_tstamp;
 	if ((__s32)(icsk->icsk_ack.lrcvtime - last) > 0)

@@ -9,6 +9,7 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "keepalive_policy.h"
 
 #define SOL_SOCKET    1
@@ -192,6 +193,28 @@ static __always_inline void apply_policy(void *ctx, struct tcp_sock *tp, const s
 	if (connecting && p->maxseg)
 		set_opt(ctx, KA_OPT_MAXSEG, SOL_TCP, TCP_MAXSEG, p->maxseg);
 	set_opt(ctx, KA_OPT_KEEPALIVE, SOL_SOCKET, SO_KEEPALIVE, 1);
+}
+
+/* Names a socket for a record. The local port comes from inet_sport, not
+ * skc_num: tcp_done releases the port (zeroes skc_num) before a dead
+ * connection's error is reported. */
+static __always_inline void identify(struct ka_socket_id *id, struct tcp_sock *tp)
+{
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	struct sock_common *skc = &sk->__sk_common;
+
+	id->cgroup_id = socket_cgroup(tp)->kn->id;
+	id->inode = sk->sk_socket && sk->sk_socket->file ? sk->sk_socket->file->f_inode->i_ino : 0;
+	id->family = skc->skc_family;
+	id->local_port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+	id->remote_port = bpf_ntohs(skc->skc_dport);
+	if (id->family == 2 /* AF_INET */) {
+		__builtin_memcpy(id->local_addr, &skc->skc_rcv_saddr, 4);
+		__builtin_memcpy(id->remote_addr, &skc->skc_daddr, 4);
+	} else {
+		__builtin_memcpy(id->local_addr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(id->remote_addr, &skc->skc_v6_daddr, 16);
+	}
 }
 
 static __always_inline bool keepalive_on(struct tcp_sock *tp)

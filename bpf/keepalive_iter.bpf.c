@@ -8,7 +8,6 @@
  * Needs iter/tcp with bpf_setsockopt/bpf_getsockopt (Linux 5.14 or later).
  */
 #include "keepalive_common.bpf.h"
-#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -30,22 +29,9 @@ static __always_inline int get_int(struct sock *sk, int level, int optname)
 static __always_inline void read_back(struct ka_socket_record *r, struct tcp_sock *tp)
 {
 	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
-	struct sock_common *skc = &sk->__sk_common;
 
-	r->cgroup_id = socket_cgroup(tp)->kn->id;
-	r->family = skc->skc_family;
-	r->state = skc->skc_state;
-	r->local_port = skc->skc_num;
-	r->remote_port = bpf_ntohs(skc->skc_dport);
-	if (r->family == 2 /* AF_INET */) {
-		__builtin_memcpy(r->local_addr, &skc->skc_rcv_saddr, 4);
-		__builtin_memcpy(r->remote_addr, &skc->skc_daddr, 4);
-	} else {
-		__builtin_memcpy(r->local_addr, &skc->skc_v6_rcv_saddr, 16);
-		__builtin_memcpy(r->remote_addr, &skc->skc_v6_daddr, 16);
-	}
-	if (sk->sk_socket && sk->sk_socket->file)
-		r->inode = sk->sk_socket->file->f_inode->i_ino;
+	identify(&r->socket, tp);
+	r->state = sk->__sk_common.skc_state;
 	r->keepalive = keepalive_on(tp);
 	r->keepidle = get_int(sk, SOL_TCP, TCP_KEEPIDLE);
 	r->keepintvl = get_int(sk, SOL_TCP, TCP_KEEPINTVL);

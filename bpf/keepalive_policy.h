@@ -167,6 +167,17 @@ struct ka_meta {
 				   namespace sees its own); another view is refused */
 };
 
+/* A TCP socket as the records name it. */
+struct ka_socket_id {
+	__u64 cgroup_id;       /* the socket's own cgroup */
+	__u64 inode;           /* the socket's inode, to find the processes holding it; 0 if none */
+	__u32 family;          /* AF_INET or AF_INET6 */
+	__u16 local_port;      /* host order */
+	__u16 remote_port;
+	__u8  local_addr[16];  /* IPv4 in the first 4 bytes */
+	__u8  remote_addr[16];
+};
+
 /*
  * One reaped connection, in the "ka_events" ring (slot = seq % KA_EVENTS_MAX).
  * Times are in jiffies, as the kernel keeps them; the reader converts.
@@ -174,15 +185,9 @@ struct ka_meta {
 struct ka_event {
 	__u64 seq;             /* the event's number + 1; 0 while it is being written */
 	__u64 boot_ns;         /* when: bpf_ktime_get_boot_ns() */
-	__u64 cgroup_id;       /* the socket's own cgroup */
 	__u64 policy_cgroup_id;
-	__u64 inode;           /* the socket's inode, to find its process; 0 if closed */
-	__u32 family;          /* AF_INET or AF_INET6 */
+	struct ka_socket_id socket;
 	__u32 reason;          /* enum ka_reaped_reason */
-	__u8  local_addr[16];  /* IPv4 in the first 4 bytes */
-	__u8  remote_addr[16];
-	__u16 local_port;      /* host order */
-	__u16 remote_port;
 	__u32 silent_jiffies;  /* since the peer's last packet */
 	__u32 keepidle_jiffies;
 	__u32 keepintvl_jiffies;
@@ -214,14 +219,8 @@ struct ka_iter_config {
  * Values are read back from the kernel with bpf_getsockopt after any apply.
  */
 struct ka_socket_record {
-	__u64 cgroup_id;       /* the socket's own cgroup */
-	__u64 inode;           /* the socket's inode, to find owning processes */
-	__u32 family;          /* AF_INET or AF_INET6 */
+	struct ka_socket_id socket;
 	__u32 state;           /* TCP_ESTABLISHED, TCP_LISTEN, ... */
-	__u8  local_addr[16];  /* IPv4 in the first 4 bytes */
-	__u8  remote_addr[16];
-	__u16 local_port;      /* host order */
-	__u16 remote_port;     /* host order */
 	__u32 flags;           /* KA_SOCKET_* */
 	__s32 keepalive;
 	__s32 keepidle;

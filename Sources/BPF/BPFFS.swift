@@ -79,6 +79,11 @@ public enum BPFFS {
 
 /// The statfs type of the filesystem holding `path` (its magic number), or nil.
 public func filesystemType(of path: String) -> Int? {
+    path.withCString(filesystemType(ofPath:))
+}
+
+/// The same for a path of bytes (a cgroup's name may not be UTF-8).
+public func filesystemType(ofPath path: UnsafePointer<CChar>) -> Int? {
     var fs = statfs()
     return statfs(path, &fs) == 0 ? Int(fs.f_type) : nil
 }

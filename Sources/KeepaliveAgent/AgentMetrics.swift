@@ -15,29 +15,38 @@ final class AgentMetrics: Sendable {
     /// scrape, so that series of removed policies go away.
     private let kernelSeries = Mutex<[String: Counter]>([:])
 
-    private enum Help {
-        static let socketsConfigured = "Sockets the policy of this cgroup configured (BPF program), since the policy was set."
-        static let deadConnections = "Connections of this cgroup's policy subtree the kernel ended because the peer stopped answering, by reason: keepalive (idle, probes unanswered) or user_timeout (data unacknowledged), since the policy was set."
-        static let setsockoptErrors = "bpf_setsockopt calls that failed, by option, since the pinned state was made."
-        static let policies = "Policies in force (set by the agent or the CLI), read from the kernel."
+    /// Every family: its name's parts, unit and help, in one place.
+    private enum Family {
+        static func named(_ subsystem: String?, _ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "keepalive", subsystem: subsystem, metricName: name, unitName: unit, helpText: help)
+        }
+        static var socketsConfigured: MetricNameDescriptor { named(nil, "sockets_configured", "total",
+            "Sockets the policy of this cgroup configured (BPF program), since the policy was set.") }
+        static var deadConnections: MetricNameDescriptor { named(nil, "dead_connections", "total",
+            "Connections of this cgroup's policy subtree the kernel ended because the peer stopped answering, by reason: keepalive (idle, probes unanswered) or user_timeout (data unacknowledged), since the policy was set.") }
+        static var setsockoptErrors: MetricNameDescriptor { named(nil, "setsockopt_errors", "total",
+            "bpf_setsockopt calls that failed, by option, since the pinned state was made.") }
+        static var policies: MetricNameDescriptor { named(nil, "policies", "", "Policies in force (set by the agent or the CLI), read from the kernel.") }
+        static var reloads: MetricNameDescriptor { named(nil, "reloads", "total", "Reloads of the policy file (SIGHUP), by result.") }
+        static var ready: MetricNameDescriptor { named("agent", "ready", "",
+            "1 once the agent's first enforcement pass is done and its last pass succeeded, else 0.") }
+        static var failingCgroups: MetricNameDescriptor { named("agent", "failing_cgroups", "",
+            "Cgroups the policy file selects whose policy could not be put in force (retried).") }
+        static var unwatchedDirectories: MetricNameDescriptor { named("agent", "unwatched_directories", "",
+            "Cgroup directories left unwatched by the inotify limit (covered by the periodic rescan).") }
+        static var selectedCgroups: MetricNameDescriptor { named("agent", "selected_cgroups", "", "Cgroups the agent's policy file selects now.") }
+        static var buildInfo: MetricNameDescriptor { named(nil, "build_info", "", "Always 1; the labels say which keepalive this is.") }
     }
 
     init() {
-        reloadSuccess = registry.makeCounter(name: "keepalive_reloads_total", labels: [("result", "success")],
-                                             help: "Reloads of the policy file (SIGHUP), by result.")
-        reloadFailure = registry.makeCounter(name: "keepalive_reloads_total", labels: [("result", "failure")],
-                                             help: "Reloads of the policy file (SIGHUP), by result.")
-        ready = registry.makeGauge(name: "keepalive_agent_ready",
-                                   help: "1 once the agent's first enforcement pass is done and its last pass succeeded, else 0.")
-        failingCgroups = registry.makeGauge(name: "keepalive_agent_failing_cgroups",
-                                            help: "Cgroups the policy file selects whose policy could not be put in force (retried).")
-        unwatchedDirectories = registry.makeGauge(name: "keepalive_agent_unwatched_directories",
-                                                  help: "Cgroup directories left unwatched by the inotify limit (covered by the periodic rescan).")
-        agentPolicies = registry.makeGauge(name: "keepalive_agent_selected_cgroups",
-                                           help: "Cgroups the agent's policy file selects now.")
-        policies = registry.makeGauge(name: "keepalive_policies", help: Help.policies)
-        registry.makeGauge(name: "keepalive_build_info", labels: [("version", KeepaliveVersion.string)],
-                           help: "Always 1; the labels say which keepalive this is.").set(Int64(1))
+        reloadSuccess = registry.makeCounter(descriptor: Family.reloads, labels: [("result", "success")])
+        reloadFailure = registry.makeCounter(descriptor: Family.reloads, labels: [("result", "failure")])
+        ready = registry.makeGauge(descriptor: Family.ready)
+        failingCgroups = registry.makeGauge(descriptor: Family.failingCgroups)
+        unwatchedDirectories = registry.makeGauge(descriptor: Family.unwatchedDirectories)
+        agentPolicies = registry.makeGauge(descriptor: Family.selectedCgroups)
+        policies = registry.makeGauge(descriptor: Family.policies)
+        registry.makeGauge(descriptor: Family.buildInfo, labels: [("version", KeepaliveVersion.string)]).set(Int64(1))
     }
 
     func recordReload(success: Bool) {
@@ -52,25 +61,24 @@ final class AgentMetrics: Sendable {
     func render(_ state: PinnedState, health: Health) -> [UInt8] {
         ready.set(Int64(health.isReady && health.notAliveReason == nil ? 1 : 0))
         let snapshot = state.snapshot()
-        var values: [(name: String, labels: [(String, String)], help: String, value: UInt64)] = []
+        var values: [(family: MetricNameDescriptor, labels: [(String, String)], value: UInt64)] = []
         for (_, record, counters) in snapshot.policies {
             let cgroup = record.path.cgroupDisplay
-            values.append(("keepalive_sockets_configured_total", [("cgroup", cgroup)], Help.socketsConfigured, counters.configured))
+            values.append((Family.socketsConfigured, [("cgroup", cgroup)], counters.configured))
             for reason in ReapedReason.allCases {
                 let count = reason == .keepalive ? counters.reapedKeepalive : counters.reapedUserTimeout
-                values.append(("keepalive_dead_connections_total", [("cgroup", cgroup), ("reason", reason.key)],
-                               Help.deadConnections, count))
+                values.append((Family.deadConnections, [("cgroup", cgroup), ("reason", reason.key)], count))
             }
         }
         for (option, count) in snapshot.setsockoptErrors {
-            values.append(("keepalive_setsockopt_errors_total", [("option", option)], Help.setsockoptErrors, count))
+            values.append((Family.setsockoptErrors, [("option", option)], count))
         }
         kernelSeries.withLock { series in
             var seen: Set<String> = []
             for value in values {
-                let key = value.name + "\u{0}" + value.labels.map { "\($0.0)=\($0.1)" }.joined(separator: "\u{0}")
+                let key = value.family.name + "\u{0}" + value.labels.map { "\($0.0)=\($0.1)" }.joined(separator: "\u{0}")
                 seen.insert(key)
-                let counter = series[key] ?? registry.makeCounter(name: value.name, labels: value.labels, help: value.help)
+                let counter = series[key] ?? registry.makeCounter(descriptor: value.family, labels: value.labels)
                 series[key] = counter
                 counter.reset()
                 counter.increment(by: Int64(clamping: value.value))

@@ -47,8 +47,7 @@ public struct CgroupFS: Sendable {
     }
 
     static func isCgroup2(_ path: FilePath) -> Bool {
-        var fs = statfs()
-        return path.withPlatformString { statfs($0, &fs) } == 0 && Int(fs.f_type) == magic
+        path.withPlatformString(filesystemType(ofPath:)) == magic
     }
 
     /// The mount point of the first cgroup2 filesystem in a mountinfo text.

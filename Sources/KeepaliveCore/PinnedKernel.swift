@@ -143,7 +143,7 @@ final class PinnedKernel: StateKernel {
         if freshCounters { try counters.update(record.slot, ka_counters()) }
         do {
             try policies.update(id, encoded)
-        } catch let error as SyscallError where error.errno == E2BIG {
+        } catch where error.errno == E2BIG {
             throw StateError.full(capacity: policyCapacity)
         }
     }

@@ -256,7 +256,8 @@ public final class PinnedState: @unchecked Sendable {
     private func openKernel() throws -> PinnedKernel {
         let object = try MainObject(pinRoot: root)
         let metaPath = BPFObject.pinPath(ofMap: object.maps.ka_meta)!
-        let meta = try? BPFMap<UInt32, ka_meta>(try BPFFS.open(pinned: metaPath, as: .map), name: "ka_meta",
+        let meta = try? BPFMap<UInt32, ka_meta>(try BPFFS.open(pinned: metaPath, as: .map),
+                                                  name: BPFObject.name(ofMap: object.maps.ka_meta),
                                                   type: BPF_MAP_TYPE_ARRAY).lookup(0)
         if let meta, meta.layout > KA_STATE_LAYOUT {
             throw StateError.newerLayout(path: root, found: meta.layout, known: UInt32(KA_STATE_LAYOUT))

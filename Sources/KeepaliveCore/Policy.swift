@@ -90,9 +90,12 @@ public struct Policy: Equatable, Hashable, Sendable {
         derivesUserTimeout ? ka_derived_user_timeout(keepidle, keepintvl, keepcnt) : userTimeout
     }
 
+    /// Marks a user timeout that was derived from the other values.
+    public static let derivedMark = "(derived)"
+
     /// An option's value as it is in force, for people: the derived user timeout spelled out.
-    public func shown(_ option: PolicyOption) -> String {
-        option == .userTimeout && derivesUserTimeout ? "\(effectiveUserTimeout)(derived)" : "\(self[option])"
+    public func shown(_ option: PolicyOption, separator: String = "") -> String {
+        option == .userTimeout && derivesUserTimeout ? "\(effectiveUserTimeout)\(separator)\(Self.derivedMark)" : "\(self[option])"
     }
 
     /// "keepidle=15 keepintvl=15 keepcnt=9 user_timeout=150000(derived)" and the rest when set.

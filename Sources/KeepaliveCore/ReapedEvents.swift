@@ -57,11 +57,10 @@ public struct ReapedEvent: Sendable {
     init(_ e: ka_event, clock: KernelClock) {
         sequence = e.seq - 1
         time = clock.wallTime(ofBootNanoseconds: e.boot_ns)
-        cgroupID = e.cgroup_id
+        cgroupID = e.socket.cgroup_id
         policyCgroupID = e.policy_cgroup_id
-        inode = e.inode
-        local = socketEndpoint(family: e.family, address: e.local_addr, port: e.local_port)
-        remote = socketEndpoint(family: e.family, address: e.remote_addr, port: e.remote_port)
+        inode = e.socket.inode
+        (local, remote) = e.socket.endpoints
         reason = ReapedReason(e.reason)
         silentMilliseconds = clock.milliseconds(ofJiffies: e.silent_jiffies)
         keepidle = clock.milliseconds(ofJiffies: e.keepidle_jiffies) / 1000
@@ -126,12 +125,26 @@ extension PinnedKernel {
 typealias AddressBytes = (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
                           UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
 
+extension ka_socket_id {
+    /// "local:port", "remote:port".
+    var endpoints: (local: String, remote: String) {
+        (socketEndpoint(family: family, address: local_addr, port: local_port),
+         socketEndpoint(family: family, address: remote_addr, port: remote_port))
+    }
+}
+
 /// "192.0.2.1:80" or "[2001:db8::1]:80", from the kernel's bytes.
 func socketEndpoint(family: UInt32, address: AddressBytes, port: UInt16) -> String {
     var bytes = address
-    var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+    var text = [UInt8](repeating: 0, count: Int(INET6_ADDRSTRLEN))
     let af = Int32(family)
-    _ = withUnsafePointer(to: &bytes) { inet_ntop(af, $0, &text, socklen_t(text.count)) }
-    let host = String(cString: text)
+    _ = withUnsafePointer(to: &bytes) { address in
+        text.withUnsafeMutableBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
+                inet_ntop(af, address, $0, socklen_t(buffer.count))
+            }
+        }
+    }
+    let host = String(decoding: text.prefix { $0 != 0 }, as: UTF8.self)
     return af == AF_INET6 ? "[\(host)]:\(port)" : "\(host):\(port)"
 }

@@ -18,8 +18,8 @@ public final class SocketIterator {
         try object.load()
         let skeleton = object.skeleton.pointee
         program = try BPFObject.program(skeleton.progs.keepalive_iter)
-        config = try BPFMap(try BPFObject.mapDescriptor(skeleton.maps.ka_iter_config), name: "ka_iter_config",
-                            type: bpf_map__type(skeleton.maps.ka_iter_config))
+        let map = skeleton.maps.ka_iter_config!
+        config = try BPFMap(try BPFObject.mapDescriptor(map), name: BPFObject.name(ofMap: map), type: bpf_map__type(map))
         self.cgroups = cgroups
     }
 
@@ -50,7 +50,7 @@ public final class SocketIterator {
                 result.unreachable.append("\(error)")
             }
         }
-        result.sockets = records.map { SocketReport($0, owners: socketOwners[$0.inode] ?? []) }
+        result.sockets = records.map { SocketReport($0, owners: socketOwners[$0.socket.inode] ?? []) }
         return result
     }
 
@@ -98,11 +98,10 @@ public struct SocketReport: Sendable {
     public let owners: [SocketOwner]
 
     init(_ r: ka_socket_record, owners: [SocketOwner]) {
-        cgroupID = r.cgroup_id
-        inode = r.inode
+        cgroupID = r.socket.cgroup_id
+        inode = r.socket.inode
         state = tcpStateNames[Int(r.state)] ?? "STATE_\(r.state)"
-        local = socketEndpoint(family: r.family, address: r.local_addr, port: r.local_port)
-        remote = socketEndpoint(family: r.family, address: r.remote_addr, port: r.remote_port)
+        (local, remote) = r.socket.endpoints
         applied = r.flags & KA_SOCKET_APPLIED != 0
         keptOwn = r.flags & KA_SOCKET_KEPT_OWN != 0
         keepalive = r.keepalive != 0

@@ -58,7 +58,7 @@ struct StatusOutput: Encodable {
         let options = PolicyOption.allCases.map { option in
             Field(option.key, option.column,
                   .integer(Int64(option == .userTimeout ? policy.effectiveUserTimeout : policy[option])),
-                  shown: option == .userTimeout && policy.derivesUserTimeout ? "\(policy.effectiveUserTimeout) (derived)" : nil)
+                  shown: policy.shown(option, separator: " "))
         }
         return Row(fields: [
             Field("cgroup", "CGROUP", .string(entry.record.path.cgroupDisplay)),

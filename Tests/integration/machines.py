@@ -8,14 +8,13 @@ podman's containers, images, volumes and network, and net.ipv4.ip_forward is
 put back as it was found.
 """
 import os
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 
-from support import BUILD, ROOT, cgroup2_mount, kill_cgroup_processes, run, unique, wait_until
+from support import BUILD, ROOT, cgroup2_mount, remove_cgroup_tree, run, unique, wait_until
 
 ROOTFS = os.path.join(BUILD, "rootfs", "bookworm")
 NSPAWN_RUNTIME = "/run/systemd/nspawn"
@@ -31,21 +30,6 @@ def named_hierarchy(name):
             if after[0] == "cgroup" and f"name={name}" in after[2].split(","):
                 return fields[4]
     return None
-
-
-def remove_cgroup_dirs(path):
-    """Removes a cgroup directory tree, children first, after killing what is left in it."""
-    if not os.path.isdir(path):
-        return
-    kill_cgroup_processes(path)
-    for _ in range(100):
-        try:
-            for dirpath, _, _ in os.walk(path, topdown=False):
-                os.rmdir(dirpath)
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"could not remove cgroup {path}")
 
 
 class NspawnMachine:
@@ -159,7 +143,7 @@ class NspawnMachine:
                 self.nspawn.send_signal(signal.SIGKILL)
                 self.nspawn.wait()
         for path in reversed(self.cgroups):
-            remove_cgroup_dirs(path)
+            remove_cgroup_tree(path)
         for mount in reversed(self.mounts):
             subprocess.run(["umount", "-l", mount], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -243,7 +227,7 @@ class Podman:
         for network in set(self("network", "ls", "--format", "{{.Name}}").stdout.split()) - self.networks:
             self("network", "rm", "--force", network, check=False)
         for path in set(self._libpod_parents()) - self.cgroup_parents:
-            remove_cgroup_dirs(path)
+            remove_cgroup_tree(path)
         with open(IP_FORWARD, "w") as f:
             f.write(self.ip_forward)
         shutil.rmtree(self.dir, ignore_errors=True)

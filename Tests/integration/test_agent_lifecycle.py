@@ -15,10 +15,6 @@ from support import BUILD, KERNEL_DEFAULT, KEEPALIVE, hold, run, socket_values, 
 REFUSED_OBJECT = os.path.join(BUILD, "test", "refused.bpf.o")
 
 
-def rel(cgroups, path):
-    return cgroups.rel(path)
-
-
 def start_failure(argv, env=None):
     started = time.monotonic()
     result = run(argv, check=False, env=env, timeout=10)
@@ -45,7 +41,7 @@ def read_only(keepalive):
 def test_a_start_that_cannot_enforce_is_one_line_and_a_non_zero_exit(keepalive, cgroups, tmp_path, read_only, case):
     cgroup = cgroups.make()
     config = tmp_path / "keepalive.yaml"
-    config.write_text(f"policies:\n  - cgroup: {rel(cgroups, cgroup)}\n")
+    config.write_text(f"policies:\n  - cgroup: {cgroups.rel(cgroup)}\n")
     argv = [KEEPALIVE, "agent", "--config", str(config), "--pin-path", keepalive.pin_path]
     env, expected = None, None
     if case == "cgroup root":
@@ -80,8 +76,8 @@ def test_verbose_shows_the_whole_verifier_log(keepalive, cgroups):
 def test_a_signal_in_any_state_exits_zero_within_two_seconds(agent, keepalive, cgroups, sig, delay):
     base = cgroups.make()
     for i in range(200):  # a first pass that takes a moment
-        cgroups.make(f"{rel(cgroups, base)}/c{i}")
-    process, _ = agent(f'policies:\n  - cgroup: "{rel(cgroups, base)}/*"\n', wait=False)
+        cgroups.make(f"{cgroups.rel(base)}/c{i}")
+    process, _ = agent(f'policies:\n  - cgroup: "{cgroups.rel(base)}/*"\n', wait=False)
     process.wait_for("starting keepalive")  # its first line: from here on it is the agent's to handle
     time.sleep(delay)
     started = time.monotonic()
@@ -92,11 +88,11 @@ def test_a_signal_in_any_state_exits_zero_within_two_seconds(agent, keepalive, c
 
 def test_readyz_after_the_first_pass_livez_while_passes_succeed(agent, keepalive, cgroups, read_only):
     base = cgroups.make()
-    process, _ = agent(f'policies:\n  - cgroup: "{rel(cgroups, base)}/*"\n')
+    process, _ = agent(f'policies:\n  - cgroup: "{cgroups.rel(base)}/*"\n')
     assert process.get("/readyz") == (200, "ready\n")
     assert process.get("/livez") == (200, "alive\n")
     read_only()
-    cgroups.make(f"{rel(cgroups, base)}/new")  # its link cannot be pinned
+    cgroups.make(f"{cgroups.rel(base)}/new")  # its link cannot be pinned
     wait_until(lambda: process.get("/livez")[0] == 503, what="/livez failing")
     assert "Read-only file system" in process.get("/livez")[1]
     assert process.get("/readyz")[0] == 200  # ready stays: it says the first pass was done
@@ -111,9 +107,9 @@ def test_the_agent_covers_existing_sockets_as_the_policy_says(agent, keepalive, 
     plain = {cg: hold(cg, processes) for cg in (application, policy, off)}
     own = {cg: hold(cg, processes, own=True) for cg in (application, policy)}
     agent("policies:\n"
-          f"  - cgroup: {rel(cgroups, application)}\n    keepidle: 41\n"
-          f"  - cgroup: {rel(cgroups, policy)}\n    keepidle: 42\n    precedence: policy\n"
-          f"  - cgroup: {rel(cgroups, off)}\n    keepidle: 43\n    existing: false\n")
+          f"  - cgroup: {cgroups.rel(application)}\n    keepidle: 41\n"
+          f"  - cgroup: {cgroups.rel(policy)}\n    keepidle: 42\n    precedence: policy\n"
+          f"  - cgroup: {cgroups.rel(off)}\n    keepidle: 43\n    existing: false\n")
     policy_values = lambda idle: values(idle, 15, 9, (idle + 15 * 9) * 1000)
     assert socket_values(plain[application]) == [policy_values(41)] * 2
     assert socket_values(plain[policy]) == [policy_values(42)] * 2
