@@ -50,47 +50,26 @@ struct {
 } ka_events_head SEC(".maps");
 
 /*
- * What a listener held right after this program configured it. BPF_F_CLONE
- * copies it to every accepted socket, which inherits the listener's options:
- * if the policy has not changed since (same generation) and the socket still
- * holds exactly those values (the program did not change its listener), there
- * is nothing to set. Times are kept as the kernel stores them (jiffies).
+ * The kernel's tick rate, set by userspace before the load: keepalive times
+ * are kept in jiffies. 0 (unknown) makes every accepted socket configured.
  */
-struct ka_listener_state {
-	__u32 generation;
-	__u32 keepalive_time;
-	__u32 keepalive_intvl;
-};
+const volatile __u32 ka_hz = 0;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
-	__type(key, int);
-	__type(value, struct ka_listener_state);
-} ka_listener_state SEC(".maps");
-
+/*
+ * Whether a socket has the policy's values already: an accepted socket
+ * inherits its listener's, which this program set when it listened (unless
+ * the program changed them since, or the policy changed). Compared in place:
+ * no socket storage, whose cloning into every accepted socket would cost an
+ * allocation per connection.
+ */
 static __always_inline bool holds_policy(struct tcp_sock *tp, const struct ka_policy *p)
 {
-	struct ka_listener_state *s = bpf_sk_storage_get(&ka_listener_state, tp, 0, 0);
-
-	return s && s->generation == p->generation && keepalive_on(tp) &&
-	       (!p->keepidle || tp->keepalive_time == s->keepalive_time) &&
-	       (!p->keepintvl || tp->keepalive_intvl == s->keepalive_intvl) &&
+	return ka_hz && keepalive_on(tp) &&
+	       (!p->keepidle || tp->keepalive_time == (__u32)p->keepidle * ka_hz) &&
+	       (!p->keepintvl || tp->keepalive_intvl == (__u32)p->keepintvl * ka_hz) &&
 	       (!p->keepcnt || keepcnt_in_force(tp) == p->keepcnt) &&
 	       (!p->user_timeout || tp->inet_conn.icsk_user_timeout == (__u32)p->user_timeout) &&
 	       !p->window_clamp;  /* recomputed at the handshake: always set */
-}
-
-static __always_inline void remember_listener(struct tcp_sock *tp, const struct ka_policy *p)
-{
-	struct ka_listener_state *s = bpf_sk_storage_get(&ka_listener_state, tp, 0,
-							 BPF_SK_STORAGE_GET_F_CREATE);
-
-	if (!s)
-		return;
-	s->generation = p->generation;
-	s->keepalive_time = tp->keepalive_time;
-	s->keepalive_intvl = tp->keepalive_intvl;
 }
 
 SEC("sockops")
@@ -118,8 +97,6 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || !holds_policy(tp, policy))
 		apply_policy(skops, tp, policy, op == BPF_SOCK_OPS_TCP_CONNECT_CB);
-	if (op == BPF_SOCK_OPS_TCP_LISTEN_CB)
-		remember_listener(tp, policy);
 	counters = counters_of(policy);
 	if (counters)
 		counters->configured += 1;

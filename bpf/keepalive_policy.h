@@ -130,8 +130,6 @@ struct ka_policy {
 	__s32 maxseg;
 	__s32 window_clamp;
 	__u32 flags;
-	__u32 generation; /* new (random) on every change: tells accepted sockets
-			     whether their listener had these very values */
 	__u32 slot;       /* its counters: the index in ka_counters, unique among
 			     the policies (userspace gives it, zeroed, with the policy) */
 	/* Userspace only: the cgroup's path below the cgroup2 mount. cgroup2

@@ -51,7 +51,7 @@ struct LegacyState {
             var record = ka_policy()
             (record.keepidle, record.keepintvl, record.keepcnt) = (old.keepidle, old.keepintvl, old.keepcnt)
             (record.user_timeout, record.syncnt, record.maxseg) = (old.userTimeout, old.syncnt, old.maxseg)
-            (record.window_clamp, record.flags, record.generation) = (old.windowClamp, old.flags, old.generation)
+            (record.window_clamp, record.flags) = (old.windowClamp, old.flags)
             var migrated = PolicyRecord(record)
             migrated.path = path
             result.append((id, migrated, (try? sockets?.lookup(old.slot) ?? 0) ?? 0))

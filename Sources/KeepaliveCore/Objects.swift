@@ -63,6 +63,7 @@ final class MainObject {
 
     func load(countingReaped: Bool) throws(LoadError) {
         bpf_program__set_autoload(progs.keepalive_reaped, countingReaped)
+        skeleton.pointee.rodata.pointee.ka_hz = KernelClock.ticksPerSecond
         try loader.load(skeleton.pointee.obj, { keepalive_bpf__load(skeleton) }, probes: [
             .btf,
             .programType(BPF_PROG_TYPE_SOCK_OPS, "sock_ops programs (Linux 4.13)"),

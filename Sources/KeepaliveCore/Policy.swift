@@ -112,17 +112,13 @@ public struct PolicyRecord: Equatable, Sendable {
     public var owner: PolicyOwner
     /// The cgroup's path below the cgroup2 mount.
     public var path: FilePath
-    /// New on every change: tells the BPF program a listener's values are stale.
-    public var generation: UInt32
     /// Where its counters are (ka_counters): unique among the policies.
     public var slot: UInt32
 
-    public init(policy: Policy, owner: PolicyOwner, path: FilePath, generation: UInt32 = .random(in: 1...UInt32.max),
-                slot: UInt32 = 0) {
+    public init(policy: Policy, owner: PolicyOwner, path: FilePath, slot: UInt32 = 0) {
         self.policy = policy
         self.owner = owner
         self.path = path
-        self.generation = generation
         self.slot = slot
     }
 
@@ -138,7 +134,6 @@ public struct PolicyRecord: Equatable, Sendable {
         policy.precedence = record.flags & KA_POLICY_PRECEDENCE_POLICY != 0 ? .policy : .application
         self.policy = policy
         owner = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli
-        generation = record.generation
         slot = record.slot
         path = withUnsafeBytes(of: record.path) { raw in
             FilePath(platformString: raw.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0])
@@ -159,7 +154,6 @@ public struct PolicyRecord: Equatable, Sendable {
         record.maxseg = policy.maxseg
         record.window_clamp = policy.windowClamp
         record.flags = flags
-        record.generation = generation
         record.slot = slot
         let bytes = path.withPlatformString { Array(UnsafeBufferPointer(start: $0, count: strlen($0))) }
         guard bytes.count < Int(KA_CGROUP_PATH_MAX) else { throw .pathTooLong(path.cgroupDisplay) }

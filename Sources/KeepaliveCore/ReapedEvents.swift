@@ -76,10 +76,18 @@ struct KernelClock {
     let nanosecondsPerJiffy: UInt64
     let bootToWall: Double
 
-    init() {
+    /// The coarse clocks tick once a jiffy: their resolution is 1/HZ.
+    static var nanosecondsPerTick: UInt64 {
         var resolution = timespec()
         clock_getres(CLOCK_MONOTONIC_COARSE, &resolution)
-        nanosecondsPerJiffy = max(1, UInt64(resolution.tv_nsec))
+        return max(1, UInt64(resolution.tv_nsec))
+    }
+
+    /// HZ, as the BPF program needs it to compare keepalive times.
+    static var ticksPerSecond: UInt32 { UInt32(1_000_000_000 / nanosecondsPerTick) }
+
+    init() {
+        nanosecondsPerJiffy = Self.nanosecondsPerTick
         var boot = timespec(), wall = timespec()
         clock_gettime(CLOCK_BOOTTIME, &boot)
         clock_gettime(CLOCK_REALTIME, &wall)

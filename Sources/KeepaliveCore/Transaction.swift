@@ -102,8 +102,7 @@ public final class Transaction {
     @discardableResult
     public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli) throws -> Change {
         let previous = records[cgroup.id]
-        var record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path, slot: try previous?.slot ?? freeSlot())
-        if let previous, previous.sameSettings(as: record) { record.generation = previous.generation }
+        let record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path, slot: try previous?.slot ?? freeSlot())
         let rewrite = previous.map { !$0.sameSettings(as: record) } ?? true
         if rewrite {
             try announce()
