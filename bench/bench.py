@@ -7,7 +7,6 @@ kernel.bpf_stats_enabled is restored.
 """
 import json
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -20,7 +19,7 @@ import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
-from support import KEEPALIVE, bpffs_mounted, cgroup2_mount, in_cgroup  # noqa: E402  (the tests' helpers)
+from support import KEEPALIVE, bpffs_mounted, cgroup2_mount  # noqa: E402  (the tests' helpers)
 
 CONNRATE = os.path.join(ROOT, "build", "bench", "connrate")
 EMPTY_PROGRAM = os.path.join(ROOT, "build", "bench", "empty.bpf.o")

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 
 from support import BUILD, ROOT, cgroup2_mount, remove_cgroup_tree, run, unique, wait_until
 

@@ -1,21 +1,13 @@
 """keepalive agent as a real process: policy file, new cgroups, SIGHUP, metrics, restarts."""
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import threading
 import time
-import urllib.request
 
 import pytest
 
 from support import KEEPALIVE, attached_programs, in_cgroup, probe, run, unique
-
-
-def rel(cgroups, path):
-    return os.path.relpath(path, cgroups.mount)
 
 
 def status_by_cgroup(keepalive):
@@ -24,25 +16,25 @@ def status_by_cgroup(keepalive):
 
 def test_glob_covers_existing_and_new_cgroups_at_once(agent, keepalive, cgroups):
     base = cgroups.make()
-    existing = cgroups.make(rel(cgroups, base) + "/existing")
-    process, _ = agent(f'policies:\n  - cgroup: "{rel(cgroups, base)}/*"\n    keepidle: 33\n')
+    existing = cgroups.make(cgroups.rel(base) + "/existing")
+    process, _ = agent(f'policies:\n  - cgroup: "{cgroups.rel(base)}/*"\n    keepidle: 33\n')
     assert probe("pair", cgroup=existing)["connected"]["keepidle"] == 33
 
     mark = process.mark()
     start = time.monotonic()
-    new = cgroups.make(rel(cgroups, base) + "/new-pod")
-    process.wait_for(re.escape(f"attached policy on {rel(cgroups, new)}:"), timeout=2, start=mark)
+    new = cgroups.make(cgroups.rel(base) + "/new-pod")
+    process.wait_for(re.escape(f"attached policy on {cgroups.rel(new)}:"), timeout=2, start=mark)
     elapsed = time.monotonic() - start
     print(f"new cgroup covered {elapsed * 1000:.1f} ms after mkdir")
     assert elapsed < 2
     assert probe("pair", cgroup=new)["connected"]["keepidle"] == 33
     # The base itself is not matched by base/*; one link per covered cgroup.
-    assert rel(cgroups, base) not in status_by_cgroup(keepalive)
+    assert cgroups.rel(base) not in status_by_cgroup(keepalive)
 
 
 def test_policy_for_a_cgroup_that_does_not_exist_yet(agent, keepalive, cgroups):
     base = cgroups.make()
-    later = rel(cgroups, base) + "/later/deeper"
+    later = cgroups.rel(base) + "/later/deeper"
     process, _ = agent(f"policies:\n  - cgroup: {later}\n    keepidle: 44\n")
     assert keepalive.status() == []
     path = cgroups.make(later)
@@ -61,18 +53,18 @@ def test_systemd_unit_resolved_to_its_cgroup(agent, keepalive, cgroups):
 
 def test_sighup_applies_the_file_as_a_diff(agent, keepalive, cgroups):
     a, b, c = cgroups.make(), cgroups.make(), cgroups.make()
-    process, config = agent(f"policies:\n  - cgroup: {rel(cgroups, a)}\n    keepidle: 10\n"
-                            f"  - cgroup: {rel(cgroups, b)}\n    keepidle: 20\n")
+    process, config = agent(f"policies:\n  - cgroup: {cgroups.rel(a)}\n    keepidle: 10\n"
+                            f"  - cgroup: {cgroups.rel(b)}\n    keepidle: 20\n")
     links_before = [p["id"] for p in attached_programs(a)]
-    config.write_text(f"policies:\n  - cgroup: {rel(cgroups, a)}\n    keepidle: 11\n"
-                      f"  - cgroup: {rel(cgroups, c)}\n    keepcnt: 4\n")
+    config.write_text(f"policies:\n  - cgroup: {cgroups.rel(a)}\n    keepidle: 11\n"
+                      f"  - cgroup: {cgroups.rel(c)}\n    keepcnt: 4\n")
     mark = process.mark()
     process.signal(signal.SIGHUP)
     process.wait_for("reloaded", start=mark)
-    process.wait_for(re.escape(f"detached policy from {rel(cgroups, b)}"), start=mark)
+    process.wait_for(re.escape(f"detached policy from {cgroups.rel(b)}"), start=mark)
     status = status_by_cgroup(keepalive)
-    assert set(status) == {rel(cgroups, a), rel(cgroups, c)}
-    assert status[rel(cgroups, a)]["keepidle"] == 11 and status[rel(cgroups, c)]["keepcnt"] == 4
+    assert set(status) == {cgroups.rel(a), cgroups.rel(c)}
+    assert status[cgroups.rel(a)]["keepidle"] == 11 and status[cgroups.rel(c)]["keepcnt"] == 4
     assert [p["id"] for p in attached_programs(a)] == links_before  # updated in place
     assert probe("pair", cgroup=a)["connected"]["keepidle"] == 11
     assert probe("pair", cgroup=b)["connected"]["keepalive"] == 0
@@ -90,7 +82,7 @@ BAD_FILES = {
 
 def test_sighup_with_bad_files_changes_nothing(agent, keepalive, cgroups):
     a = cgroups.make()
-    good = f"policies:\n  - cgroup: {rel(cgroups, a)}\n    keepidle: 10\n"
+    good = f"policies:\n  - cgroup: {cgroups.rel(a)}\n    keepidle: 10\n"
     process, config = agent(good)
     before = keepalive.status()
     for kind, (text, line) in BAD_FILES.items():
@@ -108,23 +100,23 @@ def test_sighup_with_bad_files_changes_nothing(agent, keepalive, cgroups):
 
 def test_metrics_after_real_connections(agent, keepalive, cgroups):
     a = cgroups.make()
-    process, _ = agent(f"policies:\n  - cgroup: {rel(cgroups, a)}\n")
+    process, _ = agent(f"policies:\n  - cgroup: {cgroups.rel(a)}\n")
     for _ in range(2):
         probe("pair", cgroup=a)  # a listening, a connected and an accepted socket each
     metrics = process.scrape()
-    assert f'keepalive_sockets_configured_total{{cgroup="{rel(cgroups, a)}"}} 6' in metrics
+    assert f'keepalive_sockets_configured_total{{cgroup="{cgroups.rel(a)}"}} 6' in metrics
     assert re.search(r"^keepalive_policies 1(\.0)?$", metrics, re.M)
     assert 'keepalive_setsockopt_errors_total{option="keepidle"} 0' in metrics
     assert re.search(r'keepalive_build_info\{version="[^"]+"\} 1', metrics)
     assert 'keepalive_reloads_total{result="success"} 0' in metrics
     probe("pair", cgroup=a)
-    assert f'keepalive_sockets_configured_total{{cgroup="{rel(cgroups, a)}"}} 9' in process.scrape()
+    assert f'keepalive_sockets_configured_total{{cgroup="{cgroups.rel(a)}"}} 9' in process.scrape()
 
 
 def test_kill9_keeps_enforcement_and_restart_adopts_it(agent, keepalive, cgroups):
     base = cgroups.make()
-    pods = [cgroups.make(rel(cgroups, base) + f"/pod{i}") for i in range(3)]
-    text = f'policies:\n  - cgroup: "{rel(cgroups, base)}/*"\n    keepidle: 21\n'
+    pods = [cgroups.make(cgroups.rel(base) + f"/pod{i}") for i in range(3)]
+    text = f'policies:\n  - cgroup: "{cgroups.rel(base)}/*"\n    keepidle: 21\n'
     first, _ = agent(text)
     attachments = {p: attached_programs(p) for p in pods}
     assert all(len(a) == 1 for a in attachments.values())
@@ -140,7 +132,7 @@ def test_kill9_keeps_enforcement_and_restart_adopts_it(agent, keepalive, cgroups
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_exit_zero_within_a_second_leaving_policies(agent, keepalive, cgroups, sig):
     a = cgroups.make()
-    process, _ = agent(f"policies:\n  - cgroup: {rel(cgroups, a)}\n    keepidle: 12\n")
+    process, _ = agent(f"policies:\n  - cgroup: {cgroups.rel(a)}\n    keepidle: 12\n")
     start = time.monotonic()
     process.signal(sig)
     assert process.proc.wait(timeout=5) == 0
@@ -151,11 +143,11 @@ def test_sigterm_and_sigint_exit_zero_within_a_second_leaving_policies(agent, ke
 def test_policies_set_with_the_cli_are_left_alone(agent, keepalive, cgroups):
     mine, theirs = cgroups.make(), cgroups.make()
     keepalive("attach", theirs, "--keepidle", "66")
-    process, config = agent(f"policies:\n  - cgroup: {rel(cgroups, mine)}\n")
+    process, config = agent(f"policies:\n  - cgroup: {cgroups.rel(mine)}\n")
     config.write_text("policies: []\n")
     process.signal(signal.SIGHUP)
-    process.wait_for(re.escape(f"detached policy from {rel(cgroups, mine)}"))
-    assert set(status_by_cgroup(keepalive)) == {rel(cgroups, theirs)}
+    process.wait_for(re.escape(f"detached policy from {cgroups.rel(mine)}"))
+    assert set(status_by_cgroup(keepalive)) == {cgroups.rel(theirs)}
 
 
 def test_invalid_file_at_start_is_refused(keepalive, cgroups, tmp_path):

@@ -3,7 +3,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -37,7 +36,7 @@ def test_sockets_outside_the_cgroup_untouched(keepalive, cgroups):
 
 def test_custom_values_status_and_counter(keepalive, cgroups):
     cg = cgroups.make()
-    relative = os.path.relpath(cg, cgroups.mount)
+    relative = cgroups.rel(cg)
     result = keepalive("attach", relative, "--keepidle", "5", "--keepintvl", "2", "--keepcnt", "3",
                        "--syncnt", "2", "--maxseg", "1200", "--window-clamp", "50000")
     assert "created" in result.stdout
@@ -67,9 +66,9 @@ def test_explicit_and_system_default_user_timeout(keepalive, cgroups):
 
 def test_nested_policies_nearest_ancestor_wins(keepalive, cgroups):
     parent = cgroups.make()
-    child = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/child")
-    grandchild = cgroups.make(os.path.relpath(child, cgroups.mount) + "/grandchild")
-    sibling = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/sibling")
+    child = cgroups.make(cgroups.rel(parent) + "/child")
+    grandchild = cgroups.make(cgroups.rel(child) + "/grandchild")
+    sibling = cgroups.make(cgroups.rel(parent) + "/sibling")
 
     keepalive("attach", parent, "--keepidle", "10", "--user-timeout", "0")
     keepalive("attach", child, "--keepidle", "20", "--user-timeout", "0")
@@ -98,7 +97,7 @@ def test_nested_policies_nearest_ancestor_wins(keepalive, cgroups):
 
 def test_child_policy_attached_first_then_parent(keepalive, cgroups):
     parent = cgroups.make()
-    child = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/child")
+    child = cgroups.make(cgroups.rel(parent) + "/child")
     keepalive("attach", child, "--keepidle", "20")
     assert len(our_attachments(child)) == 1
     keepalive("attach", parent, "--keepidle", "10")
@@ -107,8 +106,8 @@ def test_child_policy_attached_first_then_parent(keepalive, cgroups):
     assert probe("pair", cgroup=child)["connected"]["keepidle"] == 20
     assert probe("pair", cgroup=parent)["connected"]["keepidle"] == 10
     entries = {e["cgroup"]: e for e in keepalive.status()}
-    assert entries[os.path.relpath(parent, cgroups.mount)]["attached"] is True
-    assert entries[os.path.relpath(child, cgroups.mount)]["attached"] is False
+    assert entries[cgroups.rel(parent)]["attached"] is True
+    assert entries[cgroups.rel(child)]["attached"] is False
 
 
 def test_update_in_place_without_second_attachment(keepalive, cgroups):
@@ -241,9 +240,9 @@ def test_removed_cgroup_is_pruned(keepalive, cgroups):
     # the removed cgroup (proven gone: its path no longer exists) and says so.
     report = json.loads(keepalive("status", "--json").stdout)
     assert report["policies"] == []
-    assert report["dropped"] == [f"{os.path.relpath(gone, cgroups.mount)} (cgroup removed)"]
+    assert report["dropped"] == [f"{cgroups.rel(gone)} (cgroup removed)"]
     keepalive("attach", keep)
-    assert [e["cgroup"] for e in keepalive.status()] == [os.path.relpath(keep, cgroups.mount)]
+    assert [e["cgroup"] for e in keepalive.status()] == [cgroups.rel(keep)]
     assert sorted(os.listdir(os.path.join(keepalive.pin_path, "links"))) == [str(os.stat(keep).st_ino)]
 
 

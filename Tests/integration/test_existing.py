@@ -1,9 +1,7 @@
 """attach --existing and inspect: sockets that were open before the policy existed."""
 import json
 import os
-import socket
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -50,7 +48,7 @@ def wait_held(server):
 
 def test_existing_sockets_get_the_nearest_policy_and_outsiders_stay_untouched(keepalive, cgroups, processes):
     parent = cgroups.make()
-    child = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/child")
+    child = cgroups.make(cgroups.rel(parent) + "/child")
     server, port = start_server(parent, count=2)
     processes.append(server)
     inside = start_busybox_nc(child, port)     # static binary, in the child cgroup

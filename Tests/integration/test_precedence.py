@@ -1,5 +1,4 @@
 """Precedence: who wins when a program sets keepalive options itself."""
-import os
 import signal
 
 import pytest
@@ -58,7 +57,7 @@ def test_other_options_and_non_tcp_sockets_are_not_rewritten(keepalive, cgroups)
 
 def test_precedence_changes_in_place_and_nests(keepalive, cgroups):
     parent = cgroups.make()
-    child = cgroups.make(os.path.relpath(parent, cgroups.mount) + "/child")
+    child = cgroups.make(cgroups.rel(parent) + "/child")
     keepalive("attach", parent, *POLICY)
     keepalive("attach", child, *POLICY, "--precedence", "policy")
     assert len(setsockopt_programs(child)) == 1 and setsockopt_programs(parent) == []
@@ -85,8 +84,8 @@ def test_status_and_inspect_show_precedence(keepalive, cgroups):
     keepalive("attach", a, "--precedence", "policy")
     keepalive("attach", b)
     by_cgroup = {e["cgroup"]: e for e in keepalive.status()}
-    assert by_cgroup[os.path.relpath(a, cgroups.mount)]["precedence"] == "policy"
-    assert by_cgroup[os.path.relpath(b, cgroups.mount)]["precedence"] == "application"
+    assert by_cgroup[cgroups.rel(a)]["precedence"] == "policy"
+    assert by_cgroup[cgroups.rel(b)]["precedence"] == "application"
     lines = keepalive("status").stdout.splitlines()
     column = next(line for line in lines if line.startswith("CGROUP")).index("PRECEDENCE")
     shown = {line.split()[0]: line[column:].split()[0] for line in lines if line.startswith(cgroups.rel(a)[:8])}
@@ -103,7 +102,7 @@ def test_bad_precedence_is_refused(keepalive, cgroups):
 
 def test_agent_file_sets_precedence(agent, keepalive, cgroups):
     cg = cgroups.make()
-    rel = os.path.relpath(cg, cgroups.mount)
+    rel = cgroups.rel(cg)
     process, config = agent(f"policies:\n  - cgroup: {rel}\n    keepidle: 20\n    precedence: policy\n")
     assert appset(cg, *GO_SEQUENCE)["keepidle"] == 20
     config.write_text(f"policies:\n  - cgroup: {rel}\n    keepidle: 20\n    precedence: sometimes\n")

@@ -13,11 +13,10 @@ import subprocess
 import urllib.parse
 import urllib.request
 
-import pytest
 
 from conftest import require_tool
 from cutcable import CASES, PEER_ADDR, run_case
-from support import KEEPALIVE, LIB, PYTHON, free_port, in_cgroup, preload_env, run, wait_until
+from support import LIB, PYTHON, free_port, in_cgroup, preload_env, run, wait_until
 
 PROBES = CASES["keepalive-probes"][0]
 POLICY_FLAGS = [arg for k, v in PROBES.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
