@@ -111,7 +111,7 @@ DEBIAN_MIRROR = $(shell cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list
 	| awk '/^(deb |URIs:)/ && !/security/ { for (i = 2; i <= NF; i++) if ($$i ~ /^https?:/) { print $$i; exit } }')
 
 $(ROOTFS)/.complete: | $(BUILD)/.deps
-	@rm -rf $(ROOTFS) $(ROOTFS).tmp && mkdir -p $(@D)/..
+	@rm -rf $(ROOTFS) $(ROOTFS).tmp && mkdir -p $(dir $(ROOTFS))
 	debootstrap --variant=minbase --include=$(ROOTFS_PACKAGES) bookworm $(ROOTFS).tmp $(DEBIAN_MIRROR) \
 	    > $(BUILD)/rootfs/debootstrap.log 2>&1 || { tail -20 $(BUILD)/rootfs/debootstrap.log; exit 1; }
 	mv $(ROOTFS).tmp $(ROOTFS) && touch $@
@@ -165,7 +165,7 @@ NEXT_PROGRAM_VERSION := $(shell awk '/^\#define KA_PROGRAM_VERSION / {print $$3 
 TEST_HELPERS := $(BUILD)/test/foreign.bpf.o $(BUILD)/test/layout1.bpf.o $(BUILD)/test/keepalive-next.bpf.o \
                 $(BUILD)/test/refused.bpf.o
 
-$(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c $(BUILD)/bpf/vmlinux.h
+$(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c bpf/keepalive.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
 	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
 

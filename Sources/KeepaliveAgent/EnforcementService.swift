@@ -129,10 +129,15 @@ final class EnforcementService: Service, @unchecked Sendable {
             health.passSucceeded()
             report("pass", nil)
         } catch {
-            failing = true
-            health.passFailed("\(error)")
-            report("pass", "enforcement pass failed: \(error)")
+            passFailed(error)
         }
+    }
+
+    /// A pass that could not write the state: /livez fails until one succeeds, and it is retried.
+    private func passFailed(_ error: any Error) {
+        failing = true
+        health.passFailed("\(error)")
+        report("pass", "enforcement pass failed: \(error)")
     }
 
     private func cgroupAppeared(_ path: FilePath, _ watcher: CgroupWatcher) {
@@ -151,9 +156,7 @@ final class EnforcementService: Service, @unchecked Sendable {
         do {
             try conclude(try inTransaction(fullCheck: false) { $0.transaction.withdraw([gone]) }, only: [path])
         } catch {
-            failing = true
-            health.passFailed("\(error)")
-            report("pass", "enforcement pass failed: \(error)")
+            passFailed(error)
         }
     }
 
@@ -164,9 +167,7 @@ final class EnforcementService: Service, @unchecked Sendable {
             try conclude(try inTransaction(fullCheck: false) { $0.transaction.enforce(wants) },
                          only: wants.map(\.cgroup.path))
         } catch {
-            failing = true
-            health.passFailed("\(error)")
-            report("pass", "enforcement pass failed: \(error)")
+            passFailed(error)
         }
     }
 

@@ -4,6 +4,7 @@ a non-zero exit within 2 s; SIGTERM/SIGINT exit 0 within 2 s in every state;
 reaches the sockets already open there (`existing`).
 """
 import os
+import re
 import signal
 import subprocess
 import time
@@ -52,13 +53,15 @@ def test_a_start_that_cannot_enforce_is_one_line_and_a_non_zero_exit(keepalive, 
         expected = "is not on a BPF filesystem"
     elif case == "load":
         env = {**os.environ, "KEEPALIVE_BPF_OBJECT": REFUSED_OBJECT}
-        expected = "load BPF object keepalive, program keepalive_sockops: R6 invalid sock access"
+        expected = "load BPF object keepalive, program keepalive_sockops: R"  # R<n> invalid sock access
     else:  # the state is there, but a link for a new cgroup cannot be pinned
         keepalive("attach", cgroups.make())
         read_only()
         expected = "Read-only file system"
     result, elapsed = start_failure(argv, env)
     assert result.returncode != 0 and elapsed < 2.0, (result, elapsed)
+    if case == "load":
+        assert re.search(r"R\d+ invalid sock access off=\d+", result.stderr), result.stderr  # the verifier's verdict
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("keepalive: error: ") and expected in errors[0], result.stderr
 
@@ -68,7 +71,7 @@ def test_verbose_shows_the_whole_verifier_log(keepalive, cgroups):
     quiet = keepalive("attach", cgroups.make(), check=False, env=env)
     verbose = keepalive("attach", cgroups.make(), "--verbose", check=False, env=env)
     assert quiet.returncode != 0 and len(quiet.stderr.splitlines()) == 1, quiet.stderr
-    assert verbose.returncode != 0 and "processed" in verbose.stderr and "R6 invalid sock access" in verbose.stderr
+    assert verbose.returncode != 0 and "processed" in verbose.stderr and "invalid sock access" in verbose.stderr
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])

@@ -288,3 +288,17 @@ def test_invalid_values_still_fail_under_policy_precedence(keepalive, cgroups, a
     without = appset(outside, assignment)["calls"][0][2]
     with_policy = appset(covered, assignment)["calls"][0][2]
     assert without == with_policy == 22  # EINVAL, as the kernel says without keepalive
+
+
+# A state is used only from the cgroup root it was made from: a cgroup
+# namespace (or another --cgroup-root) sees other paths, which would look gone.
+
+def test_a_state_made_from_one_cgroup_root_is_refused_from_another(keepalive, cgroups):
+    app = cgroups.make()
+    keepalive("attach", app, "--keepidle", "23")
+    subtree = cgroups.make()  # a cgroup2 directory, as a container's namespace root would be
+    result = keepalive("status", "--cgroup-root", subtree, check=False)
+    assert result.returncode != 0
+    assert "rooted at cgroup id 1, but this process sees it rooted at id" in result.stderr, result.stderr
+    assert status_paths(keepalive) == {cgroups.rel(app)}
+    assert probe("pair", cgroup=app)["connected"]["keepidle"] == 23

@@ -6,6 +6,9 @@ policy is to cover it.
 
     sockprobe.py pair [--family 4|6|mapped]
         listen, connect, accept; options of the listening, connected and accepted sockets
+    sockprobe.py across CGROUP...
+        a pair in each cgroup directory in turn, moving itself there first:
+        {cgroup: pair}, one process for many cgroups
     sockprobe.py connect HOST PORT [--nonblock]
         result of one connect: {"errno": N, "options": {...}}
     sockprobe.py other
@@ -71,6 +74,15 @@ def pair(family):
     client.connect(target)
     accepted, _ = listener.accept()
     return {"listening": options(listener), "connected": options(client), "accepted": options(accepted)}
+
+
+def across(cgroups):
+    results = {}
+    for cgroup in cgroups:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))  # a socket belongs to its creator's cgroup then
+        results[cgroup] = pair("4")
+    return results
 
 
 def connect(host, port, nonblock):
@@ -182,6 +194,8 @@ def main():
     t = sub.add_parser("threads")
     t.add_argument("count", type=int)
     t.add_argument("per_thread", type=int)
+    ac = sub.add_parser("across")
+    ac.add_argument("cgroups", nargs="+")
     lp = sub.add_parser("loop")
     lp.add_argument("seconds", type=float)
     a = sub.add_parser("appset")
@@ -195,6 +209,8 @@ def main():
         out = other()
     elif args.mode == "appset":
         out = appset(args.assignments)
+    elif args.mode == "across":
+        out = across(args.cgroups)
     elif args.mode == "loop":
         out = loop(args.seconds)
     else:
