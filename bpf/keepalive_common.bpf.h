@@ -171,10 +171,10 @@ static __always_inline int keepcnt_in_force(struct tcp_sock *tp)
 /*
  * SYN count and MSS act before the handshake: only for a connecting socket.
  * SO_KEEPALIVE comes last: it arms the keepalive timer, and TCP_KEEPIDLE set
- * after it would re-arm it. A value the socket has already (the default
- * policy's 9 probes are the kernel's default) is not set again: each
- * bpf_setsockopt costs. (Idle and interval are kept in jiffies, whose
- * length a program does not know: those are always set.)
+ * after it would re-arm it. A count or user timeout the socket has already
+ * (the default policy's 9 probes are the kernel's default) is not set again:
+ * each bpf_setsockopt costs. Idle and interval are always set: a socket being
+ * configured has the namespace's (0 in the socket), not a policy's.
  */
 static __always_inline void apply_policy(void *ctx, struct tcp_sock *tp, const struct ka_policy *p, bool connecting)
 {

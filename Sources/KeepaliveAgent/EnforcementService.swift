@@ -324,7 +324,6 @@ struct Selection {
     }
 
     var count: Int { byID.count }
-    var values: Dictionary<UInt64, TargetResolver.Match>.Values { byID.values }
 
     subscript(id: UInt64) -> TargetResolver.Match? { byID[id] }
 

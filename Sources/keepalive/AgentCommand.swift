@@ -37,7 +37,7 @@ struct AgentCommand: AsyncParsableCommand, StateCommand {
             print("\(config): ok, \(parsed.policies.count) policy entries")
             return
         }
-        let style = LineLogHandler.Style.forAgent, level: Logger.Level = options.verbose ? .debug : .info
+        let style = LineLogHandler.Style.onStderr, level: Logger.Level = options.verbose ? .debug : .info
         LoggingSystem.bootstrap { _ in LineLogHandler(style: style, logLevel: level) }
         let logger = Logger(label: "keepalive.agent")
         _ = try Agent.loadConfig(config)  // a bad file stops the start, before anything changes

@@ -10,8 +10,9 @@ struct LineLogHandler: LogHandler {
     enum Style {
         case command, daemon, journal
 
-        /// The journal when stderr is the stream systemd gave the service.
-        static var forAgent: Style {
+        /// What stderr's reader wants: the journal when stderr is the stream
+        /// systemd gave the service, else timestamped lines.
+        static var onStderr: Style {
             guard let stream = getenv("JOURNAL_STREAM").map({ String(cString: $0) }) else { return .daemon }
             var st = stat()
             guard fstat(STDERR_FILENO, &st) == 0 else { return .daemon }
