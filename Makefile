@@ -14,8 +14,9 @@ ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 # Debian packages the build and the tests need; `deps` installs the missing ones.
 DEBIAN_PACKAGES := clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev \
                    gcc make binutils busybox-static iproute2 nftables procps systemd util-linux strace \
-                   debootstrap systemd-container podman runc prometheus redis-server redis-tools
-PYTHON_PACKAGES := pytest pyyaml kubernetes-validate
+                   debootstrap systemd-container podman runc prometheus redis-server redis-tools \
+                   containerd protobuf-compiler libc6-dev
+PYTHON_PACKAGES := pytest pyyaml kubernetes-validate grpcio grpcio-tools
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
 	-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion \
@@ -33,7 +34,7 @@ BPF_CFLAGS    := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werr
 SWIFT_SOURCES := $(shell find Sources -path '*/generated' -prune -o \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) -print) Package.swift
 
 .SECONDARY:  # keep intermediate objects
-.PHONY: all deps preload bpf swift image run bench test test-swift test-integration clean
+.PHONY: all deps preload bpf swift proto previous image run bench test test-swift test-integration clean
 
 all: deps preload swift
 
@@ -50,6 +51,7 @@ $(BUILD)/.deps: Makefile
 	fi
 	@for m in $(PYTHON_PACKAGES); do \
 	    mod=$$m; [ $$m = pyyaml ] && mod=yaml; [ $$m = kubernetes-validate ] && mod=kubernetes_validate; \
+	    [ $$m = grpcio-tools ] && mod=grpc_tools; [ $$m = grpcio ] && mod=grpc; \
 	    $(PYTHON) -c "import $$mod" 2>/dev/null || $(PYTHON) -m pip install -q $$m; done
 	@mkdir -p $(BUILD) && touch $@
 
@@ -100,6 +102,41 @@ $(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
 	$(SWIFT) build -c release --static-swift-stdlib --product keepalive
 	@mkdir -p $(@D)
 	cp "$$($(SWIFT) build -c release --show-bin-path)/keepalive" $@
+
+# --- CRI: the vendored api.proto (third_party/cri-api) as Swift, committed ----
+# `make proto` regenerates Sources/CRI with the plugins of the package versions
+# Package.swift names, built from the offline package copies. The gogoproto
+# import and options only steer Go's generator: dropped before protoc runs.
+
+CRI_PROTO   := third_party/cri-api/runtime/v1/api.proto
+PROTO_TOOLS := $(BUILD)/proto-tools
+GRPC_PROTOBUF_VERSION := $(shell awk -F'"' '/grpc-swift-protobuf", from:/ {print $$4}' Package.swift)
+
+$(BUILD)/cri/api.proto: $(CRI_PROTO)
+	@mkdir -p $(@D)
+	sed '/gogoproto/d' $< > $@
+
+proto: $(BUILD)/cri/api.proto | $(BUILD)/.deps
+	rm -rf $(PROTO_TOOLS) && mkdir -p $(PROTO_TOOLS)
+	git clone -q --branch $(GRPC_PROTOBUF_VERSION) https://github.com/grpc/grpc-swift-protobuf $(PROTO_TOOLS)/grpc-swift-protobuf
+	$(SWIFT) build -c release --package-path $(PROTO_TOOLS)/grpc-swift-protobuf --product protoc-gen-grpc-swift-2
+	$(SWIFT) build -c release --package-path $(PROTO_TOOLS)/grpc-swift-protobuf --product protoc-gen-swift
+	protoc -I $(BUILD)/cri \
+	    --plugin=$(PROTO_TOOLS)/grpc-swift-protobuf/.build/release/protoc-gen-swift \
+	    --plugin=$(PROTO_TOOLS)/grpc-swift-protobuf/.build/release/protoc-gen-grpc-swift-2 \
+	    --swift_out=Visibility=Public:Sources/CRI \
+	    --grpc-swift-2_out=Visibility=Public,Server=false,Client=true:Sources/CRI \
+	    api.proto
+
+# The same API for the tests' kubelet (Python, grpcio-tools), never committed.
+$(BUILD)/test/cri/api_pb2_grpc.py: $(BUILD)/cri/api.proto | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	$(PYTHON) -m grpc_tools.protoc -I $(BUILD)/cri --python_out=$(@D) --grpc_python_out=$(@D) api.proto
+
+# The tests' sandbox ("pause") process, static: it runs in the test image.
+$(BUILD)/test/pause: Tests/integration/helpers/pause.c | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	gcc -static -O2 -Wall -Wextra -Werror -o $@ $<
 
 # --- a Debian 12 tree (debootstrap), cached: the base of the image and the ---
 # --- machine the deployment tests boot with systemd as PID 1 ------------------
@@ -163,7 +200,7 @@ bench: all $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
 # refuses, for the load-error tests (both through KEEPALIVE_BPF_OBJECT).
 NEXT_PROGRAM_VERSION := $(shell awk '/^\#define KA_PROGRAM_VERSION / {print $$3 + 1}' bpf/keepalive_policy.h)
 TEST_HELPERS := $(BUILD)/test/foreign.bpf.o $(BUILD)/test/layout1.bpf.o $(BUILD)/test/keepalive-next.bpf.o \
-                $(BUILD)/test/refused.bpf.o
+                $(BUILD)/test/refused.bpf.o $(BUILD)/test/cri/api_pb2_grpc.py $(BUILD)/test/pause
 
 $(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c bpf/keepalive.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
@@ -174,7 +211,24 @@ $(BUILD)/test/keepalive-next.bpf.o: bpf/keepalive.bpf.c $(BPF_HEADERS) $(BUILD)/
 	$(BPF_CLANG) $(BPF_CFLAGS) -DKA_PROGRAM_VERSION=$(NEXT_PROGRAM_VERSION) -c $< -o $@.debug
 	$(LLVM_STRIP) -g $@.debug -o $@
 
-test: all $(TEST_HELPERS) $(ROOTFS)/.complete
+# The release before this one, built from the git history as it was: what the
+# upgrade tests start from (pinned layout 2, programs 2).
+PREVIOUS_COMMIT := 616bdd1c4b5d5fbf3b9663f5fc50c9fbe85e02ca
+PREVIOUS := $(BUILD)/previous/bin/keepalive
+
+$(PREVIOUS): | $(BUILD)/.deps
+	@git cat-file -e $(PREVIOUS_COMMIT)^{commit} 2>/dev/null \
+	    || { echo "the previous release $(PREVIOUS_COMMIT) is not in this clone's history (a shallow clone?)"; exit 1; }
+	rm -rf $(BUILD)/previous && mkdir -p $(BUILD)/previous/src
+	git archive $(PREVIOUS_COMMIT) | tar -x -C $(BUILD)/previous/src
+	$(MAKE) --no-print-directory -C $(BUILD)/previous/src swift > $(BUILD)/previous/build.log 2>&1 \
+	    || { tail -20 $(BUILD)/previous/build.log; exit 1; }
+	@mkdir -p $(@D)
+	cp $(BUILD)/previous/src/build/bin/keepalive $@
+
+previous: $(PREVIOUS)
+
+test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete
 	@rc=0; \
 	$(MAKE) --no-print-directory test-swift || rc=1; \
 	$(MAKE) --no-print-directory test-integration || rc=1; \
@@ -183,7 +237,7 @@ test: all $(TEST_HELPERS) $(ROOTFS)/.complete
 test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
 	$(SWIFT) test
 
-test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(ROOTFS)/.complete
+test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete
 	$(PYTHON) -m pytest -p no:cacheprovider --durations=8 Tests/integration
 
 clean:

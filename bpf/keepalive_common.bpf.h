@@ -31,7 +31,7 @@ struct {
 	__type(key, __u64);
 	__type(value, struct ka_policy);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ka_policies_v2 SEC(".maps");
+} ka_policies_v3 SEC(".maps");
 
 /* policy's slot -> its counters, one copy per CPU: no cache line is shared
  * between CPUs. An array: the verifier inlines the lookup (no hashing, no
@@ -107,7 +107,7 @@ static long walk_step(__u64 index, void *ctx)
 			return 1;
 		}
 	} else {
-		w->policy = bpf_map_lookup_elem(&ka_policies_v2, &id);
+		w->policy = bpf_map_lookup_elem(&ka_policies_v3, &id);
 		if (w->policy) {
 			w->found_id = id;
 			return 1;
@@ -136,7 +136,7 @@ static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp
 	if (!cgrp)
 		return NULL;
 	w.found_id = cgrp->kn->id;
-	w.policy = bpf_map_lookup_elem(&ka_policies_v2, &w.found_id);
+	w.policy = bpf_map_lookup_elem(&ka_policies_v3, &w.found_id);
 	if (!w.policy) {
 		w.found_id = 0;
 		w.cgrp = cgrp->self.parent ? cgrp->self.parent->cgroup : NULL;

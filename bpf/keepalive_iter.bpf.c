@@ -64,6 +64,7 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 		bool overrides = policy->flags & KA_POLICY_PRECEDENCE_POLICY;
 
 		record.flags |= KA_SOCKET_HAS_POLICY;
+		record.policy_cgroup_id = policy_cgroup_id;
 		if (overrides)
 			record.flags |= KA_SOCKET_PRECEDENCE_POLICY;
 		/* Under application precedence a socket whose program turned

@@ -92,11 +92,13 @@ enum ka_bpf_option {
  * with an older layout refuses to touch newer state. The program version is
  * compiled into the object (ka_program_version); any other object replaces the
  * pinned programs on every link in place, an older version is refused.
- * Layout 1 is keepalive 0.1.0's (no ka_meta, policies in "ka_policies").
+ * Layout 1 is keepalive 0.1.0's (no ka_meta, policies in "ka_policies"),
+ * layout 2 added ka_meta and the path ("ka_policies_v2"), layout 3 the
+ * origin ("ka_policies_v3").
  */
-#define KA_STATE_LAYOUT      2
+#define KA_STATE_LAYOUT      3
 #ifndef KA_PROGRAM_VERSION          /* a build may say which it is */
-#define KA_PROGRAM_VERSION   2
+#define KA_PROGRAM_VERSION   3
 #endif
 
 /* Capacity of the pinned maps: policies in force at once. */
@@ -117,25 +119,54 @@ enum ka_bpf_option {
 #define KA_PRECEDENCE_POLICY       "policy"
 
 /*
- * A policy in force, keyed by cgroup id (the cgroup directory's inode number)
- * in "ka_policies_v2". Values are resolved: user_timeout is never -1 here.
- * One record is one atomic map update: a crash never leaves half a policy.
+ * Who a policy was set for, when it was set for a workload rather than a
+ * cgroup path: a Kubernetes pod (namespace and name), a container (its name
+ * and id, and its pod's when it has one). Userspace only: for people (status,
+ * events, metrics' labels). Strings are NUL-terminated UTF-8; empty = unknown.
  */
-struct ka_policy {
-	__s32 keepidle;
-	__s32 keepintvl;
-	__s32 keepcnt;
-	__s32 user_timeout;
-	__s32 syncnt;
-	__s32 maxseg;
-	__s32 window_clamp;
-	__u32 flags;
-	__u32 slot;       /* its counters: the index in ka_counters, unique among
-			     the policies (userspace gives it, zeroed, with the policy) */
-	/* Userspace only: the cgroup's path below the cgroup2 mount. cgroup2
-	 * directories cannot be renamed, so it proves the cgroup gone (ENOENT, or
-	 * another inode there) and places the policy in the tree without a walk. */
+#define KA_ORIGIN_NAMESPACE_MAX  64    /* a Kubernetes namespace: a DNS label, 63 bytes */
+#define KA_ORIGIN_NAME_MAX       256   /* a pod's name (a DNS subdomain, 253) or a container's */
+#define KA_ORIGIN_ID_MAX         72    /* a container id: 64 hex digits */
+
+struct ka_origin {
+	char namespace_name[KA_ORIGIN_NAMESPACE_MAX];
+	char pod_name[KA_ORIGIN_NAME_MAX];
+	char container_name[KA_ORIGIN_NAME_MAX];
+	char container_id[KA_ORIGIN_ID_MAX];
+};
+
+/*
+ * A policy in force, keyed by cgroup id (the cgroup directory's inode number)
+ * in "ka_policies_v3". Values are resolved: user_timeout is never -1 here.
+ * One record is one atomic map update: a crash never leaves half a policy.
+ * KA_POLICY_LAYOUT2_FIELDS are layout 2's whole record, which layout 3
+ * extends: what a migration carries over.
+ */
+#define KA_POLICY_LAYOUT2_FIELDS                                               \
+	__s32 keepidle;                                                        \
+	__s32 keepintvl;                                                       \
+	__s32 keepcnt;                                                         \
+	__s32 user_timeout;                                                    \
+	__s32 syncnt;                                                          \
+	__s32 maxseg;                                                          \
+	__s32 window_clamp;                                                    \
+	__u32 flags;                                                           \
+	/* its counters: the index in ka_counters, unique among the policies  \
+	 * (userspace gives it, zeroed, with the policy) */                    \
+	__u32 slot;                                                            \
+	/* Userspace only: the cgroup's path below the cgroup2 mount. cgroup2 \
+	 * directories cannot be renamed, so it proves the cgroup gone        \
+	 * (ENOENT, or another inode there) and places the policy in the tree \
+	 * without a walk. */                                                  \
 	char path[KA_CGROUP_PATH_MAX];
+
+struct ka_policy_layout2 {
+	KA_POLICY_LAYOUT2_FIELDS
+};
+
+struct ka_policy {
+	KA_POLICY_LAYOUT2_FIELDS
+	struct ka_origin origin;  /* userspace only */
 };
 
 /* Why the kernel ended a covered connection whose peer went silent. */
@@ -218,6 +249,7 @@ struct ka_iter_config {
  */
 struct ka_socket_record {
 	struct ka_socket_id socket;
+	__u64 policy_cgroup_id;  /* the cgroup whose policy covers it; 0: none */
 	__u32 state;           /* TCP_ESTABLISHED, TCP_LISTEN, ... */
 	__u32 flags;           /* KA_SOCKET_* */
 	__s32 keepalive;

@@ -26,7 +26,8 @@ public enum Libbpf {
             guard let format, let args else { return 0 }
             var buffer = [CChar](repeating: 0, count: 1024)
             let n = vsnprintf(&buffer, buffer.count, format, args)
-            let text = String(cString: buffer).trimmingTrailingNewlines
+            let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                .trimmingTrailingNewlines
             guard !text.isEmpty else { return n }
             if level == LIBBPF_WARN { Libbpf.lastWarning.withLock { $0 = text } }
             Libbpf.destination.withLock { logger in

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Glibc
 import KeepaliveCore
+import KeepaliveRuntime
 import Logging
 import ServiceLifecycle
 
@@ -15,12 +16,24 @@ public struct Agent {
     public let metricsAddress: String?
     public let state: PinnedState
     public let logger: Logger
+    /// The runtimes' endpoints from the command line (the file's `runtime:` comes first).
+    public let endpoints: [RuntimeKind: String]
 
-    public init(configPath: String, metricsAddress: String?, state: PinnedState, logger: Logger) {
+    public init(configPath: String, metricsAddress: String?, state: PinnedState, logger: Logger,
+                endpoints: [RuntimeKind: String] = [:]) {
         self.configPath = configPath
         self.metricsAddress = metricsAddress
         self.state = state
         self.logger = logger
+        self.endpoints = endpoints
+    }
+
+    /// Where the runtimes are for this file: its `runtime:` key, else the
+    /// flags, else the environment and the usual sockets.
+    func workloads(for config: AgentConfig) throws -> Workloads {
+        func given(_ kind: RuntimeKind) -> String? { config.runtimeEndpoints[kind]?.description ?? endpoints[kind] }
+        let runtimes = try Runtimes(cri: given(.cri), docker: given(.docker), environment: ProcessInfo.processInfo.environment)
+        return Workloads(runtimes: runtimes, cgroups: state.cgroups)
     }
 
     /// Reads and checks the policy file; the error names file, line and problem.
@@ -41,9 +54,10 @@ public struct Agent {
         let health = Health()
         let metrics = AgentMetrics()
         let enforcement = EnforcementService(configPath: configPath, config: config, state: state, claim: claim,
+                                             workloads: try workloads(for: config), agent: self,
                                              logger: logger, health: health, metrics: metrics,
                                              notifier: SystemdNotifier(environment: ProcessInfo.processInfo.environment))
-        if once { return try enforcement.enforceOnce() }
+        if once { return try await enforcement.enforceOnce() }
         var services: [any Service] = [enforcement]
         if let endpoint {
             let state = self.state

@@ -35,6 +35,8 @@ final class AgentMetrics: Sendable {
         static var unwatchedDirectories: MetricNameDescriptor { named("agent", "unwatched_directories", "",
             "Cgroup directories left unwatched by the inotify limit (covered by the periodic rescan).") }
         static var selectedCgroups: MetricNameDescriptor { named("agent", "selected_cgroups", "", "Cgroups the agent's policy file selects now.") }
+        static var runtimeUp: MetricNameDescriptor { named(nil, "runtime_up", "",
+            "1 while the container runtime answers (CRI, or the Docker-compatible API), else 0; asked every 10 s.") }
         static var buildInfo: MetricNameDescriptor { named(nil, "build_info", "", "Always 1; the labels say which keepalive this is.") }
     }
 
@@ -57,17 +59,24 @@ final class AgentMetrics: Sendable {
     func setUnwatchedDirectories(_ count: Int) { unwatchedDirectories.set(Int64(count)) }
     func setPolicies(_ count: Int) { agentPolicies.set(Int64(count)) }
 
+    func setRuntimeUp(_ runtime: String, _ up: Bool) {
+        registry.makeGauge(descriptor: Family.runtimeUp, labels: [("runtime", runtime)]).set(Int64(up ? 1 : 0))
+    }
+
     /// Reads the kernel's values, then renders the Prometheus text format.
     func render(_ state: PinnedState, health: Health) -> [UInt8] {
         ready.set(Int64(health.isReady && health.notAliveReason == nil ? 1 : 0))
         let snapshot = state.snapshot()
         var values: [(family: MetricNameDescriptor, labels: [(String, String)], value: UInt64)] = []
         for (_, record, counters) in snapshot.policies {
-            let cgroup = record.path.cgroupDisplay
-            values.append((Family.socketsConfigured, [("cgroup", cgroup)], counters.configured))
+            // kube-state-metrics' label names, where the policy was set for a pod or container.
+            let workload = [("namespace", record.origin.namespace), ("pod", record.origin.pod),
+                            ("container", record.origin.container)].compactMap { name, value in value.map { (name, $0) } }
+            let labels = [("cgroup", record.path.cgroupDisplay)] + workload
+            values.append((Family.socketsConfigured, labels, counters.configured))
             for reason in ReapedReason.allCases {
                 let count = reason == .keepalive ? counters.reapedKeepalive : counters.reapedUserTimeout
-                values.append((Family.deadConnections, [("cgroup", cgroup), ("reason", reason.key)], count))
+                values.append((Family.deadConnections, labels + [("reason", reason.key)], count))
             }
         }
         for (option, count) in snapshot.setsockoptErrors {

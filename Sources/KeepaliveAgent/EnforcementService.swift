@@ -1,49 +1,70 @@
 import AsyncAlgorithms
 import Glibc
 import KeepaliveCore
+import KeepaliveRuntime
 import Logging
 import NIOCore
 import ServiceLifecycle
 import struct SystemPackage.FilePath
 import UnixSignals
 
-/// Keeps the pinned state equal to the policy file over the cgroups that
-/// exist. A full pass (resolve every entry, check the state against the
-/// invariant, reconcile) runs at start, on SIGHUP, when the pinned state
-/// vanished or was replaced, when another process changed it, every 10 s
-/// while something failed or directories are unwatched (inotify limit), and
-/// every 5 minutes as a safety net. In between, each cgroup that appears or
-/// goes costs one small pass that touches only that cgroup: the agent's cost
-/// follows the changes, not the number of cgroups.
+/// Keeps the pinned state equal to the policy file over the cgroups, pods and
+/// containers that exist. A full pass (resolve every entry, through the
+/// runtimes for pods and containers; check the state against the invariant;
+/// reconcile) runs at start, on SIGHUP, when the pinned state vanished or was
+/// replaced, when another process changed it, when a runtime answers again,
+/// every 10 s while something failed or directories are unwatched (inotify
+/// limit), and every 5 minutes as a safety net. In between, each cgroup that
+/// appears or goes costs one small pass that touches only that cgroup (a new
+/// pod's or container's is first identified through its runtime, in a task of
+/// its own): the agent's cost follows the changes, not the number of cgroups.
 final class EnforcementService: Service, @unchecked Sendable {
-    private let configPath: String
-    private var config: AgentConfig
-    private let state: PinnedState
-    private let resolver: TargetResolver
-    private let logger: Logger
-    private let health: Health
-    private let metrics: AgentMetrics
-    private let notifier: SystemdNotifier
-    private var claim: PinnedState.AgentClaim
+    let configPath: String
+    var config: AgentConfig
+    let state: PinnedState
+    let resolver: TargetResolver
+    let logger: Logger
+    let health: Health
+    let metrics: AgentMetrics
+    let notifier: SystemdNotifier
+    var claim: PinnedState.AgentClaim
+
+    var workloads: Workloads
+    private let agent: Agent
+    /// Identifications and probes running in tasks of their own report here.
+    let (results, resultsInput) = AsyncStream.makeStream(of: WorkloadEvent.self)
 
     // Touched only by run()'s loop.
-    private var desired = Selection()
-    private var reported: [String: String] = [:]   // what was logged as failing, to log it once
-    private var lastFullPass = ContinuousClock.now
-    private var failing = false  // the last pass failed, or some cgroup did: retried
+    var desired = Selection()
+    /// Pod cgroups seen but not yet identified (RunPodSandbox still running), and the tasks asking.
+    var pending: [FilePath: Task<Void, Never>] = [:]
+    var probing: Set<RuntimeKind> = []
+    var runtimeUp: [RuntimeKind: Bool] = [:]
+    /// Ignored pod annotations already logged ("namespace/name annotation ...").
+    var annotationProblems: Set<String> = []
+    var ticks = 0
+    var reported: [String: String] = [:]   // what was logged as failing, to log it once
+    var lastFullPass = ContinuousClock.now
+    var failing = false  // the last pass failed, or some cgroup did: retried
     private var iterator: SocketIterator?
     private var iteratorUnavailable = false
     private let reaped: ReapedLog
 
     static let retryInterval = Duration.seconds(10)
     static let safetyInterval = Duration.seconds(300)
+    /// How often each runtime in use is asked whether it answers (one cheap
+    /// call): keepalive_runtime_up turns 0 within this and a call's timeout.
+    static let probeEveryTicks = 10
 
-    init(configPath: String, config: AgentConfig, state: PinnedState, claim: PinnedState.AgentClaim, logger: Logger,
-         health: Health, metrics: AgentMetrics, notifier: SystemdNotifier) {
+    init(configPath: String, config: AgentConfig, state: PinnedState, claim: PinnedState.AgentClaim,
+         workloads: Workloads, agent: Agent, logger: Logger, health: Health, metrics: AgentMetrics,
+         notifier: SystemdNotifier) {
         self.configPath = configPath
         self.config = config
         self.state = state
         self.claim = claim
+        self.workloads = workloads
+        self.agent = agent
         resolver = TargetResolver(cgroups: state.cgroups)
         self.logger = logger
         self.health = health
@@ -53,31 +74,33 @@ final class EnforcementService: Service, @unchecked Sendable {
     }
 
     /// One full pass, then done: `agent --once`.
-    func enforceOnce() throws {
-        try fullPass(nil)
+    func enforceOnce() async throws {
+        defer { workloads.shutdown() }
+        try await fullPass(nil)
         logger.info("enforced \(config.policies.count) policy entries from \(configPath) on \(desired.count) cgroups")
     }
 
     private enum Input: Sendable {
-        case watcher(ByteBuffer), hangup, tick
+        case watcher(ByteBuffer), hangup, tick, workload(WorkloadEvent)
     }
 
     func run() async throws {
+        defer { stopWorkloadTasks() }
         let watcher = try CgroupWatcher(cgroups: state.cgroups)
         let channel = try await watcher.channel()
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         // Anything that stops enforcement at start ends the agent, so its supervisor sees it.
-        try fullPass(watcher)
+        try await fullPass(watcher)
         health.passSucceeded()
         notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies")
         logger.info("ready: \(config.policies.count) policy entries from \(configPath), \(desired.count) cgroups covered, watching \(watcher.watchedCount) cgroup directories")
         try await channel.executeThenClose { inbound in
             let inputs = merge(
-                inbound.map { Input.watcher($0) },
+                merge(inbound.map { Input.watcher($0) }, results.map { Input.workload($0) }),
                 hangups.map { _ in Input.hangup },
                 AsyncTimerSequence(interval: .seconds(1), clock: .continuous).map { _ in Input.tick })
             for try await input in inputs.cancelOnGracefulShutdown() {
-                try handle(input, watcher)
+                try await handle(input, watcher)
             }
         }
         notifier.notify("STOPPING=1")
@@ -85,20 +108,22 @@ final class EnforcementService: Service, @unchecked Sendable {
 
     /// Throws only what ends enforcement for good (the pinned state is gone
     /// and cannot be made again): the supervisor restarts the agent.
-    private func handle(_ input: Input, _ watcher: CgroupWatcher) throws {
+    private func handle(_ input: Input, _ watcher: CgroupWatcher) async throws {
         switch input {
         case .watcher(let buffer):
             for event in watcher.decode(buffer) {
                 switch event {
                 case .appeared(let path): cgroupAppeared(path, watcher)
                 case .vanished(let path): cgroupVanished(path)
-                case .overflow: recoverablePass(watcher, because: "inotify lost events")
+                case .overflow: await recoverablePass(watcher, because: "inotify lost events")
                 }
             }
         case .hangup:
-            reload(watcher)
+            await reload(watcher)
         case .tick:
-            try tick(watcher)
+            try await tick(watcher)
+        case .workload(let event):
+            await handle(event, watcher)
         }
     }
 
@@ -106,26 +131,39 @@ final class EnforcementService: Service, @unchecked Sendable {
 
     /// Resolves the whole file and makes the state agree with it. Throws what
     /// stops enforcement (the state cannot be opened, loaded or written);
-    /// one cgroup's trouble is logged and retried.
-    private func fullPass(_ watcher: CgroupWatcher?) throws {
+    /// one cgroup's trouble, or a runtime's, is logged and retried.
+    private func fullPass(_ watcher: CgroupWatcher?) async throws {
         lastFullPass = .now
         let resolution = resolver.resolve(config)
-        desired = Selection(resolution.matches)
+        let found = await workloads.resolve(config)
+        desired = Selection(resolution.matches.values.map { choice($0.cgroup, spec: $0.spec) })
+        for workload in found.selected.values {
+            desired.insertIfLater(choice(workload.cgroup, spec: workload.spec, policy: workload.policy, origin: workload.origin))
+        }
         report("unreadable", resolution.unreadable.first.map { "cannot read \($0): cgroups there are not covered until it can be read" })
-        if let watcher { watchEverything(resolution.watch, watcher) }
+        reportRuntimes(found)
+        if let watcher {
+            let usual = config.runtimesNeeded.isEmpty ? [] : workloads.usualParentsOrWhereTheyAppear()
+            watchEverything(resolution.watch.union(found.parents).union(usual), watcher)
+        }
+        let complete = resolution.unreadable.isEmpty
+        let selectsWorkloads = !config.runtimesNeeded.isEmpty
         let outcome = try inTransaction(fullCheck: true) { session in
             log(session.report)
-            return session.transaction.reconcile(desires(resolution.matches.values),
-                                                 complete: resolution.unreadable.isEmpty)
+            // Not seeing a cgroup, or a runtime not naming a workload, proves nothing: such policies stay.
+            return session.transaction.reconcile(desired.choices.map(\.desire), keeping: { id, record in
+                record.origin.isEmpty ? !complete : selectsWorkloads && !found.known.contains(id)
+            })
         }
         try conclude(outcome)
+        if !found.failures.isEmpty || !found.unplaced.isEmpty { failing = true }
     }
 
     /// A full pass whose failure is reported by /livez and the log, not fatal.
-    private func recoverablePass(_ watcher: CgroupWatcher, because reason: String) {
+    func recoverablePass(_ watcher: CgroupWatcher, because reason: String) async {
         logger.debug("full pass: \(reason)")
         do {
-            try fullPass(watcher)
+            try await fullPass(watcher)
             health.passSucceeded()
             report("pass", nil)
         } catch {
@@ -134,7 +172,7 @@ final class EnforcementService: Service, @unchecked Sendable {
     }
 
     /// A pass that could not write the state: /livez fails until one succeeds, and it is retried.
-    private func passFailed(_ error: any Error) {
+    func passFailed(_ error: any Error) {
         failing = true
         health.passFailed("\(error)")
         report("pass", "enforcement pass failed: \(error)")
@@ -144,14 +182,14 @@ final class EnforcementService: Service, @unchecked Sendable {
         guard let cgroup = state.cgroups.cgroup(at: path) else { return }  // gone already
         let resolution = resolver.resolve(config, appeared: cgroup)
         watchEverything(resolution.watch, watcher)
+        workloadAppeared(cgroup, watcher)
         guard !resolution.matches.isEmpty else { return }
-        for match in resolution.matches.values where (desired[match.cgroup.id]?.spec ?? -1) <= match.spec {
-            desired.insert(match)
-        }
+        for match in resolution.matches.values { desired.insertIfLater(choice(match.cgroup, spec: match.spec)) }
         passOnly(resolution.matches.values.map(\.cgroup.id))
     }
 
     private func cgroupVanished(_ path: FilePath) {
+        workloadVanished(path)
         guard let gone = desired.remove(at: path) else { return }
         do {
             try conclude(try inTransaction(fullCheck: false) { $0.transaction.withdraw([gone]) }, only: [path])
@@ -161,8 +199,8 @@ final class EnforcementService: Service, @unchecked Sendable {
     }
 
     /// Applies the file to these cgroups only, with the view cached since the last pass.
-    private func passOnly(_ ids: [UInt64]) {
-        let wants = desires(ids.compactMap { desired[$0] })
+    func passOnly(_ ids: [UInt64]) {
+        let wants = ids.compactMap { desired[$0]?.desire }
         do {
             try conclude(try inTransaction(fullCheck: false) { $0.transaction.enforce(wants) },
                          only: wants.map(\.cgroup.path))
@@ -171,11 +209,17 @@ final class EnforcementService: Service, @unchecked Sendable {
         }
     }
 
-    private func reload(_ watcher: CgroupWatcher) {
+    private func reload(_ watcher: CgroupWatcher) async {
         notifier.notify("RELOADING=1")
         defer { notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies") }
         do {
-            config = try Agent.loadConfig(configPath)
+            let loaded = try Agent.loadConfig(configPath)
+            if loaded.runtimeEndpoints != config.runtimeEndpoints {
+                let next = try agent.workloads(for: loaded)
+                workloads.shutdown()
+                workloads = next
+            }
+            config = loaded
         } catch {
             metrics.recordReload(success: false)
             logger.error("reload rejected, policies unchanged: \(error)")
@@ -183,11 +227,14 @@ final class EnforcementService: Service, @unchecked Sendable {
         }
         metrics.recordReload(success: true)
         logger.info("reloaded \(configPath): \(config.policies.count) policy entries")
-        recoverablePass(watcher, because: "reload")
+        stopWorkloadTasks()  // what they would find is matched against the old file
+        await recoverablePass(watcher, because: "reload")
     }
 
-    private func tick(_ watcher: CgroupWatcher) throws {
+    private func tick(_ watcher: CgroupWatcher) async throws {
         health.tick()
+        ticks += 1
+        if ticks % Self.probeEveryTicks == 0 { probeRuntimes() }
         // Only while alive (as /livez says): a stuck loop or passes that keep
         // failing stop these, and systemd restarts the agent.
         if notifier.watchdog && health.notAliveReason == nil { notifier.notify("WATCHDOG=1") }
@@ -205,10 +252,10 @@ final class EnforcementService: Service, @unchecked Sendable {
             } catch {
                 throw AgentError("cannot make the pinned state at \(state.root) again: \(error)")
             }
-            recoverablePass(watcher, because: "pinned state replaced")
+            await recoverablePass(watcher, because: "pinned state replaced")
             return
         }
-        if let reason = fullPassDue(watcher) { recoverablePass(watcher, because: reason) }
+        if let reason = fullPassDue(watcher) { await recoverablePass(watcher, because: reason) }
         reaped.poll()
     }
 
@@ -223,11 +270,10 @@ final class EnforcementService: Service, @unchecked Sendable {
 
     // MARK: helpers
 
-    private func desires(_ matches: some Sequence<TargetResolver.Match>) -> [Transaction.Desire] {
-        matches.map { match in
-            let spec = config.policies[match.spec]
-            return Transaction.Desire(cgroup: match.cgroup, policy: spec.policy, source: spec.source)
-        }
+    /// What entry `spec` asks for this cgroup (its own values unless a pod chose others).
+    func choice(_ cgroup: Cgroup, spec: Int, policy: Policy? = nil, origin: Origin = .none) -> Choice {
+        let entry = config.policies[spec]
+        return Choice(cgroup: cgroup, spec: spec, policy: policy ?? entry.policy, origin: origin, source: entry.source)
     }
 
     private func inTransaction<T>(fullCheck: Bool, _ body: (PinnedState.Session) throws -> T) throws -> T {
@@ -272,7 +318,7 @@ final class EnforcementService: Service, @unchecked Sendable {
         if let stateFailure { throw AgentError("cannot write the pinned state at \(state.root): \(stateFailure)") }
     }
 
-    private func coverExistingSockets(_ match: TargetResolver.Match) {
+    private func coverExistingSockets(_ match: Choice) {
         guard config.policies[match.spec].existing, !iteratorUnavailable else { return }
         let path = match.cgroup.path
         do {
@@ -288,7 +334,7 @@ final class EnforcementService: Service, @unchecked Sendable {
         }
     }
 
-    private func watchEverything(_ paths: Set<FilePath>, _ watcher: CgroupWatcher) {
+    func watchEverything(_ paths: Set<FilePath>, _ watcher: CgroupWatcher) {
         let unwatched = watcher.watch(paths)
         metrics.setUnwatchedDirectories(unwatched.count)
         report("inotify", unwatched.isEmpty ? nil
@@ -296,7 +342,7 @@ final class EnforcementService: Service, @unchecked Sendable {
     }
 
     /// Logs a problem when it appears or changes, and once when it is gone.
-    private func report(_ key: String, _ problem: String?) {
+    func report(_ key: String, _ problem: String?) {
         if let problem {
             if reported[key] != problem { logger.error("\(problem)") }
             reported[key] = problem
@@ -313,23 +359,39 @@ final class EnforcementService: Service, @unchecked Sendable {
     }
 }
 
+/// One cgroup the policy file selects now: the entry that selects it, the
+/// values it gets, and the pod or container it belongs to if it is one.
+struct Choice: Sendable {
+    let cgroup: Cgroup
+    let spec: Int
+    let policy: Policy
+    let origin: Origin
+    /// The entry's "file:line", for the log.
+    let source: String
+
+    var desire: Transaction.Desire { Transaction.Desire(cgroup: cgroup, policy: policy, source: source, origin: origin) }
+}
+
 /// The cgroups the policy file selects now, found by id (the kernel's name)
 /// and by path (inotify's): each event costs a lookup, not a scan.
 struct Selection {
-    private var byID: [UInt64: TargetResolver.Match] = [:]
+    private var byID: [UInt64: Choice] = [:]
     private var byPath: [FilePath: UInt64] = [:]
 
-    init(_ matches: [UInt64: TargetResolver.Match] = [:]) {
-        for match in matches.values { insert(match) }
+    init(_ choices: some Sequence<Choice> = []) {
+        for choice in choices { insertIfLater(choice) }
     }
 
     var count: Int { byID.count }
+    var choices: Dictionary<UInt64, Choice>.Values { byID.values }
 
-    subscript(id: UInt64) -> TargetResolver.Match? { byID[id] }
+    subscript(id: UInt64) -> Choice? { byID[id] }
 
-    mutating func insert(_ match: TargetResolver.Match) {
-        byID[match.cgroup.id] = match
-        byPath[match.cgroup.path] = match.cgroup.id
+    /// Selects a cgroup, unless a later entry of the file selects it already.
+    mutating func insertIfLater(_ choice: Choice) {
+        if let present = byID[choice.cgroup.id], present.spec > choice.spec { return }
+        byID[choice.cgroup.id] = choice
+        byPath[choice.cgroup.path] = choice.cgroup.id
     }
 
     /// Forgets the cgroup at `path`; its id, if it was selected. (cgroup2

@@ -2,18 +2,28 @@ import Yams
 
 /// The agent's policy file:
 ///
+///     runtime:                                      # optional: where the container runtimes are
+///       cri: unix:///run/containerd/containerd.sock
+///       docker: unix:///run/podman/podman.sock
 ///     policies:
 ///       - cgroup: system.slice/postgresql.service   # relative to the cgroup2 mount, or absolute
 ///         keepidle: 30
 ///       - cgroup: "kubepods.slice/*"                # a glob, one path component per *
 ///       - unit: nginx.service                       # a systemd unit, resolved to its cgroup
+///       - pods: { namespace: shop, labels: { tier: db } }   # Kubernetes pods, through CRI
+///       - containers: { name: "redis-*" }           # containers, through the runtimes
 ///
-/// Each entry: `cgroup` or `unit`, and any option key (PolicyOption.key) with
-/// the CLI's defaults and ranges. Where entries match the same cgroup, the last wins.
+/// Each entry: one target, and any option key (PolicyOption.key) with the
+/// CLI's defaults and ranges. Where entries match the same cgroup, the last wins.
 public struct AgentConfig: Equatable, Sendable {
     public var policies: [PolicySpec]
+    /// Runtime endpoints the file names (`unix:///PATH`); nil: the agent's flags, environment, usual sockets.
+    public var runtimeEndpoints: [RuntimeKind: RuntimeEndpoint]
 
-    public init(policies: [PolicySpec]) { self.policies = policies }
+    public init(policies: [PolicySpec], runtimeEndpoints: [RuntimeKind: RuntimeEndpoint] = [:]) {
+        self.policies = policies
+        self.runtimeEndpoints = runtimeEndpoints
+    }
 
     /// Parses and checks a whole file; the first problem is thrown with its line.
     public static func parse(_ text: String, file: String) throws(ConfigError) -> AgentConfig {
@@ -29,19 +39,52 @@ public struct AgentConfig: Equatable, Sendable {
         guard let top = root.mapping else {
             throw ConfigError(file: file, node: root, message: "expected a mapping with the key 'policies'")
         }
-        var policies: [PolicySpec] = []
+        var config = AgentConfig(policies: [])
         for (key, value) in top {
-            guard key.string == "policies" else {
-                throw ConfigError(file: file, node: key, message: "unknown key '\(key.string ?? "?")' (expected 'policies')")
+            switch key.string {
+            case "policies":
+                if case .scalar(let s) = value, s.string.isEmpty || s.string == "~" || s.string == "null" { continue }
+                guard let list = value.sequence else {
+                    throw ConfigError(file: file, node: value, message: "'policies' must be a list of mappings")
+                }
+                for item in list { config.policies.append(try PolicySpec(item, file: file)) }
+            case "runtime":
+                config.runtimeEndpoints = try runtimeEndpoints(value, file: file)
+            default:
+                throw ConfigError(file: file, node: key,
+                                  message: "unknown key '\(key.string ?? "?")' (expected 'policies' or 'runtime')")
             }
-            if case .scalar(let s) = value, s.string.isEmpty || s.string == "~" || s.string == "null" { continue }
-            guard let list = value.sequence else {
-                throw ConfigError(file: file, node: value, message: "'policies' must be a list of mappings")
-            }
-            for item in list { policies.append(try PolicySpec(item, file: file)) }
         }
-        return AgentConfig(policies: policies)
+        return config
     }
+
+    private static func runtimeEndpoints(_ node: Node, file: String) throws(ConfigError) -> [RuntimeKind: RuntimeEndpoint] {
+        guard let mapping = node.mapping else {
+            throw ConfigError(file: file, node: node, message: "'runtime' must be a mapping of 'cri' and 'docker' endpoints")
+        }
+        var endpoints: [RuntimeKind: RuntimeEndpoint] = [:]
+        for (key, value) in mapping {
+            guard let kind = RuntimeKind(rawValue: key.string ?? "") else {
+                throw ConfigError(file: file, node: key, message: "unknown runtime '\(key.string ?? "?")' (known: cri, docker)")
+            }
+            let text = try string(value, key: "runtime.\(kind.rawValue)", file: file)
+            do { endpoints[kind] = try RuntimeEndpoint(parsing: text) } catch {
+                throw ConfigError(file: file, node: value, message: error.description)
+            }
+        }
+        return endpoints
+    }
+}
+
+/// A non-empty string without NUL (a C string would end there: "a\0b" is not "a").
+func string(_ node: Node, key: String, file: String) throws(ConfigError) -> String {
+    guard let text = node.scalar?.string, !text.isEmpty else {
+        throw ConfigError(file: file, node: node, message: "'\(key)' must be a non-empty string")
+    }
+    guard !text.contains("\0") else {
+        throw ConfigError(file: file, node: node, message: "'\(key)' must not contain a NUL character")
+    }
+    return text
 }
 
 /// One entry of the policy file.
@@ -52,6 +95,16 @@ public struct PolicySpec: Equatable, Sendable {
         case cgroup(String)
         /// A systemd unit, e.g. nginx.service.
         case unit(String)
+        /// Kubernetes pods on this node, found through CRI: the policy goes on each pod's cgroup.
+        case pods(PodSelector)
+        /// Containers, found through the Docker-compatible API and CRI: the policy goes on each one's cgroup.
+        case containers(ContainerSelector)
+
+        static let keys = ["cgroup", "unit", "pods", "containers"]
+
+        var selectsPods: Bool {
+            if case .pods = self { true } else { false }
+        }
     }
 
     public var target: Target
@@ -59,50 +112,42 @@ public struct PolicySpec: Equatable, Sendable {
     /// Whether the policy is also applied to the TCP sockets that already
     /// exist when it is put on a cgroup (as `attach --existing` does).
     public var existing: Bool
+    /// Whether a selected pod's annotations may change its values (pods entries only).
+    public var annotations: AnnotationMode
     /// "file:line", for the log.
     public var source: String
 
     static let existingKey = "existing"
+    static let annotationsKey = "annotations"
 
-    public init(target: Target, policy: Policy, existing: Bool = true, source: String) {
+    public init(target: Target, policy: Policy, existing: Bool = true, annotations: AnnotationMode = .allow,
+                source: String) {
         self.target = target
         self.policy = policy
         self.existing = existing
+        self.annotations = annotations
         self.source = source
     }
 
     init(_ node: Node, file: String) throws(ConfigError) {
         guard let mapping = node.mapping else {
-            throw ConfigError(file: file, node: node, message: "a policy must be a mapping (cgroup or unit, and options)")
+            throw ConfigError(file: file, node: node, message: "a policy must be a mapping (a target, and options)")
         }
         var target: Target?
         var values: [PolicyOption: Int32] = [:]
         var precedence = Precedence.application
         var existing = true
+        var annotations: (mode: AnnotationMode, node: Node)?
         for (keyNode, value) in mapping {
             let key = keyNode.string ?? ""
-            switch key {
-            case "cgroup", "unit":
+            if Target.keys.contains(key) {
                 guard target == nil else {
-                    throw ConfigError(file: file, node: keyNode, message: "give either 'cgroup' or 'unit', once")
+                    throw ConfigError(file: file, node: keyNode, message: "give one of \(Self.targetList), once")
                 }
-                guard let text = value.scalar?.string, !text.isEmpty else {
-                    throw ConfigError(file: file, node: value, message: "'\(key)' must be a non-empty string")
-                }
-                guard !text.contains("\0") else {  // a C path would end there: "a\0b" is not "a"
-                    throw ConfigError(file: file, node: value, message: "'\(key)' must not contain a NUL character")
-                }
-                if key == "cgroup" {
-                    guard !text.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
-                        throw ConfigError(file: file, node: value, message: "'cgroup' must not contain '..' or '.'")
-                    }
-                    target = .cgroup(text)
-                } else {
-                    guard !text.contains("/") else {
-                        throw ConfigError(file: file, node: value, message: "'unit' is a unit name, not a path")
-                    }
-                    target = .unit(text)
-                }
+                target = try Self.target(key, value, file: file)
+                continue
+            }
+            switch key {
             case Precedence.key:
                 do { precedence = try Precedence(parsing: value.scalar?.string ?? "") } catch {
                     throw ConfigError(file: file, node: value, message: error.description)
@@ -112,10 +157,15 @@ public struct PolicySpec: Equatable, Sendable {
                     throw ConfigError(file: file, node: value, message: "'\(key)' must be true or false")
                 }
                 existing = flag
+            case Self.annotationsKey:
+                guard let mode = value.scalar.flatMap({ AnnotationMode(rawValue: $0.string) }) else {
+                    throw ConfigError(file: file, node: value, message: "'\(key)' must be 'allow' or 'ignore'")
+                }
+                annotations = (mode, keyNode)
             default:
                 guard let option = PolicyOption.allCases.first(where: { $0.key == key }) else {
-                    let known = (["cgroup", "unit"] + PolicyOption.allCases.map(\.key) + [Precedence.key, Self.existingKey])
-                        .joined(separator: ", ")
+                    let known = (Target.keys + PolicyOption.allCases.map(\.key)
+                                 + [Precedence.key, Self.existingKey, Self.annotationsKey]).joined(separator: ", ")
                     throw ConfigError(file: file, node: keyNode, message: "unknown key '\(key)' (known: \(known))")
                 }
                 guard let scalar = value.scalar, scalar.style == .plain, let number = Int64(scalar.string) else {
@@ -127,10 +177,138 @@ public struct PolicySpec: Equatable, Sendable {
             }
         }
         guard let target else {
-            throw ConfigError(file: file, node: node, message: "a policy needs 'cgroup' or 'unit'")
+            throw ConfigError(file: file, node: node, message: "a policy needs one of \(Self.targetList)")
+        }
+        if let annotations, !target.selectsPods {
+            throw ConfigError(file: file, node: annotations.node, message: "'annotations' applies to 'pods' entries only")
         }
         self.init(target: target, policy: Policy(values, precedence: precedence), existing: existing,
-                  source: "\(file):\(node.mark?.line ?? 0)")
+                  annotations: annotations?.mode ?? .allow, source: "\(file):\(node.mark?.line ?? 0)")
+    }
+
+    private static let targetList = "'cgroup', 'unit', 'pods' or 'containers'"
+
+    private static func target(_ key: String, _ value: Node, file: String) throws(ConfigError) -> Target {
+        switch key {
+        case "cgroup":
+            let text = try string(value, key: key, file: file)
+            guard !text.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+                throw ConfigError(file: file, node: value, message: "'cgroup' must not contain '..' or '.'")
+            }
+            return .cgroup(text)
+        case "unit":
+            let text = try string(value, key: key, file: file)
+            guard !text.contains("/") else {
+                throw ConfigError(file: file, node: value, message: "'unit' is a unit name, not a path")
+            }
+            return .unit(text)
+        case "pods":
+            var selector = PodSelector()
+            try SelectorParser(file: file, key: key, allowed: ["namespace", "name", "labels", "expressions"])
+                .parse(value) { field, node, parser throws(ConfigError) in
+                    switch field {
+                    case "namespace": selector.namespace = try parser.glob(node, field)
+                    case "name": selector.name = try parser.glob(node, field)
+                    default: try parser.labels(field, node, into: &selector.labels)
+                    }
+                }
+            return .pods(selector)
+        default:
+            var selector = ContainerSelector()
+            try SelectorParser(file: file, key: key, allowed: ["name", "labels", "expressions"])
+                .parse(value) { field, node, parser throws(ConfigError) in
+                    if field == "name" { selector.name = try parser.glob(node, field) } else {
+                        try parser.labels(field, node, into: &selector.labels)
+                    }
+                }
+            return .containers(selector)
+        }
+    }
+}
+
+/// The fields of a `pods:` or `containers:` selector.
+private struct SelectorParser {
+    let file: String
+    let key: String
+    let allowed: [String]
+
+    /// Calls `field` for each field of the selector's mapping (an empty selector selects everything).
+    func parse(_ node: Node, _ field: (String, Node, SelectorParser) throws(ConfigError) -> Void) throws(ConfigError) {
+        if case .scalar(let s) = node, s.string.isEmpty || s.string == "~" || s.string == "null" { return }
+        guard let mapping = node.mapping else {
+            throw ConfigError(file: file, node: node, message: "'\(key)' must be a mapping of \(allowed.joined(separator: ", "))")
+        }
+        for (name, value) in mapping {
+            guard let text = name.string, allowed.contains(text) else {
+                throw ConfigError(file: file, node: name, message: "unknown key '\(name.string ?? "?")' in '\(key)' (known: \(allowed.joined(separator: ", ")))")
+            }
+            try field(text, value, self)
+        }
+    }
+
+    func glob(_ node: Node, _ field: String) throws(ConfigError) -> String {
+        try string(node, key: "\(key).\(field)", file: file)
+    }
+
+    func labels(_ field: String, _ node: Node, into selector: inout LabelSelector) throws(ConfigError) {
+        if field == "labels" {
+            guard let mapping = node.mapping else {
+                throw ConfigError(file: file, node: node, message: "'\(key).labels' must be a mapping of label: value")
+            }
+            for (name, value) in mapping {
+                selector.matchLabels[try string(name, key: "\(key).labels", file: file)] = try labelValue(value)
+            }
+            return
+        }
+        guard let list = node.sequence else {
+            throw ConfigError(file: file, node: node, message: "'\(key).expressions' must be a list of { key, operator, values }")
+        }
+        for item in list { selector.expressions.append(try requirement(item)) }
+    }
+
+    /// A label's value: a string (Kubernetes' are at most 63 bytes, possibly empty).
+    private func labelValue(_ node: Node) throws(ConfigError) -> String {
+        guard let scalar = node.scalar, !scalar.string.contains("\0") else {
+            throw ConfigError(file: file, node: node, message: "a label value must be a string")
+        }
+        return scalar.string
+    }
+
+    private func requirement(_ node: Node) throws(ConfigError) -> LabelSelector.Requirement {
+        guard let mapping = node.mapping else {
+            throw ConfigError(file: file, node: node, message: "an expression must be a mapping of key, operator, values")
+        }
+        var key: String?, op: LabelSelector.Requirement.Operator?, values: Set<String>?
+        for (name, value) in mapping {
+            switch name.string {
+            case "key": key = try string(value, key: "key", file: file)
+            case "operator":
+                guard let parsed = value.scalar.flatMap({ LabelSelector.Requirement.Operator(rawValue: $0.string) }) else {
+                    let known = LabelSelector.Requirement.Operator.allCases.map(\.rawValue).joined(separator: ", ")
+                    throw ConfigError(file: file, node: value, message: "'operator' must be one of \(known)")
+                }
+                op = parsed
+            case "values":
+                guard let list = value.sequence else {
+                    throw ConfigError(file: file, node: value, message: "'values' must be a list of strings")
+                }
+                var set: Set<String> = []
+                for item in list { set.insert(try labelValue(item)) }
+                values = set
+            default:
+                throw ConfigError(file: file, node: name, message: "unknown key '\(name.string ?? "?")' in an expression (known: key, operator, values)")
+            }
+        }
+        guard let key, let op else {
+            throw ConfigError(file: file, node: node, message: "an expression needs 'key' and 'operator'")
+        }
+        if op.takesValues && (values ?? []).isEmpty {
+            throw ConfigError(file: file, node: node, message: "operator \(op.rawValue) needs a non-empty 'values' list")
+        }
+        if !op.takesValues && values != nil {
+            throw ConfigError(file: file, node: node, message: "operator \(op.rawValue) takes no 'values'")
+        }
+        return LabelSelector.Requirement(key: key, operator: op, values: values ?? [])
     }
 }
 

@@ -239,7 +239,8 @@ private func utf8SequenceLength(_ lead: UInt8) -> Int {
 }
 
 extension String {
-    func leftPadded(to width: Int) -> String {
+    /// Zeros in front, up to `width` characters.
+    public func leftPadded(to width: Int) -> String {
         String(repeating: "0", count: max(0, width - count)) + self
     }
 }

@@ -87,7 +87,7 @@ final class IteratorObject {
         skeleton = try loader.open(pinRoot: pinRoot) { keepalive_iter_bpf__open_opts($0) }
         if pinRoot == nil {
             let maps = skeleton.pointee.maps
-            for map in [maps.ka_policies_v2, maps.ka_counters, maps.ka_errors] { try BPFObject.unpinned(map!) }
+            for map in [maps.ka_policies_v3, maps.ka_counters, maps.ka_errors] { try BPFObject.unpinned(map!) }
         }
     }
 

@@ -66,7 +66,7 @@ final class PinnedKernel: StateKernel {
         self.state = state
         identity = object.identity
         let maps = object.maps
-        policies = try map(maps.ka_policies_v2) { try BPFMap($0, name: $1, type: $2) }
+        policies = try map(maps.ka_policies_v3) { try BPFMap($0, name: $1, type: $2) }
         counters = try map(maps.ka_counters) { try BPFPerCPUMap($0, name: $1, type: $2) }
         errors = try map(maps.ka_errors) { try BPFPerCPUMap($0, name: $1, type: $2) }
         meta = try map(maps.ka_meta) { try BPFMap($0, name: $1, type: $2) }

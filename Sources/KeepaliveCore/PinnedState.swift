@@ -7,7 +7,7 @@ import struct SystemPackage.FilePath
 
 /// keepalive's kernel state, pinned in bpffs so that it outlives every process:
 ///
-///     <root>/ka_meta, ka_policies_v2, ka_counters,   maps, pinned by libbpf under
+///     <root>/ka_meta, ka_policies_v3, ka_counters,   maps, pinned by libbpf under
 ///            ka_errors, ka_events, ka_events_head    their names (bpf/*.bpf.c)
 ///     <root>/keepalive_sockops, keepalive_setsockopt,
 ///            keepalive_reaped                        the programs
@@ -268,7 +268,7 @@ public final class PinnedState: @unchecked Sendable {
         if let meta, meta.layout == KA_STATE_LAYOUT, meta.cgroup_root_id != 0, meta.cgroup_root_id != cgroups.rootID {
             throw StateError.otherCgroupView(path: root, recorded: meta.cgroup_root_id, seen: cgroups.rootID)
         }
-        let legacy = LegacyState(root: root)
+        let legacy = OlderLayouts(root: root)
         let installed = meta.map {
             $0.layout == KA_STATE_LAYOUT && $0.object_hash == object.identity.hash
                 && $0.program_version == object.identity.version
@@ -284,7 +284,7 @@ public final class PinnedState: @unchecked Sendable {
     /// moment some program handles every covered socket. Each step survives
     /// being killed: until the identity is written last, the next opening
     /// runs this again, knowing every program a link may still run.
-    private func install(_ object: MainObject, meta: ka_meta?, legacy: LegacyState) throws -> PinnedKernel {
+    private func install(_ object: MainObject, meta: ka_meta?, legacy: OlderLayouts) throws -> PinnedKernel {
         let countingReaped = MainObject.kernelReportsSocketErrors
         if !countingReaped {
             logger.warning("reaped-connection counting is off: this kernel has no tracepoint inet_sk_error_report (Linux 5.13 or later with BTF)")
@@ -292,7 +292,8 @@ public final class PinnedState: @unchecked Sendable {
         let known = pinnedProgramIDs(object).union(legacy.programIDs())
         try object.load(countingReaped: countingReaped)
         let kernel = try PinnedKernel(loaded: object, state: self, staleProgramIDs: known, countingReaped: countingReaped)
-        if legacy.isPresent && (meta?.layout ?? 0) < KA_STATE_LAYOUT {
+        switch meta?.layout ?? 0 {
+        case 0:  // layout 1, or nothing yet
             for (slot, (id, migrated, configured)) in try legacy.policies(in: cgroups).enumerated() {
                 var record = migrated
                 record.slot = UInt32(slot)
@@ -300,6 +301,10 @@ public final class PinnedState: @unchecked Sendable {
                 try kernel.counters.update(record.slot, perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) })
                 try kernel.policies.update(id, try record.encoded())
             }
+        case 2:
+            for (id, record) in try legacy.layout2Policies() { try kernel.policies.update(id, record) }
+        default:
+            break
         }
         // 1. The new programs pinned under names of their own: no program a
         //    link may run is ever unpinned before the link runs another.
@@ -368,7 +373,7 @@ public final class PinnedState: @unchecked Sendable {
             let rootFD = try FileDescriptor.open(root, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
             guard flock(rootFD.raw, LOCK_EX) == 0 else { throw SyscallError("lock \(root)", errno: errno) }
             let object = try MainObject(pinRoot: root)
-            let ours = pinnedProgramIDs(object).union(LegacyState(root: root).programIDs())
+            let ours = pinnedProgramIDs(object).union(OlderLayouts(root: root).programIDs())
             var kept: [String] = []
             for kind in Attachment.allCases {
                 for name in (try? directoryNames(linksDirectory(kind))) ?? [] {
@@ -384,10 +389,10 @@ public final class PinnedState: @unchecked Sendable {
             for name in (try? directoryNames(root)) ?? [] where ours.contains(programID(at: root + "/" + name)) {
                 try BPFFS.unpin(root + "/" + name)
             }
-            let maps = [object.maps.ka_policies_v2, object.maps.ka_counters, object.maps.ka_errors, object.maps.ka_meta,
+            let maps = [object.maps.ka_policies_v3, object.maps.ka_counters, object.maps.ka_errors, object.maps.ka_meta,
                         object.maps.ka_events, object.maps.ka_events_head]
             for map in maps { if let path = BPFObject.pinPath(ofMap: map!) { try BPFFS.unpin(path) } }
-            try LegacyState(root: root).remove()
+            try OlderLayouts(root: root).remove()
             for directory in Attachment.allCases.map(linksDirectory) + [agentLockPath] { rmdir(directory) }
             flock(rootFD.raw, LOCK_UN)
             guard rmdir(root) == 0 || errno == ENOENT else {

@@ -114,12 +114,15 @@ public struct PolicyRecord: Equatable, Sendable {
     public var path: FilePath
     /// Where its counters are (ka_counters): unique among the policies.
     public var slot: UInt32
+    /// The pod or container it was set for, if it was.
+    public var origin: Origin
 
-    public init(policy: Policy, owner: PolicyOwner, path: FilePath, slot: UInt32 = 0) {
+    public init(policy: Policy, owner: PolicyOwner, path: FilePath, slot: UInt32 = 0, origin: Origin = .none) {
         self.policy = policy
         self.owner = owner
         self.path = path
         self.slot = slot
+        self.origin = origin
     }
 
     public init(_ record: ka_policy) {
@@ -138,6 +141,7 @@ public struct PolicyRecord: Equatable, Sendable {
         path = withUnsafeBytes(of: record.path) { raw in
             FilePath(platformString: raw.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0])
         }
+        origin = Origin(record.origin)
     }
 
     /// The record the BPF program reads (user timeout resolved).
@@ -160,11 +164,12 @@ public struct PolicyRecord: Equatable, Sendable {
         withUnsafeMutableBytes(of: &record.path) { raw in
             for (index, byte) in bytes.enumerated() { raw[index] = UInt8(bitPattern: byte) }
         }
+        record.origin = origin.encoded
         return record
     }
 
-    /// Same policy, owner and cgroup: writing it again would change nothing (its slot is bookkeeping).
+    /// Same policy, owner, cgroup and origin: writing it again would change nothing (its slot is bookkeeping).
     public func sameSettings(as other: PolicyRecord) -> Bool {
-        policy == other.policy && owner == other.owner && path == other.path
+        policy == other.policy && owner == other.owner && path == other.path && origin == other.origin
     }
 }

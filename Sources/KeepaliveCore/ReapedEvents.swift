@@ -53,6 +53,8 @@ public struct ReapedEvent: Sendable {
     public let userTimeout: UInt32
     /// The path of the cgroup whose policy covered the socket, if it still has one.
     public internal(set) var policyPath: FilePath?
+    /// Who that policy was set for.
+    public internal(set) var policyOrigin = Origin.none
 
     init(_ e: ka_event, clock: KernelClock) {
         sequence = e.seq - 1
@@ -116,7 +118,9 @@ extension PinnedKernel {
         for sequence in first..<head {
             guard let slot = try events.lookup(UInt32(sequence % capacity)), slot.seq == sequence + 1 else { continue }
             var event = ReapedEvent(slot, clock: clock)
-            event.policyPath = try policies.lookup(slot.policy_cgroup_id).map { PolicyRecord($0).path }
+            if let policy = try policies.lookup(slot.policy_cgroup_id).map(PolicyRecord.init) {
+                (event.policyPath, event.policyOrigin) = (policy.path, policy.origin)
+            }
             found.append(event)
         }
         // Slots the program moved past while they were read may hold newer events.

@@ -94,6 +94,8 @@ public struct SocketReport: Sendable {
     public let userTimeout: Int32
     /// The precedence of the socket's nearest policy; nil if it has none.
     public let precedence: Precedence?
+    /// The cgroup whose policy covers it; nil if none does.
+    public let policyCgroupID: UInt64?
     /// Processes holding the socket; empty if none in the subtree.
     public let owners: [SocketOwner]
 
@@ -111,6 +113,7 @@ public struct SocketReport: Sendable {
         userTimeout = r.user_timeout
         precedence = r.flags & KA_SOCKET_HAS_POLICY == 0 ? nil
             : r.flags & KA_SOCKET_PRECEDENCE_POLICY != 0 ? .policy : .application
+        policyCgroupID = r.flags & KA_SOCKET_HAS_POLICY == 0 ? nil : r.policy_cgroup_id
         self.owners = owners
     }
 }

@@ -44,6 +44,8 @@ public struct TargetResolver: Sendable {
                 expand(pattern: components(of: pattern), from: [(FilePath(), 0)], spec: index, into: &resolution)
             case .unit(let name):
                 searchUnit(name, from: [FilePath()], spec: index, into: &resolution)
+            case .pods, .containers:
+                continue  // through the runtimes (WorkloadResolver)
             }
         }
         return resolution
@@ -68,6 +70,8 @@ public struct TargetResolver: Sendable {
                 } else if path.last.map(isSlice) == true {
                     searchUnit(name, from: [directory.path], spec: index, into: &resolution)
                 }
+            case .pods, .containers:
+                continue  // through the runtimes (WorkloadResolver)
             }
         }
         return resolution

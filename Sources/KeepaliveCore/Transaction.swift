@@ -100,9 +100,10 @@ public final class Transaction {
     /// Sets a cgroup's policy: a new one is linked where needed, an existing
     /// one updated in place. On failure what was in force is restored.
     @discardableResult
-    public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli) throws -> Change {
+    public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli, origin: Origin = .none) throws -> Change {
         let previous = records[cgroup.id]
-        let record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path, slot: try previous?.slot ?? freeSlot())
+        let record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path, slot: try previous?.slot ?? freeSlot(),
+                                  origin: origin)
         let rewrite = previous.map { !$0.sameSettings(as: record) } ?? true
         if rewrite {
             try announce()
@@ -135,11 +136,13 @@ public final class Transaction {
         public let cgroup: Cgroup
         public let policy: Policy
         public let source: String
+        public let origin: Origin
 
-        public init(cgroup: Cgroup, policy: Policy, source: String) {
+        public init(cgroup: Cgroup, policy: Policy, source: String, origin: Origin = .none) {
             self.cgroup = cgroup
             self.policy = policy
             self.source = source
+            self.origin = origin
         }
     }
 
@@ -168,12 +171,15 @@ public final class Transaction {
     /// first (so a full map has room), then new and changed ones come, parents
     /// first; unchanged ones are not touched. Policies set with the CLI stay
     /// unless `desired` names their cgroup. One cgroup's failure does not stop
-    /// the others. When `desired` is not `complete` (part of the cgroup tree
-    /// could not be read) nothing is withdrawn: not seeing a cgroup is no proof.
-    public func reconcile(_ desired: [Desire], complete: Bool = true, owner: PolicyOwner = .agent) -> Outcome {
+    /// the others. A policy `desired` leaves out is withdrawn only when its
+    /// absence proves something: `keeping` says which to keep although they
+    /// are not desired (part of the cgroup tree could not be read, the runtime
+    /// that named a pod did not answer: not seeing a cgroup is no proof).
+    public func reconcile(_ desired: [Desire], owner: PolicyOwner = .agent,
+                          keeping keep: (UInt64, PolicyRecord) -> Bool = { _, _ in false }) -> Outcome {
         let wanted = Set(desired.map(\.cgroup.id))
-        let stale = complete ? records.filter { $0.value.owner == owner && !wanted.contains($0.key) }.map(\.key) : []
-        var outcome = withdraw(stale, owner: owner)
+        let stale = records.filter { $0.value.owner == owner && !wanted.contains($0.key) && !keep($0.key, $0.value) }
+        var outcome = withdraw(stale.map(\.key), owner: owner)
         let enforced = enforce(desired, owner: owner)
         outcome.changes += enforced.changes
         outcome.failures += enforced.failures
@@ -185,10 +191,11 @@ public final class Transaction {
         var outcome = Outcome()
         for want in desired.sorted(by: { $0.cgroup.path.depth < $1.cgroup.path.depth }) {
             do {
-                let change = try apply(want.policy, to: want.cgroup, owner: owner)
+                let change = try apply(want.policy, to: want.cgroup, owner: owner, origin: want.origin)
                 guard change != .unchanged else { continue }
                 outcome.changes.append(AppliedChange(kind: change == .created ? .attached : .updated, cgroup: want.cgroup.path,
-                                                     cgroupID: want.cgroup.id, policy: want.policy, source: want.source))
+                                                     cgroupID: want.cgroup.id, policy: want.policy, source: want.source,
+                                                     origin: want.origin))
             } catch {
                 outcome.failures.append(Failure(cgroup: want.cgroup.path, error: error))
             }
@@ -204,7 +211,7 @@ public final class Transaction {
             do {
                 try remove(id)
                 outcome.changes.append(AppliedChange(kind: .detached, cgroup: record.path, cgroupID: id, policy: nil,
-                                                     source: nil))
+                                                     source: nil, origin: record.origin))
             } catch {
                 outcome.failures.append(Failure(cgroup: record.path, error: error))
             }
@@ -230,11 +237,6 @@ public final class Transaction {
             let covered = linked || index.ancestors(of: record.path).contains { isLinked(.sockops, $0) }
             return Entry(cgroupID: id, record: record, linked: linked, covered: covered)
         }.sorted { ($0.record.path.string, $0.cgroupID) < ($1.record.path.string, $1.cgroupID) }
-    }
-
-    /// Ids of the cgroups whose policy `owner` set.
-    public func cgroupIDs(ownedBy owner: PolicyOwner) -> Set<UInt64> {
-        Set(records.filter { $0.value.owner == owner }.keys)
     }
 
     // MARK: links
@@ -393,9 +395,10 @@ public struct AppliedChange: Sendable, CustomStringConvertible {
     public let cgroupID: UInt64
     public let policy: Policy?
     public let source: String?
+    public let origin: Origin
 
     public var description: String {
-        var line = "\(kind.rawValue) policy \(kind == .detached ? "from" : "on") \(cgroup.cgroupDisplay)"
+        var line = "\(kind.rawValue) policy \(kind == .detached ? "from" : "on") \(origin.display.map { "\($0) (\(cgroup.cgroupDisplay))" } ?? cgroup.cgroupDisplay)"
         if let policy { line += ": \(policy.summary)" }
         if let source { line += " (\(source))" }
         return line

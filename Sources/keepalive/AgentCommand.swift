@@ -22,6 +22,14 @@ struct AgentCommand: AsyncParsableCommand, StateCommand {
                                valueName: "host:port"))
     var metricsAddress: String?
 
+    @Option(help: ArgumentHelp("CRI socket for pods: entries (the file's runtime.cri comes first; else $CONTAINER_RUNTIME_ENDPOINT, else the usual sockets).",
+                               valueName: "unix:///path"))
+    var runtimeEndpoint: String?
+
+    @Option(help: ArgumentHelp("Docker-compatible API socket for containers: entries (the file's runtime.docker comes first; else $DOCKER_HOST, $CONTAINER_HOST, the usual sockets).",
+                               valueName: "unix:///path"))
+    var dockerEndpoint: String?
+
     @Flag(help: "Check the policy file and exit (needs no privilege).")
     var check = false
 
@@ -44,8 +52,9 @@ struct AgentCommand: AsyncParsableCommand, StateCommand {
         let cgroups = try options.cgroups()
         logger.info("starting keepalive \(KeepaliveVersion.string): policy file \(config), pin path \(options.pinPath)")
         Libbpf.route(to: logger)
+        let endpoints = [RuntimeKind.cri: runtimeEndpoint, .docker: dockerEndpoint].compactMapValues { $0 }
         let agent = Agent(configPath: config, metricsAddress: once ? nil : metricsAddress,
-                          state: options.state(cgroups), logger: logger)
+                          state: options.state(cgroups), logger: logger, endpoints: endpoints)
         try await agent.run(once: once)
     }
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Attach: ParsableCommand, StateCommand {
+struct Attach: AsyncParsableCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "Give every TCP socket of a cgroup subtree a keepalive policy (or update it in place).",
         discussion: "Values of 0 leave the system default. TCP_DEFER_ACCEPT is a preload-mode option only."
@@ -19,19 +19,19 @@ struct Attach: ParsableCommand, StateCommand {
     @OptionGroup var options: StateOptions
 
     func validate() throws {
-        guard target.given == 1 else { throw ValidationError("give a cgroup, --unit or --pid") }
+        guard target.given == 1 else { throw ValidationError(TargetOptions.exactlyOne) }
     }
 
-    func run() throws {
+    func run() async throws {
         let policy = values.policy
         let cgroups = try options.cgroups()
-        let cgroup = try target.resolve(cgroups)  // before anything is made
+        let (cgroup, origin) = try await target.resolve(cgroups)  // before anything is made
         let state = options.state(cgroups)
-        let change = try state.transaction(create: true) { session in
+        guard let change = try state.transaction(create: true, { session in
             report(session.report)
-            return try session.transaction.apply(policy, to: cgroup)
-        }!
-        print("\(change.rawValue) policy on \(cgroup.display): \(policy.summary)")
+            return try session.transaction.apply(policy, to: cgroup, origin: origin)
+        }) else { throw CommandError("no pinned state at \(state.root)") }  // create: true makes one
+        print("\(change.rawValue) policy on \(origin.display.map { "\($0) (\(cgroup.display))" } ?? cgroup.display): \(policy.summary)")
         if existing {
             let result = try SocketIterator(pinRoot: state.root, cgroups: cgroups).run(cgroup, applying: true, owners: false)
             for failure in result.unreachable { printError("keepalive: warning: \(failure)") }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Detach: ParsableCommand, StateCommand {
+struct Detach: AsyncParsableCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "Remove a cgroup's policy (its sockets fall back to an ancestor's), or every policy with --all."
     )
@@ -15,10 +15,10 @@ struct Detach: ParsableCommand, StateCommand {
 
     func validate() throws {
         if all && target.given > 0 { throw ValidationError("give a cgroup or --all, not both") }
-        if !all && target.given == 0 { throw ValidationError("give a cgroup, or --all") }
+        if !all && target.given == 0 { throw ValidationError(TargetOptions.exactlyOne + ", or --all") }
     }
 
-    func run() throws {
+    func run() async throws {
         let cgroups = try options.cgroups()
         let state = options.state(cgroups)
         if all {
@@ -27,12 +27,13 @@ struct Detach: ParsableCommand, StateCommand {
             print(kept.isEmpty ? "removed every policy and \(state.root)" : "removed every policy of keepalive's")
             return
         }
-        let cgroup = try target.resolve(cgroups)
+        let (cgroup, origin) = try await target.resolve(cgroups)
+        let shown = origin.display.map { "\($0) (\(cgroup.display))" } ?? cgroup.display
         let removed = try state.transaction(create: false) { session in
             report(session.report)
             return try session.transaction.remove(cgroup.id)
         } ?? false
-        guard removed else { throw CommandError("no policy on \(cgroup.display)") }
-        print("removed policy from \(cgroup.display)")
+        guard removed else { throw CommandError("no policy on \(shown)") }
+        print("removed policy from \(shown)")
     }
 }

@@ -82,6 +82,7 @@ struct EventRows {
                       shown: cgroup?.cgroupDisplay ?? "id \(event.cgroupID)"),
                 Field("cgroup_id", nil, .unsigned(event.cgroupID)),
                 Field("policy_cgroup", nil, event.policyPath.map { .string($0.cgroupDisplay) } ?? .null),
+            ] + event.policyOrigin.fields + [
                 Field("pid", nil, owner.map { .integer(Int64($0.pid)) } ?? .null),
                 Field("command", "PROCESS", owner.map { .string($0.command) } ?? .null,
                       shown: owner.map { "\($0.command)[\($0.pid)]" } ?? "-"),

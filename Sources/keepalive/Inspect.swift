@@ -1,7 +1,7 @@
 import ArgumentParser
 import KeepaliveCore
 
-struct Inspect: ParsableCommand, JSONOutputCommand, StateCommand {
+struct Inspect: AsyncParsableCommand, JSONOutputCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "List a cgroup subtree's TCP sockets with the keepalive values the kernel has in force."
     )
@@ -14,22 +14,23 @@ struct Inspect: ParsableCommand, JSONOutputCommand, StateCommand {
     @OptionGroup var options: StateOptions
 
     func validate() throws {
-        guard target.given == 1 else { throw ValidationError("give a cgroup, --unit or --pid") }
+        guard target.given == 1 else { throw ValidationError(TargetOptions.exactlyOne) }
     }
 
-    func run() throws {
+    func run() async throws {
         let cgroups = try options.cgroups()
-        let cgroup = try target.resolve(cgroups)
+        let cgroup = try await target.resolve(cgroups).cgroup
         let state = options.state(cgroups)
         // The iterator shares the state's maps when there is one; it needs no lock to read.
-        let hasState = try state.transaction(create: false) { _ in true } ?? false
-        let result = try SocketIterator(pinRoot: hasState ? state.root : nil, cgroups: cgroups).run(cgroup, applying: false)
+        let policies = try state.transaction(create: false) { $0.transaction.records }
+        let result = try SocketIterator(pinRoot: policies == nil ? nil : state.root, cgroups: cgroups)
+            .run(cgroup, applying: false)
         for failure in result.unreachable { printError("keepalive: warning: \(failure)") }
-        let rows = result.sockets.map(Self.row)
+        let rows = result.sockets.map { Self.row($0, origin: $0.policyCgroupID.flatMap { policies?[$0]?.origin } ?? .none) }
         if json { try printJSON(rows) } else { printTable(rows) }
     }
 
-    static func row(_ s: SocketReport) -> Row {
+    static func row(_ s: SocketReport, origin: Origin) -> Row {
         Row(fields: [
             Field("pid", "PID", s.owners.first.map { .integer(Int64($0.pid)) } ?? .null),
             Field("command", "COMMAND", s.owners.first.map { .string($0.command) } ?? .null),
@@ -45,6 +46,6 @@ struct Inspect: ParsableCommand, JSONOutputCommand, StateCommand {
             Field("cgroup_id", nil, .unsigned(s.cgroupID)),
             Field("inode", nil, .unsigned(s.inode)),
             Field(Precedence.key, "PRECEDENCE", s.precedence.map { .string($0.name) } ?? .null),
-        ])
+        ] + origin.fields)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import KeepaliveCore
 import Logging
 
 /// swift-log as one line per message on stderr, in the form its reader wants:
@@ -50,12 +51,15 @@ struct LineLogHandler: LogHandler {
         }
     }
 
+    /// UTC with milliseconds: a daemon's log is read against other clocks' events.
     private static func timestamp() -> String {
-        var now = time(nil)
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
         var parts = tm()
-        gmtime_r(&now, &parts)
+        gmtime_r(&now.tv_sec, &parts)
         var buffer = [UInt8](repeating: 0, count: 32)
-        let length = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%SZ", &parts)
-        return String(decoding: buffer[..<length], as: UTF8.self)
+        let length = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S", &parts)
+        let milliseconds = String(now.tv_nsec / 1_000_000).leftPadded(to: 3)
+        return String(decoding: buffer[..<length], as: UTF8.self) + ".\(milliseconds)Z"
     }
 }

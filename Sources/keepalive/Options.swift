@@ -1,7 +1,9 @@
 import ArgumentParser
 import BPF
+import Foundation
 import Glibc
 import KeepaliveCore
+import KeepaliveRuntime
 import Logging
 
 /// Where the state lives and how to talk about it: what every privileged
@@ -59,7 +61,8 @@ func environment(_ name: String) -> String? {
     getenv(name).map { String(cString: $0) }
 }
 
-/// Which cgroup a command acts on: a path, a systemd unit, or a process's cgroup.
+/// Which cgroup a command acts on: a path, a systemd unit, a process's
+/// cgroup, a container's or a Kubernetes pod's (through the container runtime).
 struct TargetOptions: ParsableArguments {
     @Argument(help: "cgroup v2 directory: relative to the cgroup2 mount, or absolute; / for the root.")
     var cgroup: String?
@@ -70,18 +73,46 @@ struct TargetOptions: ParsableArguments {
     @Option(help: ArgumentHelp("A process whose cgroup to use, instead of a path.", valueName: "pid"))
     var pid: Int32?
 
-    var given: Int { [cgroup != nil, unit != nil, pid != nil].filter { $0 }.count }
+    @Option(help: ArgumentHelp("A docker or podman container (name, id or id prefix; through the Docker-compatible API), or a CRI container (name or id).",
+                               valueName: "name|id"))
+    var container: String?
+
+    @Option(help: ArgumentHelp("A Kubernetes pod on this node, through CRI: its own cgroup, so every container it has and will have.",
+                               valueName: "namespace/name"))
+    var pod: String?
+
+    @Option(help: ArgumentHelp("CRI socket for --pod and --container (else $CONTAINER_RUNTIME_ENDPOINT, else \(RuntimeKind.cri.usualSockets.joined(separator: ", "))).",
+                               valueName: "unix:///path"))
+    var runtimeEndpoint: String?
+
+    @Option(help: ArgumentHelp("Docker-compatible API socket for --container (else $DOCKER_HOST, $CONTAINER_HOST, \(RuntimeKind.docker.usualSockets.joined(separator: ", "))).",
+                               valueName: "unix:///path"))
+    var dockerEndpoint: String?
+
+    var given: Int { [cgroup != nil, unit != nil, pid != nil, container != nil, pod != nil].filter { $0 }.count }
+
+    /// The rule every targeted command states the same way.
+    static let exactlyOne = "give one of CGROUP, --unit, --pid, --container or --pod"
 
     func validate() throws {
-        guard given <= 1 else { throw ValidationError("give one of CGROUP, --unit or --pid") }
+        guard given <= 1 else { throw ValidationError(Self.exactlyOne) }
     }
 
-    func resolve(_ cgroups: CgroupFS) throws -> Cgroup {
+    /// The target, before anything is changed: its cgroup and, for a pod or
+    /// a container, who it is.
+    func resolve(_ cgroups: CgroupFS) async throws -> (cgroup: Cgroup, origin: Origin) {
         let resolver = TargetResolver(cgroups: cgroups)
-        if let unit { return try resolver.cgroup(ofUnit: unit) }
-        if let pid { return try resolver.cgroup(ofPID: pid) }
-        guard let cgroup else { throw CommandError("give a cgroup, --unit or --pid") }
-        return try cgroups.resolve(cgroup)
+        if let unit { return (try resolver.cgroup(ofUnit: unit), .none) }
+        if let pid { return (try resolver.cgroup(ofPID: pid), .none) }
+        if pod != nil || container != nil {
+            let locator = WorkloadLocator(runtimes: try Runtimes(cri: runtimeEndpoint, docker: dockerEndpoint,
+                                                                 environment: ProcessInfo.processInfo.environment),
+                                          cgroups: cgroups)
+            if let pod { return try await locator.pod(pod) }
+            if let container { return try await locator.container(container) }
+        }
+        guard let cgroup else { throw CommandError(Self.exactlyOne) }
+        return (try cgroups.resolve(cgroup), .none)
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import KeepaliveCore
 
 /// A value as JSON has it; `text` is how a table shows it.
 enum JSONValue: Encodable {
@@ -87,6 +88,21 @@ func printJSON(_ value: some Encodable) throws {
 func printError(_ line: String) {
     let text = line + "\n"
     _ = text.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+}
+
+extension Origin {
+    /// Who a policy was set for, as every listing shows it: a WORKLOAD column
+    /// ("pod shop/db-0"), and in JSON the runtime's names, null where unknown.
+    var fields: [Field] {
+        func value(_ text: String?) -> JSONValue { text.map(JSONValue.string) ?? .null }
+        return [
+            Field("workload", "WORKLOAD", value(display)),
+            Field("namespace", nil, value(namespace)),
+            Field("pod", nil, value(pod)),
+            Field("container", nil, value(container)),
+            Field("container_id", nil, value(containerID)),
+        ]
+    }
 }
 
 /// Commands that can print JSON: their errors are JSON too.

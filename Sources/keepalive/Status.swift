@@ -63,7 +63,7 @@ struct StatusOutput: Encodable {
         return Row(fields: [
             Field("cgroup", "CGROUP", .string(entry.record.path.cgroupDisplay)),
             Field("cgroup_id", nil, .unsigned(entry.cgroupID)),
-        ] + options + [
+        ] + entry.record.origin.fields + options + [
             Field("user_timeout_derived", nil, .bool(policy.derivesUserTimeout)),
             Field("sockets_configured", "SOCKETS", .unsigned(counters.configured)),
             Field("reaped", "REAPED", .unsigned(counters.reaped)),

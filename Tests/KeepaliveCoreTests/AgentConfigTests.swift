@@ -26,6 +26,38 @@ import Testing
         #expect(config.policies.map(\.source) == ["k.yaml:2", "k.yaml:7", "k.yaml:9"])
     }
 
+    @Test func parsesPodsContainersAndRuntimes() throws {
+        let text = """
+            runtime:
+              cri: unix:///run/containerd/containerd.sock
+              docker: /run/podman/podman.sock
+            policies:
+              - pods:
+                  namespace: "shop"
+                  labels: { tier: db }
+                  expressions: [ { key: env, operator: In, values: [prod, staging] }, { key: canary, operator: DoesNotExist } ]
+                annotations: ignore
+                keepidle: 30
+              - containers:
+                  name: "redis-*"
+                  labels: { com.example.team: cache }
+                keepidle: 60
+              - pods:
+            """
+        let config = try AgentConfig.parse(text, file: "k.yaml")
+        #expect(config.runtimeEndpoints == [.cri: try RuntimeEndpoint(parsing: "/run/containerd/containerd.sock"),
+                                            .docker: try RuntimeEndpoint(parsing: "unix:///run/podman/podman.sock")])
+        #expect(config.policies.map(\.target) == [
+            .pods(PodSelector(namespace: "shop", labels: LabelSelector(matchLabels: ["tier": "db"], expressions: [
+                .init(key: "env", operator: .in, values: ["prod", "staging"]), .init(key: "canary", operator: .doesNotExist),
+            ]))),
+            .containers(ContainerSelector(name: "redis-*", labels: LabelSelector(matchLabels: ["com.example.team": "cache"]))),
+            .pods(PodSelector()),
+        ])
+        #expect(config.policies.map(\.annotations) == [.ignore, .allow, .allow])
+        #expect(config.policies.map(\.policy.keepidle) == [30, 60, 15])
+    }
+
     @Test func emptyFilesHaveNoPolicies() throws {
         #expect(try AgentConfig.parse("", file: "f").policies.isEmpty)
         #expect(try AgentConfig.parse("policies: []\n", file: "f").policies.isEmpty)
@@ -40,8 +72,20 @@ import Testing
         ("policies:\n  - cgroup: x\n    keepidle: \"30\"\n", 3, "'keepidle' must be a whole number"),
         ("policies:\n  - cgroup: x\n    keepidle: [1]\n", 3, "'keepidle' must be a whole number"),
         ("policies:\n  cgroup: x\n", 2, "must be a list of mappings"),
-        ("policies:\n  - keepidle: 5\n", 2, "needs 'cgroup' or 'unit'"),
-        ("policies:\n  - cgroup: x\n    unit: y.service\n", 3, "either 'cgroup' or 'unit'"),
+        ("policies:\n  - keepidle: 5\n", 2, "needs one of 'cgroup', 'unit', 'pods' or 'containers'"),
+        ("policies:\n  - cgroup: x\n    unit: y.service\n", 3, "give one of 'cgroup', 'unit', 'pods' or 'containers', once"),
+        ("policies:\n  - pods: { namspace: x }\n", 2, "unknown key 'namspace' in 'pods'"),
+        ("policies:\n  - pods: [x]\n", 2, "'pods' must be a mapping"),
+        ("policies:\n  - pods: { labels: [a] }\n", 2, "'pods.labels' must be a mapping"),
+        ("policies:\n  - containers: { namespace: x }\n", 2, "unknown key 'namespace' in 'containers'"),
+        ("policies:\n  - pods:\n      expressions: [ { key: a, operator: In } ]\n", 3, "In needs a non-empty 'values'"),
+        ("policies:\n  - pods:\n      expressions: [ { key: a, operator: Exists, values: [b] } ]\n", 3, "Exists takes no 'values'"),
+        ("policies:\n  - pods:\n      expressions: [ { key: a, operator: Like } ]\n", 3, "'operator' must be one of In, NotIn, Exists, DoesNotExist"),
+        ("policies:\n  - pods:\n      expressions: [ { operator: Exists } ]\n", 3, "needs 'key' and 'operator'"),
+        ("policies:\n  - pods: {}\n    annotations: maybe\n", 3, "'annotations' must be 'allow' or 'ignore'"),
+        ("policies:\n  - cgroup: x\n    annotations: allow\n", 3, "applies to 'pods' entries only"),
+        ("runtime:\n  cri: tcp://1.2.3.4:5\n", 2, "runtime endpoint 'tcp://1.2.3.4:5' is not a unix socket"),
+        ("runtime:\n  rkt: /x\n", 2, "unknown runtime 'rkt'"),
         ("policies:\n  - cgroup: a/../b\n", 2, "must not contain '..'"),
         ("policies:\n  - unit: a/b.service\n", 2, "a unit name, not a path"),
         ("policies:\n  - cgroup: x\n    precedence: sometimes\n", 3, "neither 'application' nor 'policy'"),

@@ -61,8 +61,10 @@ def check_policy(text, tmp_path, name):
 
 
 def test_configmap_policy_is_accepted_by_the_agent(tmp_path):
-    out = check_policy(manifests()["ConfigMap"]["data"]["keepalive.yaml"], tmp_path, "configmap.yaml")
-    assert "2 policy entries" in out
+    text = manifests()["ConfigMap"]["data"]["keepalive.yaml"]
+    out = check_policy(text, tmp_path, "configmap.yaml")
+    assert f"{len(yaml.safe_load(text)['policies'])} policy entries" in out
+    assert any("pods" in entry for entry in yaml.safe_load(text)["policies"])  # selects pods through CRI
 
 
 def test_shipped_default_policy_is_accepted_by_the_agent(tmp_path):

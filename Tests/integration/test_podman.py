@@ -15,8 +15,9 @@ import yaml
 
 from conftest import require_privilege, require_tool
 from machines import Podman
-from support import (BPFFS, ROOT, SEED_DEFAULT, bpffs_mounted, cgroup2_mount, hold, probe,
-                     socket_values, unique, wait_until)
+from runtimes import Containerd, pair_command, pids_named
+from support import (BPFFS, ROOT, SEED_DEFAULT, bpffs_mounted, cgroup2_mount, free_port, hold, probe,
+                     socket_values, unique, values, wait_until)
 
 MANIFEST = os.path.join(ROOT, "deploy", "kubernetes", "keepalive.yaml")
 
@@ -81,10 +82,24 @@ def pod_cgroup(cgroups):
     return path
 
 
-def test_the_daemonset_pod_enforces_on_the_host_across_stop_and_start(host_bpffs, keepalive, podman, pod_cgroup,
-                                                                       processes):
+@pytest.fixture
+def node_containerd():
+    """A containerd whose CRI socket is where a node's is: the DaemonSet mounts its directory."""
+    require_tool("containerd", "ctr")
+    runtime = Containerd(usual_socket=True)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def test_the_daemonset_pod_enforces_on_the_host_across_stop_and_start(host_bpffs, keepalive, node_containerd, podman,
+                                                                       pod_cgroup, processes):
     configmap, daemonset = shipped_documents()
     holder = hold(pod_cgroup, processes)
+    # A Kubernetes pod the shipped pods: entry selects, running before the agent.
+    db = node_containerd.run_pod("db-0", "shop", labels={"tier": "db"})
+    node_containerd.start_container(db, "app", pair_command(free_port()))
     name = unique("pod")
     pod = pod_from_daemonset(daemonset, name, podman.build_image(), keepalive.pin_path)
     podman.play(pod, configmap=configmap)
@@ -99,6 +114,12 @@ def test_the_daemonset_pod_enforces_on_the_host_across_stop_and_start(host_bpffs
     status, metrics = get(base + "/metrics")
     relative = os.path.relpath(pod_cgroup, cgroup2_mount())
     assert status == 200 and f'keepalive_sockets_configured_total{{cgroup="{relative}"}}' in metrics, metrics
+    # The CRI pod, found through the mounted socket: its open connection got the entry's values.
+    tight = values(30, 5, 3, (30 + 5 * 3) * 1000)
+    db_sockets = lambda: [v for pid in pids_named(cgroup2_mount() + db["cgroup"], "nc") for v in socket_values(pid)]
+    wait_until(lambda: db_sockets() == [tight] * 2, timeout=10, what=f"the CRI pod's sockets ({logs()})")
+    assert 'namespace="shop",pod="db-0"' in get(base + "/metrics")[1]
+    assert 'keepalive_runtime_up{runtime="cri"} 1' in get(base + "/metrics")[1]
 
     podman("pod", "stop", "--time", "5", name)
     assert probe("pair", cgroup=pod_cgroup)["connected"]["keepidle"] == 15  # pinned: no agent needed

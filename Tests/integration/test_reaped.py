@@ -94,7 +94,8 @@ def test_redis_cli_subscribed_to_a_vanished_server_shows_up(netns_pair, keepaliv
     # redis-cli gives up on the error and exits: no process holds the socket any more.
     assert subscriber.wait(timeout=5) != 0 and event["command"] in (None, "redis-cli"), event
     text = keepalive("events").stdout
-    assert re.search(rf"{cgroups.rel(cgroup)} +\S+ +\S+:\d+ +{PEER_ADDR}:6379 +keepalive", text), text
+    # CGROUP, WORKLOAD (none: a cgroup's policy), PROCESS, LOCAL, REMOTE, REASON
+    assert re.search(rf"{cgroups.rel(cgroup)} +- +\S+ +\S+:\d+ +{PEER_ADDR}:6379 +keepalive", text), text
 
 
 class Prometheus:

@@ -16,8 +16,16 @@ import subprocess
 from support import BUILD, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, run, values
 
 NEXT_OBJECT = os.path.join(BUILD, "test", "keepalive-next.bpf.o")
+# The release before this one, built by `make test` from the git history (Makefile: PREVIOUS_COMMIT).
+PREVIOUS = os.path.join(BUILD, "previous", "bin", "keepalive")
 LAYOUT1_OBJECT = os.path.join(BUILD, "test", "layout1.bpf.o")
 BPF_CGROUP_SOCK_OPS = 3
+
+
+def require_previous():
+    if not os.path.exists(PREVIOUS):
+        raise AssertionError(f"{PREVIOUS} is missing: `make test` builds it (make previous)")
+    return PREVIOUS
 
 
 def upgraded():
@@ -141,3 +149,33 @@ def test_the_state_of_keepalive_0_1_0_is_migrated_in_place(keepalive, cgroups):
     assert pin == str(os.stat(cgroup).st_ino) and program == pinned_program_id(keepalive, "keepalive_sockops")
     assert not {"prog", "prog-setsockopt", "ka_policies", "ka_sockets"} & set(os.listdir(keepalive.pin_path))
     assert keepalive_values(probe("pair", cgroup=cgroup)["connected"]) == values(44, 4, 5, 64000)
+
+
+def test_the_previous_release_state_is_migrated_in_place_under_live_connections(keepalive, cgroups):
+    """The release before this one (pinned layout 2) over which this binary
+    runs: its policies (layout 3 adds the origin) and counters carried over,
+    its links switched in place with no socket unconfigured, its map unpinned."""
+    previous = require_previous()
+    parent = cgroups.make()
+    child = cgroups.make(cgroups.rel(parent) + "/child")
+    run([previous, "attach", parent, "--keepidle", "33", "--pin-path", keepalive.pin_path])
+    run([previous, "attach", child, "--keepidle", "34", "--precedence", "policy", "--pin-path", keepalive.pin_path])
+    probe("pair", cgroup=parent)
+    before = program_of(keepalive)
+    assert "ka_policies_v2" in os.listdir(keepalive.pin_path)
+    loops = [subprocess.Popen(in_cgroup(cg, [PYTHON, SOCKPROBE, "loop", "3"]), stdout=subprocess.PIPE, text=True)
+             for cg in (parent, child)]
+    report = keepalive.report()  # this binary: the upgrade
+    seen = [json.loads(loop.communicate(timeout=30)[0]) for loop in loops]
+    for idle, counts in zip(("33", "34"), seen):
+        for side in ("connected", "accepted"):
+            assert set(counts[side]) == {idle} and counts[side][idle] > 100, counts
+    policies = {p["cgroup"]: p for p in report["policies"]}
+    assert (policies[cgroups.rel(parent)]["keepidle"], policies[cgroups.rel(child)]["precedence"]) == (33, "policy")
+    assert policies[cgroups.rel(parent)]["sockets_configured"] >= 3  # the count made under the previous release
+    assert program_of(keepalive).keys() == before.keys()  # the same links, switched
+    assert "ka_policies_v2" not in os.listdir(keepalive.pin_path)
+    # The previous release over the new state: refused, nothing changed.
+    refused = run([previous, "attach", cgroups.make(), "--pin-path", keepalive.pin_path], check=False)
+    assert refused.returncode != 0 and "has layout 3, written by a newer keepalive" in refused.stderr, refused.stderr
+    assert {p["cgroup"] for p in keepalive.status()} == set(policies)

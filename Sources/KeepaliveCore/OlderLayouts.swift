@@ -3,10 +3,11 @@ import CLibBPF
 import Glibc
 import struct SystemPackage.FilePath
 
-/// The pinned state of keepalive 0.1.0 (layout 1, no ka_meta): what it
-/// pinned, and the one-time migration of its policies into the current maps.
-/// Its record had no path, so the cgroup tree is walked once to find them.
-struct LegacyState {
+/// The pinned maps of older layouts, and the one-time migration of their
+/// policies into the current maps. Layout 1 (keepalive 0.1.0, no ka_meta)
+/// recorded no path, so the cgroup tree is walked once to find them; layout
+/// 2's record is layout 3's without the origin.
+struct OlderLayouts {
     /// keepalive 0.1.0's struct ka_policy, as it was pinned in "ka_policies".
     struct Policy: BitwiseCopyable {
         var keepidle, keepintvl, keepcnt, userTimeout, syncnt, maxseg, windowClamp: Int32
@@ -16,7 +17,8 @@ struct LegacyState {
     static let programPins = ["prog", "prog-setsockopt"]
     static let policiesPin = "ka_policies"
     static let socketsPin = "ka_sockets"
-    static var pins: [String] { programPins + [policiesPin, socketsPin] }
+    static let layout2PoliciesPin = "ka_policies_v2"
+    static var pins: [String] { programPins + [policiesPin, socketsPin, layout2PoliciesPin] }
 
     let root: String
 
@@ -27,6 +29,22 @@ struct LegacyState {
         Set(Self.programPins.compactMap { name in
             try? BPFProgram.pinned(at: root + "/" + name, name: name).id()
         })
+    }
+
+    /// Layout 2's policies, as layout 3 records (no origin); their slots and
+    /// so their counters stay as they were.
+    func layout2Policies() throws -> [(id: UInt64, record: ka_policy)] {
+        let path = root + "/" + Self.layout2PoliciesPin
+        guard BPFFS.exists(path) else { return [] }
+        let map = try BPFMap<UInt64, ka_policy_layout2>(try BPFFS.open(pinned: path, as: .map),
+                                                          name: Self.layout2PoliciesPin, type: BPF_MAP_TYPE_HASH)
+        return try map.entries().map { id, old in
+            var record = ka_policy()
+            withUnsafeMutableBytes(of: &record) { new in
+                withUnsafeBytes(of: old) { new.copyMemory(from: $0) }  // the same fields, in the same places
+            }
+            return (id, record)
+        }
     }
 
     /// The policies 0.1.0 had in force, with their cgroup's path and socket count.
