@@ -148,7 +148,7 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 
 	if (option < 0)  /* every other option: no lookup at all */
 		return 1;
-	if (!sk || sk->protocol != 6 /* IPPROTO_TCP */ || sk->type != 1 /* SOCK_STREAM */)
+	if (!sk || sk->protocol != IPPROTO_TCP || sk->type != SOCK_STREAM)
 		return 1;
 	/* setsockopt runs in the calling process, so its cgroup is the one to
 	 * walk (bpf_skc_to_tcp_sock, used by sock_ops, is refused here). */
@@ -170,7 +170,6 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	return 1;
 }
 
-#define ETIMEDOUT 110
 
 /* A keepalive time (jiffies) as the socket uses it: its own, or the namespace's default. */
 static __always_inline __u32 effective_jiffies(__u32 own, int netns_default)
@@ -228,7 +227,7 @@ int BPF_PROG(keepalive_reaped, struct sock *sk)
 	struct tcp_sock *tp;
 	__u32 reason;
 
-	if (sk->sk_err != ETIMEDOUT || sk->sk_protocol != 6 /* IPPROTO_TCP */)
+	if (sk->sk_err != ETIMEDOUT || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp || !tp->segs_in)  /* never established: a connect that timed out */

@@ -12,6 +12,10 @@
 #include <bpf/bpf_endian.h>
 #include "keepalive_policy.h"
 
+/* What vmlinux.h cannot carry (preprocessor constants of the UAPI headers);
+ * IPPROTO_TCP and SOCK_STREAM are enums, and come from it. */
+#define AF_INET       2
+#define ETIMEDOUT     110
 #define SOL_SOCKET    1
 #define SO_KEEPALIVE  9
 #define SOL_TCP       6
@@ -208,7 +212,7 @@ static __always_inline void identify(struct ka_socket_id *id, struct tcp_sock *t
 	id->family = skc->skc_family;
 	id->local_port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
 	id->remote_port = bpf_ntohs(skc->skc_dport);
-	if (id->family == 2 /* AF_INET */) {
+	if (id->family == AF_INET) {
 		__builtin_memcpy(id->local_addr, &skc->skc_rcv_saddr, 4);
 		__builtin_memcpy(id->remote_addr, &skc->skc_daddr, 4);
 	} else {

@@ -6,8 +6,13 @@ public enum BPFFS {
     public static let defaultMount = "/sys/fs/bpf"
     static let magic = 0xcafe_4a11  // BPF_FS_MAGIC
 
-    public static func isBPFFS(_ path: String) -> Bool {
-        filesystemType(of: path) == magic
+    /// Whether `path` is on a bpffs; false when nothing is there (ENOENT),
+    /// and an error when that cannot be told.
+    public static func isBPFFS(_ path: String) throws(SyscallError) -> Bool {
+        var fs = statfs()
+        if statfs(path, &fs) == 0 { return Int(fs.f_type) == magic }
+        if errno == ENOENT { return false }
+        throw SyscallError("statfs \(path)", errno: errno)
     }
 
     /// Mounts a bpffs at `path` that only root can enter (systemd mounts it
@@ -37,20 +42,30 @@ public enum BPFFS {
         }
     }
 
-    /// Opens a pinned object, checking that it is the kind the caller expects.
-    public static func open(pinned path: String, as kind: ObjectKind) throws(SyscallError) -> FileDescriptor {
-        let fd = FileDescriptor(owning: try SyscallError.check("open pinned \(path)", bpf_obj_get(path)))
-        guard let found = self.kind(of: fd), found == kind else {
-            let what = self.kind(of: fd).map { "a \($0.rawValue)" } ?? "not a BPF object"
-            throw SyscallError("open pinned \(path): it is \(what), expected a \(kind.rawValue)", errno: EINVAL)
+    /// Opens a pinned object, checking that it is the kind the caller expects:
+    /// another kind there is a WrongObjectKind, never taken for it.
+    public static func open(pinned path: String, as kind: ObjectKind) throws -> FileDescriptor {
+        guard let fd = try openIfPresent(pinned: path, as: kind) else {
+            throw SyscallError("open pinned \(path)", errno: ENOENT)
         }
         return fd
     }
 
-    static func kind(of fd: FileDescriptor) -> ObjectKind? {
+    /// The same, or nil when nothing is pinned there (ENOENT, and only then).
+    public static func openIfPresent(pinned path: String, as kind: ObjectKind) throws -> FileDescriptor? {
+        let raw = bpf_obj_get(path)
+        if raw < 0 && errno == ENOENT { return nil }
+        let fd = FileDescriptor(owning: try SyscallError.check("open pinned \(path)", raw))
+        let found = try self.kind(of: fd, at: path)
+        guard found == kind else { throw WrongObjectKind(path: path, found: found, expected: kind) }
+        return fd
+    }
+
+    /// The kind of a BPF object's descriptor, from its anonymous inode's name; nil if it is no BPF object.
+    static func kind(of fd: FileDescriptor, at path: String) throws(SyscallError) -> ObjectKind? {
         var target = [CChar](repeating: 0, count: 64)
         let n = readlink("/proc/self/fd/\(fd.raw)", &target, target.count - 1)
-        guard n > 0 else { return nil }
+        guard n > 0 else { throw SyscallError("identify \(path) (readlink /proc/self/fd)", errno: errno) }
         return ObjectKind(anonymousInode: String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
 
@@ -63,8 +78,12 @@ public enum BPFFS {
         guard Glibc.rename(from, to) == 0 else { throw SyscallError("rename \(from) to \(to)", errno: errno) }
     }
 
-    public static func exists(_ path: String) -> Bool {
-        access(path, F_OK) == 0
+    /// Whether something is at `path`: false only on ENOENT; an error otherwise.
+    public static func isPresent(_ path: String) throws(SyscallError) -> Bool {
+        var st = stat()
+        if lstat(path, &st) == 0 { return true }
+        if errno == ENOENT { return false }
+        throw SyscallError("inspect \(path)", errno: errno)
     }
 
     /// Removes a pin; for a link this detaches it once no process holds it open.
@@ -74,6 +93,17 @@ public enum BPFFS {
         if unlink(path) == 0 { return true }
         guard errno == ENOENT else { throw SyscallError("unpin \(path)", errno: errno) }
         return false
+    }
+}
+
+/// A pin that holds another kind of object than the one expected (or none).
+public struct WrongObjectKind: Error, CustomStringConvertible, Sendable {
+    public let path: String
+    public let found: BPFFS.ObjectKind?
+    public let expected: BPFFS.ObjectKind
+
+    public var description: String {
+        "\(path) is \(found.map { "a \($0.rawValue)" } ?? "not a BPF object"), expected a \(expected.rawValue)"
     }
 }
 

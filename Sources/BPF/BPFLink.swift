@@ -4,11 +4,16 @@ import Glibc
 /// A BPF link: one attachment of a program, alive while pinned or held open.
 public struct BPFLink: Sendable {
     public let fd: FileDescriptor
+    /// What errors call it: its pin, or what it attaches.
+    public let name: String
 
-    public init(_ fd: FileDescriptor) { self.fd = fd }
+    public init(_ fd: FileDescriptor, name: String = "link") {
+        self.fd = fd
+        self.name = name
+    }
 
-    public static func pinned(at path: String) throws(SyscallError) -> BPFLink {
-        BPFLink(try BPFFS.open(pinned: path, as: .link))
+    public static func pinned(at path: String) throws -> BPFLink {
+        BPFLink(try BPFFS.open(pinned: path, as: .link), name: path)
     }
 
     public func pin(at path: String) throws(SyscallError) {
@@ -28,7 +33,7 @@ public struct BPFLink: Sendable {
     public func info() throws(SyscallError) -> Info {
         var info = bpf_link_info()
         var length = UInt32(MemoryLayout<bpf_link_info>.size)
-        try SyscallError.check("read link info", bpf_obj_get_info_by_fd(fd.raw, &info, &length))
+        try SyscallError.check("read link \(name) info", bpf_obj_get_info_by_fd(fd.raw, &info, &length))
         let cgroup = info.type == BPF_LINK_TYPE_CGROUP.rawValue
         return Info(id: info.id, programID: info.prog_id, type: bpf_link_type(info.type),
                     cgroupID: cgroup ? info.cgroup.cgroup_id : 0,
@@ -38,6 +43,6 @@ public struct BPFLink: Sendable {
     /// Makes the link run `program` instead, in one step: no event goes
     /// unhandled in between (cgroup links only; bpf_link_update).
     public func update(to program: BPFProgram) throws(SyscallError) {
-        try SyscallError.check("update link to program \(program.name)", bpf_link_update(fd.raw, program.fd.raw, nil))
+        try SyscallError.check("update link \(name) to program \(program.name)", bpf_link_update(fd.raw, program.fd.raw, nil))
     }
 }

@@ -20,6 +20,15 @@ public struct MapShape: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+/// A map of another type or record size than its user expects.
+public struct MapIncompatible: Error, CustomStringConvertible, Sendable {
+    public let name: String
+    public let found: MapShape
+    public let expected: MapShape
+
+    public var description: String { "map \(name) is a \(found), expected a \(expected)" }
+}
+
 /// A map descriptor checked against the shape its user expects, and what
 /// works whatever the value type: iteration over keys, deletion.
 public struct MapHandle: Sendable {
@@ -28,14 +37,14 @@ public struct MapHandle: Sendable {
     public let id: UInt32
     public let capacity: Int
 
-    public init(_ fd: FileDescriptor, name: String, expecting expected: MapShape) throws(SyscallError) {
+    /// Throws MapIncompatible when the map is of another shape (cilium's
+    /// ErrMapIncompatible): a fact about the map, not a failed call.
+    public init(_ fd: FileDescriptor, name: String, expecting expected: MapShape) throws {
         var info = bpf_map_info()
         var length = UInt32(MemoryLayout<bpf_map_info>.size)
         try SyscallError.check("read map \(name) info", bpf_obj_get_info_by_fd(fd.raw, &info, &length))
         let shape = MapShape(type: bpf_map_type(info.type), keySize: Int(info.key_size), valueSize: Int(info.value_size))
-        guard shape == expected else {
-            throw SyscallError("map \(name) is a \(shape), expected a \(expected)", errno: EINVAL)
-        }
+        guard shape == expected else { throw MapIncompatible(name: name, found: shape, expected: expected) }
         self.fd = fd
         self.name = name
         id = info.id
@@ -81,7 +90,7 @@ public struct MapHandle: Sendable {
 public struct BPFMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendable {
     public let handle: MapHandle
 
-    public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws(SyscallError) {
+    public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws {
         handle = try MapHandle(fd, name: name, expecting: MapShape(
             type: type, keySize: MemoryLayout<Key>.size, valueSize: MemoryLayout<Value>.size))
     }
@@ -122,7 +131,7 @@ public struct BPFPerCPUMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendab
     public let cpus: Int
     private var stride: Int { (MemoryLayout<Value>.size + 7) & ~7 }
 
-    public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws(SyscallError) {
+    public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws {
         handle = try MapHandle(fd, name: name, expecting: MapShape(
             type: type, keySize: MemoryLayout<Key>.size, valueSize: MemoryLayout<Value>.size))
         let cpus = Int(libbpf_num_possible_cpus())

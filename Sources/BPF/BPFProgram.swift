@@ -11,7 +11,7 @@ public struct BPFProgram: Sendable {
         self.name = name
     }
 
-    public static func pinned(at path: String, name: String) throws(SyscallError) -> BPFProgram {
+    public static func pinned(at path: String, name: String) throws -> BPFProgram {
         BPFProgram(try BPFFS.open(pinned: path, as: .program), name: name)
     }
 
@@ -30,12 +30,13 @@ public struct BPFProgram: Sendable {
     /// Attaches to a cgroup through a BPF link (always multi: other programs stay).
     public func attach(cgroup cgroupFD: FileDescriptor, type: bpf_attach_type, cgroupPath: String) throws(SyscallError) -> BPFLink {
         let raw = try SyscallError.check("attach \(name) to \(cgroupPath)", bpf_link_create(fd.raw, cgroupFD.raw, type, nil))
-        return BPFLink(FileDescriptor(owning: raw))
+        return BPFLink(FileDescriptor(owning: raw), name: "\(name) at \(cgroupPath)")
     }
 
     /// Attaches a BTF tracepoint program (tp_btf/...) to its tracepoint.
     public func attachTracepoint() throws(SyscallError) -> BPFLink {
-        BPFLink(FileDescriptor(owning: try SyscallError.check("attach \(name)", bpf_raw_tracepoint_open(nil, fd.raw))))
+        BPFLink(FileDescriptor(owning: try SyscallError.check("attach \(name)", bpf_raw_tracepoint_open(nil, fd.raw))),
+                name: "\(name)'s tracepoint")
     }
 
     /// Runs an iterator program once (iter/...) and returns everything it wrote.

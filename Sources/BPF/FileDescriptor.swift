@@ -1,7 +1,7 @@
 import Glibc
 
 /// An owned file descriptor, closed when the last reference goes.
-public final class FileDescriptor: @unchecked Sendable {
+public final class FileDescriptor: Sendable {
     public let raw: Int32
 
     public init(owning raw: Int32) {

@@ -11,7 +11,7 @@ import ServiceLifecycle
 /// pinned in place. Whatever stops enforcement at start (the file, the
 /// cgroup root, loading, pinning, attaching) ends it with an error at once,
 /// so that its supervisor sees it and restarts it.
-public struct Agent {
+public struct Agent: Sendable {
     public let configPath: String
     public let metricsAddress: String?
     public let state: PinnedState
@@ -62,7 +62,7 @@ public struct Agent {
         if let endpoint {
             let state = self.state
             services.append(MetricsServer(host: endpoint.host, port: endpoint.port,
-                                          metrics: { metrics.render(state, health: health) }, health: health, logger: logger))
+                                          metrics: { try metrics.render(state, health: health) }, health: health, logger: logger))
         }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
@@ -81,7 +81,10 @@ public struct Agent {
 }
 
 /// SIGTERM and SIGINT end the agent with exit 0 within 2 s whatever it is
-/// doing: still starting, in the middle of a pass, or stuck. Everything in
+/// doing: still starting, in the middle of a pass, or stuck. Why it exists:
+/// the service group's graceful shutdown waits for every service to return,
+/// and a pass blocked in a system call (a flock, a runtime that does not
+/// answer before its timeout) would keep systemd or the kubelet waiting. Everything in
 /// force is pinned and survives any exit, and each step survives being cut
 /// short, so waiting longer could only keep a supervisor waiting. Armed
 /// before anything else; the service group's graceful shutdown usually ends
@@ -90,6 +93,12 @@ public enum StopDeadline {
     static let limit = 1.8
     nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
 
+    /// Called first thing, before the agent starts any work. Dispatch's
+    /// signal sources take over SIGTERM and SIGINT (on Linux they read a
+    /// signalfd: no SIG_IGN, which would drop them), and SIGHUP too until the
+    /// agent listens for reloads: a SIGHUP before that would otherwise take
+    /// its default action and kill the agent (the file is read at the start
+    /// anyway, so nothing is lost).
     public static func arm() {
         for signalNumber in [SIGTERM, SIGINT] {
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
@@ -99,8 +108,12 @@ public enum StopDeadline {
                     _exit(0)
                 }
             }
-            source.resume()  // on Linux Dispatch takes the signal over itself (no SIG_IGN: that would drop it)
+            source.resume()
             sources.append(source)
         }
+        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hangup.setEventHandler {}
+        hangup.resume()
+        sources.append(hangup)
     }
 }

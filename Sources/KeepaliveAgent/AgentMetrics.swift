@@ -63,10 +63,11 @@ final class AgentMetrics: Sendable {
         registry.makeGauge(descriptor: Family.runtimeUp, labels: [("runtime", runtime)]).set(Int64(up ? 1 : 0))
     }
 
-    /// Reads the kernel's values, then renders the Prometheus text format.
-    func render(_ state: PinnedState, health: Health) -> [UInt8] {
+    /// Reads the kernel's values, then renders the Prometheus text format. A
+    /// read that fails throws: no figure is shown that was not read.
+    func render(_ state: PinnedState, health: Health) throws -> [UInt8] {
         ready.set(Int64(health.isReady && health.notAliveReason == nil ? 1 : 0))
-        let snapshot = state.snapshot()
+        let snapshot = try state.snapshot()
         var values: [(family: MetricNameDescriptor, labels: [(String, String)], value: UInt64)] = []
         for (_, record, counters) in snapshot.policies {
             // kube-state-metrics' label names, where the policy was set for a pod or container.

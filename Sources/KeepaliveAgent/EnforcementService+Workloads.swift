@@ -19,7 +19,7 @@ enum WorkloadEvent: Sendable {
 /// through its runtime in a task of its own (kubelet makes a pod's cgroup
 /// before RunPodSandbox returns, so the runtime may not know it yet: asked
 /// again, and at once when the sandbox's own container appears in it).
-extension EnforcementService {
+extension Enforcer {
     /// How long a new pod cgroup is asked about before it is left to the full passes.
     static let identifyFor = Duration.seconds(60)
     /// The sandbox's own cgroup appears some 20 ms before RunPodSandbox
@@ -36,15 +36,21 @@ extension EnforcementService {
                 for child in try state.cgroups.children(of: cgroup.path) { workloadAppeared(child, watcher) }
             } catch {
                 failing = true  // the next full pass looks again
-                report("unreadable \(cgroup.display)", "cannot read \(error): its pods and containers wait for the next pass")
+                report("unreadable \(cgroup.display)", "\(error): its pods and containers wait for the next pass")
             }
             return
         }
         guard let name = cgroup.path.lastComponent?.string else { return }
         switch CgroupNaming.kind(of: name) {
         case .pod(let uid) where config.selectsPods:
-            watchEverything([cgroup.path], watcher)  // for its sandbox's cgroup
             identifyPod(uid: uid, at: cgroup)
+            // Its sandbox's own cgroup says when the runtime is about to know
+            // the pod: watched from now on, and looked for at once (it may be
+            // there already).
+            watchEverything([cgroup.path], watcher)
+            for child in (try? state.cgroups.children(of: cgroup.path)) ?? [] {  // unreadable: the pod task asks anyway
+                workloadAppeared(child, watcher)
+            }
         case .container(let id, let family):
             let parent = cgroup.path.removingLastComponent()
             if pending[parent] != nil, family != .docker, let pod = state.cgroups.cgroup(at: parent) {
@@ -64,8 +70,8 @@ extension EnforcementService {
     private func identifyPod(uid: String, at directory: Cgroup) {
         guard pending[directory.path] == nil else { return }
         let (workloads, config, report) = (workloads, config, resultsInput)
-        pending[directory.path] = Task {
-            var delay = Duration.milliseconds(100)
+        pending[directory.path] = Task.detached {
+            var delay = Duration.milliseconds(20)
             let deadline = ContinuousClock.now + Self.identifyFor
             // kubelet labels sandboxes with their pod's uid; now and then ask
             // for every pod, for runtimes driven by something else.
@@ -98,7 +104,7 @@ extension EnforcementService {
         let key = FilePath(pod.path.string + "#sandbox")
         guard pending[key] == nil else { return }
         let (workloads, config, report) = (workloads, config, resultsInput)
-        pending[key] = Task {
+        pending[key] = Task.detached {
             let deadline = ContinuousClock.now + Self.sandboxPollFor
             while !Task.isCancelled && ContinuousClock.now < deadline {
                 // Errors are the pod task's to report; this one only hurries it.
@@ -114,7 +120,7 @@ extension EnforcementService {
     private func identifyContainer(id: String, family: CgroupNaming.RuntimeFamily, at directory: Cgroup) {
         guard pending[directory.path] == nil else { return }
         let (workloads, config, report) = (workloads, config, resultsInput)
-        pending[directory.path] = Task {
+        pending[directory.path] = Task.detached {
             var delay = Duration.milliseconds(50)
             let deadline = ContinuousClock.now + Self.identifyFor
             while !Task.isCancelled {
@@ -191,7 +197,7 @@ extension EnforcementService {
     func probeRuntimes() {
         for kind in workloads.inUse(by: config) where probing.insert(kind).inserted {
             let (workloads, report) = (workloads, resultsInput)
-            Task { report.yield(.probed(kind, await workloads.probe(kind))) }
+            Task.detached { report.yield(.probed(kind, await workloads.probe(kind))) }
         }
     }
 

@@ -4,9 +4,45 @@ import KeepaliveCore
 import KeepaliveRuntime
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import struct SystemPackage.FilePath
 import UnixSignals
+
+/// The agent's enforcement as a service of its ServiceGroup: an Enforcer,
+/// run on a thread of its own.
+struct EnforcementService: Service {
+    let configPath: String
+    let config: AgentConfig
+    let state: PinnedState
+    let claim: AgentClaim
+    let workloads: Workloads
+    let agent: Agent
+    let logger: Logger
+    let health: Health
+    let metrics: AgentMetrics
+    let notifier: SystemdNotifier
+
+    func run() async throws {
+        try await onItsOwnThread { try await $0.run() }
+    }
+
+    /// One full pass, then done: `agent --once`.
+    func enforceOnce() async throws {
+        try await onItsOwnThread { try await $0.enforceOnce() }
+    }
+
+    private func onItsOwnThread(_ body: (Enforcer) async throws -> Void) async throws {
+        let thread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        do {
+            try await body(Enforcer(self, on: thread.next()))
+        } catch {
+            try? await thread.shutdownGracefully()  // the error is what matters
+            throw error
+        }
+        try await thread.shutdownGracefully()
+    }
+}
 
 /// Keeps the pinned state equal to the policy file over the cgroups, pods and
 /// containers that exist. A full pass (resolve every entry, through the
@@ -18,7 +54,7 @@ import UnixSignals
 /// appears or goes costs one small pass that touches only that cgroup (a new
 /// pod's or container's is first identified through its runtime, in a task of
 /// its own): the agent's cost follows the changes, not the number of cgroups.
-final class EnforcementService: Service, @unchecked Sendable {
+actor Enforcer {
     let configPath: String
     var config: AgentConfig
     let state: PinnedState
@@ -27,15 +63,18 @@ final class EnforcementService: Service, @unchecked Sendable {
     let health: Health
     let metrics: AgentMetrics
     let notifier: SystemdNotifier
-    var claim: PinnedState.AgentClaim
-
+    var claim: AgentClaim
     var workloads: Workloads
     private let agent: Agent
+    /// Its thread: flock, bpf(2) and readdir over thousands of cgroups block
+    /// it, never one of Swift's shared cooperative threads.
+    nonisolated let unownedExecutor: UnownedSerialExecutor
     /// Identifications and probes running in tasks of their own report here.
     let (results, resultsInput) = AsyncStream.makeStream(of: WorkloadEvent.self)
 
-    // Touched only by run()'s loop.
     var desired = Selection()
+    /// The state as the last transaction left it, for the next small one.
+    var cache: PinnedState.CachedView?
     /// Pod cgroups seen but not yet identified (RunPodSandbox still running), and the tasks asking.
     var pending: [FilePath: Task<Void, Never>] = [:]
     var probing: Set<RuntimeKind> = []
@@ -56,27 +95,32 @@ final class EnforcementService: Service, @unchecked Sendable {
     /// call): keepalive_runtime_up turns 0 within this and a call's timeout.
     static let probeEveryTicks = 10
 
-    init(configPath: String, config: AgentConfig, state: PinnedState, claim: PinnedState.AgentClaim,
-         workloads: Workloads, agent: Agent, logger: Logger, health: Health, metrics: AgentMetrics,
-         notifier: SystemdNotifier) {
-        self.configPath = configPath
-        self.config = config
-        self.state = state
-        self.claim = claim
-        self.workloads = workloads
-        self.agent = agent
-        resolver = TargetResolver(cgroups: state.cgroups)
-        self.logger = logger
-        self.health = health
-        self.metrics = metrics
-        self.notifier = notifier
-        reaped = ReapedLog(state: state, logger: logger)
+    init(_ service: EnforcementService, on thread: any EventLoop) {
+        configPath = service.configPath
+        config = service.config
+        state = service.state
+        claim = service.claim
+        workloads = service.workloads
+        agent = service.agent
+        resolver = TargetResolver(cgroups: service.state.cgroups)
+        logger = service.logger
+        health = service.health
+        metrics = service.metrics
+        notifier = service.notifier
+        reaped = ReapedLog(state: service.state, logger: service.logger)
+        unownedExecutor = thread.executor.asUnownedSerialExecutor()
     }
 
     /// One full pass, then done: `agent --once`.
+    /// A pass that left something out (a directory it could not read, a
+    /// cgroup that could not get its policy, a runtime that did not answer)
+    /// fails: nothing retries it.
     func enforceOnce() async throws {
         defer { workloads.shutdown() }
         try await fullPass(nil)
+        if let problem = reported.sorted(by: { $0.key < $1.key }).first?.value {
+            throw AgentError("the file is not wholly in force: \(problem)")
+        }
         logger.info("enforced \(config.policies.count) policy entries from \(configPath) on \(desired.count) cgroups")
     }
 
@@ -140,7 +184,7 @@ final class EnforcementService: Service, @unchecked Sendable {
         for workload in found.selected.values {
             desired.insertIfLater(choice(workload.cgroup, spec: workload.spec, policy: workload.policy, origin: workload.origin))
         }
-        report("unreadable", resolution.unreadable.first.map { "cannot read \($0): cgroups there are not covered until it can be read" })
+        report("unreadable", resolution.unreadable.first.map { "\($0): cgroups there are not covered until it can be read" })
         reportRuntimes(found)
         if let watcher {
             let usual = config.runtimesNeeded.isEmpty ? [] : workloads.usualParentsOrWhereTheyAppear()
@@ -262,7 +306,7 @@ final class EnforcementService: Service, @unchecked Sendable {
     /// Why a full pass is due now, if it is.
     private func fullPassDue(_ watcher: CgroupWatcher) -> String? {
         let since = ContinuousClock.now - lastFullPass
-        if state.changedElsewhere() { return "another process changed the pinned state" }
+        if state.changed(since: cache) { return "another process changed the pinned state" }
         if failing && since >= Self.retryInterval { return "retrying what failed" }
         if !watcher.unwatched.isEmpty && since >= Self.retryInterval { return "rescanning unwatched directories" }
         return since >= Self.safetyInterval ? "periodic check" : nil
@@ -276,8 +320,8 @@ final class EnforcementService: Service, @unchecked Sendable {
         return Choice(cgroup: cgroup, spec: spec, policy: policy ?? entry.policy, origin: origin, source: entry.source)
     }
 
-    private func inTransaction<T>(fullCheck: Bool, _ body: (PinnedState.Session) throws -> T) throws -> T {
-        guard let result = try state.transaction(create: true, fullCheck: fullCheck, body) else {
+    private func inTransaction<T: Sendable>(fullCheck: Bool, _ body: (PinnedState.Session) throws -> T) throws -> T {
+        guard let result = try state.transaction(create: true, fullCheck: fullCheck, cache: &cache, body) else {
             throw AgentError("no pinned state at \(state.root)")
         }
         return result

@@ -13,7 +13,9 @@ import Synchronization
 struct MetricsServer: Service {
     let host: String
     let port: Int
-    let metrics: @Sendable () -> [UInt8]
+    /// Renders /metrics: it reads the kernel's maps (system calls), so it
+    /// runs on NIO's blocking thread pool, never on a cooperative thread.
+    let metrics: @Sendable () throws -> [UInt8]
     let health: Health
     let logger: Logger
 
@@ -71,7 +73,7 @@ struct MetricsServer: Service {
         try? await connection.executeThenClose { inbound, outbound in
             for try await part in inbound {
                 guard case .head(let head) = part else { continue }
-                let (status, type, body) = respond(to: head)
+                let (status, type, body) = await respond(to: head)
                 var headers = HTTPHeaders()
                 headers.add(name: "Content-Type", value: type)
                 headers.add(name: "Content-Length", value: "\(body.count)")
@@ -84,12 +86,18 @@ struct MetricsServer: Service {
         }
     }
 
-    private func respond(to head: HTTPRequestHead) -> (HTTPResponseStatus, String, [UInt8]) {
+    private func respond(to head: HTTPRequestHead) async -> (HTTPResponseStatus, String, [UInt8]) {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
         guard head.method == .GET else { return (.methodNotAllowed, "text/plain", Array("GET only\n".utf8)) }
         switch path {
         case "/metrics":
-            return (.ok, "text/plain; version=0.0.4; charset=utf-8", metrics())
+            do {
+                let body = try await NIOThreadPool.singleton.runIfActive(metrics)
+                return (.ok, "text/plain; version=0.0.4; charset=utf-8", body)
+            } catch {
+                // Figures that were not read are not shown: the scrape fails, with why.
+                return (.internalServerError, "text/plain", Array("cannot read the pinned state: \(error)\n".utf8))
+            }
         case "/readyz":
             return health.notReadyReason.map { (.serviceUnavailable, "text/plain", Array("not ready: \($0)\n".utf8)) }
                 ?? (.ok, "text/plain", Array("ready\n".utf8))

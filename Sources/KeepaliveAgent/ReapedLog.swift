@@ -4,7 +4,7 @@ import Logging
 
 /// Logs each connection the kernel reaped, as the kernel side recorded it:
 /// at most `perSecond` lines a second, the rest counted in one line.
-final class ReapedLog: @unchecked Sendable {
+final class ReapedLog {
     private let state: PinnedState
     private let logger: Logger
     private var next: UInt64?

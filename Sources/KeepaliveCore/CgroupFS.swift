@@ -37,12 +37,14 @@ public struct CgroupFS: Sendable {
             }
             mount = found
         } else {
-            guard let text = try? readTextFile(FilePath(mountinfo)), let found = cgroup2MountPoint(inMountinfo: text) else {
-                throw .notMounted
-            }
+            let text: String
+            do { text = try readTextFile(FilePath(mountinfo)) } catch { throw .unreadable(mountinfo, error.errno) }
+            guard let found = cgroup2MountPoint(inMountinfo: text) else { throw .notMounted }
             mount = FilePath(found)
         }
-        guard let st = mount.status() else { throw .notFound(mount.string) }
+        guard let st = mount.status() else {
+            throw errno == ENOENT ? .notFound(mount.string) : .unreadable(mount.string, errno)
+        }
         return CgroupFS(mount: mount, rootID: UInt64(st.st_ino))
     }
 
@@ -101,7 +103,9 @@ public struct CgroupFS: Sendable {
         } else {
             relative = given
         }
-        guard let st = absolute(relative).status() else { throw .notFound(argument) }
+        guard let st = absolute(relative).status() else {
+            throw errno == ENOENT ? .notFound(argument) : .unreadable(absolute(relative).displayString, errno)
+        }
         guard (st.st_mode & S_IFMT) == S_IFDIR, Self.isCgroup2(absolute(relative)) else {
             throw .notCgroup2(argument, mountPoint: mount.string)
         }
@@ -136,12 +140,14 @@ public struct CgroupFS: Sendable {
         }
         defer { closedir(dir) }
         var found: [Cgroup] = []
+        errno = 0
         while let entry = readdir(dir) {
             guard entry.pointee.d_type == DT_DIR else { continue }
             let name = directoryEntryName(entry)
             guard name.kind == .regular else { continue }
             found.append(Cgroup(path: parent.appending(name), id: UInt64(entry.pointee.d_ino)))
         }
+        guard errno == 0 else { throw SyscallError("read \(directory.displayString)", errno: errno) }  // not its end
         return found
     }
 
@@ -245,14 +251,6 @@ extension String {
     }
 }
 
-/// A directory entry's name, as the bytes the kernel gave (one place that reads d_name).
-func directoryEntryName(_ entry: UnsafeMutablePointer<dirent>) -> FilePath.Component {
-    withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        let bytes = raw.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0]
-        return FilePath.Component(platformString: bytes)!  // a name from readdir: never empty, never holds '/'
-    }
-}
-
 public enum CgroupError: Error, CustomStringConvertible, Equatable {
     case notMounted
     case notFound(String)
@@ -261,6 +259,7 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
     case noUnit(String)
     case notCgroup2Mount(String)
     case ambiguous(String)
+    case unreadable(String, Int32)
 
     public var description: String {
         switch self {
@@ -270,6 +269,7 @@ public enum CgroupError: Error, CustomStringConvertible, Equatable {
         case let .noProcess(pid): "no process \(pid) with a cgroup v2 path (see /proc/\(pid)/cgroup)"
         case let .notCgroup2Mount(path): "'\(path)' is not a cgroup2 mount, nor holds one at unified/"
         case let .noUnit(name): "no cgroup for unit '\(name)' (it is not running, or not under a slice)"
+        case let .unreadable(path, code): "cannot read \(path): \(errnoText(code))"
         case let .ambiguous(path):
             "cgroup path '\(path)' is empty or has '.' or '..' in it; name the root cgroup explicitly as /"
         }

@@ -26,34 +26,68 @@ final class MainObject {
 
     let skeleton: UnsafeMutablePointer<keepalive_bpf>
     let identity: ProgramIdentity
+    let maps: Maps
+    let programs: Programs
     private let loader = BPFObject(name: "keepalive")
     private let override: [UInt8]?  // libbpf reads it until the load is done
+
+    /// The skeleton's maps, unwrapped once (it fills every field when it opens).
+    struct Maps {
+        let policies, counters, errors, meta, events, eventsHead: OpaquePointer
+
+        /// Every map, as libbpf pins them.
+        var all: [OpaquePointer] { [policies, counters, errors, meta, events, eventsHead] }
+    }
+
+    /// The skeleton's programs, likewise.
+    struct Programs {
+        let sockops, setsockopt, reaped: OpaquePointer
+
+        /// The program linked to cgroups for each kind.
+        subscript(kind: Attachment) -> OpaquePointer {
+            switch kind {
+            case .sockops: sockops
+            case .setsockopt: setsockopt
+            }
+        }
+
+        var all: [OpaquePointer] { [sockops, setsockopt, reaped] }
+    }
 
     init(pinRoot: String?) throws {
         let overridePath = getenv(Self.overrideVariable).map { String(cString: $0) }
         override = try overridePath.map { path throws(SyscallError) in try readFileBytes(FilePath(path)) }
         var embeddedSize = 0
-        let embedded = keepalive_bpf__elf_bytes(&embeddedSize)!
+        let embedded = keepalive_bpf__elf_bytes(&embeddedSize)
         let bytes = override.map { UnsafeRawBufferPointer(start: $0.withUnsafeBytes(\.baseAddress), count: $0.count) }
             ?? UnsafeRawBufferPointer(start: embedded, count: embeddedSize)
         skeleton = try loader.open(pinRoot: pinRoot) { opts in
             ka_open_keepalive(opts, overridePath == nil ? nil : bytes.baseAddress, bytes.count)
         }
+        let (m, p) = (skeleton.pointee.maps, skeleton.pointee.progs)
+        guard let policies = m.ka_policies_v3, let counters = m.ka_counters, let errors = m.ka_errors,
+              let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
+              let sockops = p.keepalive_sockops, let setsockopt = p.keepalive_setsockopt, let reaped = p.keepalive_reaped
+        else {
+            keepalive_bpf__destroy(skeleton)
+            throw SyscallError("open BPF object keepalive: its skeleton lacks a map or program", errno: EINVAL)
+        }
+        maps = Maps(policies: policies, counters: counters, errors: errors, meta: meta, events: events,
+                    eventsHead: eventsHead)
+        programs = Programs(sockops: sockops, setsockopt: setsockopt, reaped: reaped)
         identity = ProgramIdentity(version: skeleton.pointee.rodata.pointee.ka_program_version,
                                    hash: ProgramIdentity.hash(bytes))
     }
 
     deinit { keepalive_bpf__destroy(skeleton) }
 
-    var maps: keepalive_bpf.__Unnamed_struct_maps { skeleton.pointee.maps }
-    var progs: keepalive_bpf.__Unnamed_struct_progs { skeleton.pointee.progs }
-
-    /// The programs linked to cgroups, by kind.
-    func program(_ kind: Attachment) -> OpaquePointer {
-        switch kind {
-        case .sockops: progs.keepalive_sockops
-        case .setsockopt: progs.keepalive_setsockopt
+    /// Where libbpf pins a map of this object (set when it was opened with a pin root).
+    func pinPath(_ map: OpaquePointer) throws -> String {
+        guard let path = BPFObject.pinPath(ofMap: map) else {
+            throw SyscallError("pin path of map \(BPFObject.name(ofMap: map)): the object was opened without a pin root",
+                               errno: EINVAL)
         }
+        return path
     }
 
     /// Whether this kernel has the tracepoint the reaped-connection counter hooks.
@@ -62,7 +96,7 @@ final class MainObject {
     }
 
     func load(countingReaped: Bool) throws(LoadError) {
-        bpf_program__set_autoload(progs.keepalive_reaped, countingReaped)
+        bpf_program__set_autoload(programs.reaped, countingReaped)
         skeleton.pointee.rodata.pointee.ka_hz = KernelClock.ticksPerSecond
         try loader.load(skeleton.pointee.obj, { keepalive_bpf__load(skeleton) }, probes: [
             .btf,
@@ -87,7 +121,9 @@ final class IteratorObject {
         skeleton = try loader.open(pinRoot: pinRoot) { keepalive_iter_bpf__open_opts($0) }
         if pinRoot == nil {
             let maps = skeleton.pointee.maps
-            for map in [maps.ka_policies_v3, maps.ka_counters, maps.ka_errors] { try BPFObject.unpinned(map!) }
+            for map in [maps.ka_policies_v3, maps.ka_counters, maps.ka_errors].compactMap({ $0 }) {
+                try BPFObject.unpinned(map)
+            }
         }
     }
 

@@ -3,10 +3,16 @@ import CLibBPF
 import Glibc
 import struct SystemPackage.FilePath
 
-/// The pinned maps of older layouts, and the one-time migration of their
-/// policies into the current maps. Layout 1 (keepalive 0.1.0, no ka_meta)
-/// recorded no path, so the cgroup tree is walked once to find them; layout
-/// 2's record is layout 3's without the origin.
+/// The pinned maps of older layouts, the one-time migration of their
+/// policies into the current maps, and the guard that keeps keepalive 0.1.0
+/// off newer state.
+///
+/// Layout 1 (keepalive 0.1.0, no ka_meta) recorded no path, so the cgroup
+/// tree is walked once to find its policies; layout 2's record is layout 3's
+/// without the origin. keepalive 0.1.0 knew nothing of versions: it would
+/// reuse its maps by name over any state. So this state pins, under the
+/// names of 0.1.0's own maps, guards of another shape: libbpf refuses to
+/// reuse them and 0.1.0's load fails, changing nothing.
 struct OlderLayouts {
     /// keepalive 0.1.0's struct ka_policy, as it was pinned in "ka_policies".
     struct Policy: BitwiseCopyable {
@@ -20,24 +26,84 @@ struct OlderLayouts {
     static let layout2PoliciesPin = "ka_policies_v2"
     static var pins: [String] { programPins + [policiesPin, socketsPin, layout2PoliciesPin] }
 
+    /// The guard's shape: nothing 0.1.0 could reuse in place of its maps.
+    static let guardShape = MapShape(type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: 4)
+    static let guardedPins = [policiesPin, socketsPin]
+
     let root: String
 
-    var isPresent: Bool { Self.pins.contains { BPFFS.exists(root + "/" + $0) } }
+    /// What one of 0.1.0's map names holds now.
+    enum Layout1Pin: Equatable { case absent, guarded, layout1 }
+
+    func layout1Pin(_ name: String) throws -> Layout1Pin {
+        guard let fd = try BPFFS.openIfPresent(pinned: root + "/" + name, as: .map) else { return .absent }
+        do {
+            _ = try MapHandle(fd, name: name, expecting: Self.guardShape)
+            return .guarded
+        } catch is MapIncompatible {
+            return .layout1
+        }
+    }
+
+    /// Whether some older layout's pin is still there (a guard is not one).
+    func isPresent() throws -> Bool {
+        for name in Self.programPins + [Self.layout2PoliciesPin] where try BPFFS.isPresent(root + "/" + name) {
+            return true
+        }
+        return try Self.guardedPins.contains { try layout1Pin($0) == .layout1 }
+    }
+
+    /// Whether both guards are in place.
+    func guarded() throws -> Bool {
+        try Self.guardedPins.allSatisfy { try layout1Pin($0) == .guarded }
+    }
+
+    /// Pins the guards that are missing (after remove(): 0.1.0's maps are gone).
+    func guardAgainstLayout1() throws {
+        for name in Self.guardedPins where try layout1Pin(name) == .absent {
+            let raw = bpf_map_create(BPF_MAP_TYPE_ARRAY, "ka_guard", 4, 4, 1, nil)
+            let fd = FileDescriptor(owning: try SyscallError.check("create the guard map \(name)", raw))
+            var key: UInt32 = 0, layout = UInt32(KA_STATE_LAYOUT)  // what it guards, for whoever looks
+            try SyscallError.check("write the guard map \(name)", bpf_map_update_elem(fd.raw, &key, &layout, 0))
+            try BPFFS.pin(fd, at: root + "/" + name)
+        }
+    }
 
     /// Ids of the programs 0.1.0 pinned: links may still run them.
-    func programIDs() -> Set<UInt32> {
-        Set(Self.programPins.compactMap { name in
-            try? BPFProgram.pinned(at: root + "/" + name, name: name).id()
-        })
+    func programIDs() throws -> Set<UInt32> {
+        var ids: Set<UInt32> = []
+        for name in Self.programPins {
+            if let fd = try BPFFS.openIfPresent(pinned: root + "/" + name, as: .program) {
+                ids.insert(try BPFProgram(fd, name: name).id())
+            }
+        }
+        return ids
+    }
+
+    /// Carries an older layout's policies into `kernel`'s maps (before its
+    /// programs take over the links).
+    func migrate(into kernel: PinnedKernel, from layout: UInt32, cgroups: CgroupFS) throws {
+        switch layout {
+        case 0:  // layout 1, or nothing yet
+            for (slot, (id, migrated, configured)) in try layout1Policies(in: cgroups).enumerated() {
+                var record = migrated
+                record.slot = UInt32(slot)
+                // A total: on one CPU only, so that the sum over CPUs is it.
+                try kernel.counters.update(record.slot, perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) })
+                try kernel.policies.update(id, try record.encoded())
+            }
+        case 2:
+            for (id, record) in try layout2Policies() { try kernel.policies.update(id, record) }
+        default:
+            break
+        }
     }
 
     /// Layout 2's policies, as layout 3 records (no origin); their slots and
     /// so their counters stay as they were.
     func layout2Policies() throws -> [(id: UInt64, record: ka_policy)] {
-        let path = root + "/" + Self.layout2PoliciesPin
-        guard BPFFS.exists(path) else { return [] }
-        let map = try BPFMap<UInt64, ka_policy_layout2>(try BPFFS.open(pinned: path, as: .map),
-                                                          name: Self.layout2PoliciesPin, type: BPF_MAP_TYPE_HASH)
+        guard let fd = try BPFFS.openIfPresent(pinned: root + "/" + Self.layout2PoliciesPin, as: .map) else { return [] }
+        let map = try BPFMap<UInt64, ka_policy_layout2>(fd, name: Self.layout2PoliciesPin, type: BPF_MAP_TYPE_HASH)
         return try map.entries().map { id, old in
             var record = ka_policy()
             withUnsafeMutableBytes(of: &record) { new in
@@ -48,13 +114,14 @@ struct OlderLayouts {
     }
 
     /// The policies 0.1.0 had in force, with their cgroup's path and socket count.
-    func policies(in cgroups: CgroupFS) throws -> [(id: UInt64, record: PolicyRecord, configured: UInt64)] {
-        let path = root + "/" + Self.policiesPin
-        guard BPFFS.exists(path) else { return [] }
-        let map = try BPFMap<UInt64, Policy>(try BPFFS.open(pinned: path, as: .map), name: Self.policiesPin,
-                                               type: BPF_MAP_TYPE_HASH)
-        let sockets = try? BPFMap<UInt32, UInt64>(try BPFFS.open(pinned: root + "/" + Self.socketsPin, as: .map),
-                                                   name: Self.socketsPin, type: BPF_MAP_TYPE_ARRAY)
+    func layout1Policies(in cgroups: CgroupFS) throws -> [(id: UInt64, record: PolicyRecord, configured: UInt64)] {
+        guard try layout1Pin(Self.policiesPin) == .layout1,
+              let fd = try BPFFS.openIfPresent(pinned: root + "/" + Self.policiesPin, as: .map) else { return [] }
+        let map = try BPFMap<UInt64, Policy>(fd, name: Self.policiesPin, type: BPF_MAP_TYPE_HASH)
+        let sockets = try layout1Pin(Self.socketsPin) == .layout1
+            ? try BPFFS.openIfPresent(pinned: root + "/" + Self.socketsPin, as: .map).map {
+                try BPFMap<UInt32, UInt64>($0, name: Self.socketsPin, type: BPF_MAP_TYPE_ARRAY)
+            } : nil
         let entries = try map.entries()
         guard !entries.isEmpty else { return [] }
         var paths: [UInt64: FilePath] = [cgroups.rootID: FilePath()]
@@ -72,12 +139,14 @@ struct OlderLayouts {
             (record.window_clamp, record.flags) = (old.windowClamp, old.flags)
             var migrated = PolicyRecord(record)
             migrated.path = path
-            result.append((id, migrated, (try? sockets?.lookup(old.slot) ?? 0) ?? 0))
+            result.append((id, migrated, try sockets?.lookup(old.slot) ?? 0))
         }
         return result
     }
 
+    /// Unpins what older layouts pinned (never the guards).
     func remove() throws {
-        for name in Self.pins { try BPFFS.unpin(root + "/" + name) }
+        for name in Self.programPins + [Self.layout2PoliciesPin] { try BPFFS.unpin(root + "/" + name) }
+        for name in Self.guardedPins where try layout1Pin(name) == .layout1 { try BPFFS.unpin(root + "/" + name) }
     }
 }

@@ -21,9 +21,23 @@ public struct PolicyCounters: Equatable, Sendable {
     public var reaped: UInt64 { reapedKeepalive + reapedUserTimeout }
 }
 
+/// The programs linked to cgroups, by kind, with their kernel ids.
+struct LinkedPrograms: Sendable {
+    let sockops: (program: BPFProgram, id: UInt32)
+    let setsockopt: (program: BPFProgram, id: UInt32)
+
+    subscript(kind: Attachment) -> (program: BPFProgram, id: UInt32) {
+        switch kind {
+        case .sockops: sockops
+        case .setsockopt: setsockopt
+        }
+    }
+}
+
 /// The StateKernel of a pinned state: its maps and programs (opened from
-/// their pins, or fresh from a load), and its links as the kernel reports them.
-final class PinnedKernel: StateKernel {
+/// their pins, or fresh from a load), and its links as the kernel reports
+/// them. Immutable: what changes is in the kernel.
+final class PinnedKernel: StateKernel, Sendable {
     unowned let state: PinnedState
     let identity: ProgramIdentity
     let policies: BPFMap<UInt64, ka_policy>
@@ -32,55 +46,58 @@ final class PinnedKernel: StateKernel {
     let meta: BPFMap<UInt32, ka_meta>
     let events: BPFMap<UInt32, ka_event>
     let eventsHead: BPFMap<UInt32, UInt64>
-    let programs: [Attachment: (program: BPFProgram, id: UInt32)]
+    let programs: LinkedPrograms
     let reapedProgram: BPFProgram?
+    /// Its name (its pin's), whether or not the kernel can run it.
+    let reapedProgramName: String
     /// Programs of ours that links may still run: an upgrade in progress.
     let staleProgramIDs: Set<UInt32>
     private let rootInode: ino_t
 
     var countingReaped: Bool { reapedProgram != nil }
-    var allPrograms: [BPFProgram] { Attachment.allCases.map { programs[$0]!.program } + [reapedProgram].compactMap { $0 } }
+    var allPrograms: [BPFProgram] {
+        [programs.sockops.program, programs.setsockopt.program] + [reapedProgram].compactMap { $0 }
+    }
 
-    /// The state as pinned, when it holds this binary's programs.
+    /// The state as pinned, when it holds this binary's programs. A pin that
+    /// is missing throws its ENOENT (an install repairs that); any other error too.
     convenience init(pinned object: MainObject, state: PinnedState) throws {
-        let reaped = BPFObject.name(ofProgram: object.progs.keepalive_reaped)
-        let reapedPath = state.root + "/" + reaped
-        try self.init(object, state: state, pinned: true, staleProgramIDs: [],
-                      reapedProgram: BPFFS.exists(reapedPath) ? try BPFProgram.pinned(at: reapedPath, name: reaped) : nil)
+        let reaped = BPFObject.name(ofProgram: object.programs.reaped)
+        let reapedProgram = try BPFFS.openIfPresent(pinned: state.root + "/" + reaped, as: .program)
+            .map { BPFProgram($0, name: reaped) }
+        try self.init(object, state: state, pinned: true, staleProgramIDs: [], reapedProgram: reapedProgram)
     }
 
     /// The state as `object` just loaded it (its maps pinned or reused by libbpf).
     convenience init(loaded object: MainObject, state: PinnedState, staleProgramIDs: Set<UInt32>, countingReaped: Bool) throws {
         try self.init(object, state: state, pinned: false, staleProgramIDs: staleProgramIDs,
-                      reapedProgram: countingReaped ? try BPFObject.program(object.progs.keepalive_reaped) : nil)
+                      reapedProgram: countingReaped ? try BPFObject.program(object.programs.reaped) : nil)
     }
 
     private init(_ object: MainObject, state: PinnedState, pinned: Bool, staleProgramIDs: Set<UInt32>,
                  reapedProgram: BPFProgram?) throws {
-        func map<M>(_ map: OpaquePointer?, _ make: (FileDescriptor, String, bpf_map_type) throws -> M) throws -> M {
-            let name = BPFObject.name(ofMap: map!)
-            let fd = pinned ? try BPFFS.open(pinned: BPFObject.pinPath(ofMap: map!)!, as: .map)
-                : try BPFObject.mapDescriptor(map!)
-            return try make(fd, name, bpf_map__type(map!))
+        func map<M>(_ map: OpaquePointer, _ make: (FileDescriptor, String, bpf_map_type) throws -> M) throws -> M {
+            let fd = pinned ? try BPFFS.open(pinned: try object.pinPath(map), as: .map) : try BPFObject.mapDescriptor(map)
+            return try make(fd, BPFObject.name(ofMap: map), bpf_map__type(map))
+        }
+        func program(_ kind: Attachment) throws -> (program: BPFProgram, id: UInt32) {
+            let name = BPFObject.name(ofProgram: object.programs[kind])
+            let program = pinned ? try BPFProgram.pinned(at: state.root + "/" + name, name: name)
+                : try BPFObject.program(object.programs[kind])
+            return (program, try program.id())
         }
         self.state = state
         identity = object.identity
         let maps = object.maps
-        policies = try map(maps.ka_policies_v3) { try BPFMap($0, name: $1, type: $2) }
-        counters = try map(maps.ka_counters) { try BPFPerCPUMap($0, name: $1, type: $2) }
-        errors = try map(maps.ka_errors) { try BPFPerCPUMap($0, name: $1, type: $2) }
-        meta = try map(maps.ka_meta) { try BPFMap($0, name: $1, type: $2) }
-        events = try map(maps.ka_events) { try BPFMap($0, name: $1, type: $2) }
-        eventsHead = try map(maps.ka_events_head) { try BPFMap($0, name: $1, type: $2) }
-        var programs: [Attachment: (program: BPFProgram, id: UInt32)] = [:]
-        for kind in Attachment.allCases {
-            let name = BPFObject.name(ofProgram: object.program(kind))
-            let program = pinned ? try BPFProgram.pinned(at: state.root + "/" + name, name: name)
-                : try BPFObject.program(object.program(kind))
-            programs[kind] = (program, try program.id())
-        }
-        self.programs = programs
+        policies = try map(maps.policies) { try BPFMap($0, name: $1, type: $2) }
+        counters = try map(maps.counters) { try BPFPerCPUMap($0, name: $1, type: $2) }
+        errors = try map(maps.errors) { try BPFPerCPUMap($0, name: $1, type: $2) }
+        meta = try map(maps.meta) { try BPFMap($0, name: $1, type: $2) }
+        events = try map(maps.events) { try BPFMap($0, name: $1, type: $2) }
+        eventsHead = try map(maps.eventsHead) { try BPFMap($0, name: $1, type: $2) }
+        programs = LinkedPrograms(sockops: try program(.sockops), setsockopt: try program(.setsockopt))
         self.reapedProgram = reapedProgram
+        reapedProgramName = BPFObject.name(ofProgram: object.programs.reaped)
         self.staleProgramIDs = staleProgramIDs
         guard let st = FilePath(state.root).status() else { throw SyscallError("inspect \(state.root)", errno: errno) }
         rootInode = st.st_ino
@@ -95,18 +112,23 @@ final class PinnedKernel: StateKernel {
     func pinning() -> Pinning {
         guard let st = FilePath(state.root).status() else { return errno == ENOENT ? .replaced : .unknown(errno) }
         guard st.st_ino == rootInode else { return .replaced }
-        let fd: FileDescriptor
         do {
-            fd = try BPFFS.open(pinned: state.root + "/" + meta.handle.name, as: .map)
+            guard let fd = try BPFFS.openIfPresent(pinned: state.root + "/" + meta.handle.name, as: .map) else {
+                return .replaced
+            }
+            let pinned = try MapHandle(fd, name: meta.handle.name, expecting: MapShape(
+                type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: MemoryLayout<ka_meta>.size))
+            return pinned.id == meta.handle.id ? .intact : .replaced
+        } catch is WrongObjectKind {
+            return .replaced
+        } catch is MapIncompatible {
+            return .replaced
+        } catch let error as SyscallError {
+            return .unknown(error.errno)
         } catch {
-            return error.errno == ENOENT ? .replaced : .unknown(error.errno)
+            return .unknown(EIO)
         }
-        guard let pinned = try? MapHandle(fd, name: meta.handle.name, expecting: MapShape(
-            type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: MemoryLayout<ka_meta>.size)) else { return .replaced }
-        return pinned.id == meta.handle.id ? .intact : .replaced
     }
-
-    func isStillPinned() -> Bool { pinning() == .intact }
 
     func metaMatches() throws -> Bool {
         guard let current = try meta.lookup(0) else { return false }
@@ -152,9 +174,9 @@ final class PinnedKernel: StateKernel {
         try policies.delete(id)
     }
 
-    func counters(of record: PolicyRecord) -> PolicyCounters {
-        let perCPU = (try? counters.lookup(record.slot)) ?? nil
-        return (perCPU ?? []).reduce(into: PolicyCounters()) { sum, cpu in
+    /// A policy's counters; a slot that is not there counts nothing yet.
+    func counters(of record: PolicyRecord) throws -> PolicyCounters {
+        (try counters.lookup(record.slot) ?? []).reduce(into: PolicyCounters()) { sum, cpu in
             sum.configured &+= cpu.configured
             sum.reapedKeepalive &+= cpu.reaped.0
             sum.reapedUserTimeout &+= cpu.reaped.1
@@ -162,35 +184,37 @@ final class PinnedKernel: StateKernel {
     }
 
     func setsockoptErrors() throws -> [(option: String, count: UInt64)] {
-        let names = [(KA_OPT_KEEPALIVE, KA_SO_KEEPALIVE_KEY)] + PolicyOption.allCases.map { ($0.bpfOption, $0.key) }
-        return try names.map { index, name in
-            (name, (try errors.lookup(index.rawValue) ?? []).reduce(0, &+))
-        }
+        try ([(KA_OPT_KEEPALIVE, KA_SO_KEEPALIVE_KEY)] + PolicyOption.allCases.map { ($0.bpfOption, $0.key) })
+            .map { index, name in (name, (try errors.lookup(index.rawValue) ?? []).reduce(0, &+)) }
     }
 
     // MARK: links
 
+    /// Every pin of a kind's links directory, as the kernel describes it. A
+    /// pin that cannot be read throws: unreadable is not foreign, and a
+    /// transaction that cannot see a link cannot say what to do with it.
     func readLinks(_ kind: Attachment) throws -> [String: LinkState] {
         let directory = state.linksDirectory(kind)
-        guard BPFFS.exists(directory) else { return [:] }
         var links: [String: LinkState] = [:]
-        for name in try directoryNames(directory) {
-            links[name] = classify(directory + "/" + name, name: name, kind: kind)
+        for name in try directoryNamesIfPresent(directory) ?? [] {
+            links[name] = try classify(directory + "/" + name, name: name, kind: kind)
         }
         return links
     }
 
-    private func classify(_ path: String, name: String, kind: Attachment) -> LinkState {
+    private func classify(_ path: String, name: String, kind: Attachment) throws -> LinkState {
         let info: BPFLink.Info
         do {
             info = try BPFLink.pinned(at: path).info()
-        } catch {
-            return .foreign("\(error)")
+        } catch let other as WrongObjectKind {
+            return .foreign("\(other)")
+        } catch let error as SyscallError where error.errno == ENOENT {
+            return .defunct  // unpinned meanwhile: nothing there to keep
         }
         guard info.type == BPF_LINK_TYPE_CGROUP, info.attachType == kind.attachType else {
             return .foreign("not a \(kind) cgroup link")
         }
-        let current = info.programID == programs[kind]!.id
+        let current = info.programID == programs[kind].id
         guard current || staleProgramIDs.contains(info.programID) else {
             return .foreign("runs program \(info.programID), not keepalive's")
         }
@@ -209,10 +233,9 @@ final class PinnedKernel: StateKernel {
         }
         var st = stat()
         // The cgroup at that path must still be the one meant (ids are never reused).
-        guard fstat(fd.raw, &st) == 0, UInt64(st.st_ino) == cgroup.id else {
-            throw CgroupAccessError(path: cgroup.display, errno: ENOENT)
-        }
-        let link = try programs[kind]!.program.attach(cgroup: fd, type: kind.attachType, cgroupPath: directory.displayString)
+        guard fstat(fd.raw, &st) == 0 else { throw CgroupAccessError(path: cgroup.display, errno: errno) }
+        guard UInt64(st.st_ino) == cgroup.id else { throw CgroupAccessError(path: cgroup.display, errno: ENOENT) }
+        let link = try programs[kind].program.attach(cgroup: fd, type: kind.attachType, cgroupPath: directory.displayString)
         try link.pin(at: state.linksDirectory(kind) + "/\(cgroup.id)")
     }
 
@@ -221,19 +244,20 @@ final class PinnedKernel: StateKernel {
     }
 
     func updateLink(_ kind: Attachment, pin: String) throws {
-        try BPFLink.pinned(at: state.linksDirectory(kind) + "/" + pin).update(to: programs[kind]!.program)
+        try BPFLink.pinned(at: state.linksDirectory(kind) + "/" + pin).update(to: programs[kind].program)
     }
 
     /// Makes sure the reaped-connection tracepoint has its link (after an
-    /// outside hand removed it, or an upgrade was interrupted before it).
+    /// outside hand removed it, or an upgrade was interrupted before it). A
+    /// pin that cannot be read throws; one that is not there is made.
     func repairReapedLink() throws {
         guard let reapedProgram else { return }
         let path = state.reapedLinkPath
-        if let info = try? BPFLink.pinned(at: path).info(), info.programID == (try? reapedProgram.id()) { return }
-        let link = try reapedProgram.attachTracepoint()
-        let next = PinnedState.staged(path, id: try link.info().id)
-        try link.pin(at: next)
-        try BPFFS.rename(next, to: path)
+        if let pinned = try BPFFS.openIfPresent(pinned: path, as: .link),
+           try BPFLink(pinned, name: path).info().programID == (try reapedProgram.id()) {
+            return
+        }
+        try state.replaceReapedLink(running: reapedProgram)
         state.logger.notice("re-created the reaped-connection link at \(path)")
     }
 

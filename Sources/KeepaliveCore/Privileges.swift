@@ -1,13 +1,16 @@
+import BPF
+import Glibc
 import struct SystemPackage.FilePath
 
 /// Whether this process may load and attach BPF programs.
 public enum Privileges {
     static let capNetAdmin = 12, capSysAdmin = 21, capPerfmon = 38, capBPF = 39
 
-    /// The capabilities missing for the privileged mode, by name; empty if none.
-    public static func missingForBPF(status path: String = "/proc/self/status") -> [String] {
-        guard let text = try? readTextFile(FilePath(path)), let mask = effectiveCapabilities(inStatus: text) else {
-            return ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]
+    /// The capabilities missing for the privileged mode, by name; empty if
+    /// none. A status that cannot be read or understood is an error, not a verdict.
+    public static func missingForBPF(status path: String = "/proc/self/status") throws -> [String] {
+        guard let mask = effectiveCapabilities(inStatus: try readTextFile(FilePath(path))) else {
+            throw SyscallError("find CapEff in \(path)", errno: EINVAL)
         }
         return missing(fromEffective: mask)
     }

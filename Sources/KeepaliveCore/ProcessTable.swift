@@ -5,18 +5,27 @@ import struct SystemPackage.FilePath
 /// network namespaces, and who holds which socket.
 public struct ProcessTable {
     private(set) var pids: [Int32] = []
+    /// What could not be read (a cgroup removed meanwhile is not in it):
+    /// processes there may be missing.
+    private(set) var unreadable: [String] = []
 
     init(subtree: Cgroup, cgroups: CgroupFS) {
         var directories = [subtree.path]
-        cgroups.walk(below: subtree.path) { directories.append($0.path); return true }
+        unreadable = cgroups.walk(below: subtree.path) { directories.append($0.path); return true }.map(\.description)
         for directory in directories {
-            let procs = cgroups.absolute(directory).appending("cgroup.procs")
-            guard let text = try? readTextFile(procs) else { continue }
-            pids += text.split(separator: "\n").compactMap { Int32($0) }
+            do {
+                let text = try readTextFile(cgroups.absolute(directory).appending("cgroup.procs"))
+                pids += text.split(separator: "\n").compactMap { Int32($0) }
+            } catch where error.errno == ENOENT {
+                continue  // removed since the walk: its processes are gone too
+            } catch {
+                unreadable.append("\(error)")
+            }
         }
     }
 
-    /// Every process on the machine (as this process sees /proc).
+    /// Every process on the machine (as this process sees /proc), for naming
+    /// the holders of sockets: who holds one only completes what is shown.
     init(everyProcess: ()) {
         pids = ((try? directoryNames("/proc")) ?? []).compactMap(Int32.init)
     }
@@ -38,7 +47,8 @@ public struct ProcessTable {
         return paths
     }
 
-    /// Socket inode -> the processes holding it.
+    /// Socket inode -> the processes holding it (shown, never decided on:
+    /// a process that exits meanwhile, or hides its fds, is left out).
     func socketOwners() -> [UInt64: [SocketOwner]] {
         var owners: [UInt64: [SocketOwner]] = [:]
         for pid in pids {

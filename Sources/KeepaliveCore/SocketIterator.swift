@@ -41,6 +41,7 @@ public final class SocketIterator {
         let processes = ProcessTable(subtree: subtree, cgroups: cgroups)
         let socketOwners = owners ? processes.socketOwners() : [:]
         var result = Result()
+        result.unreachable = processes.unreadable.map { "\($0): the namespaces of processes there may be missed" }
         var records: [ka_socket_record] = []
         for namespace in processes.networkNamespaces() {
             do {
@@ -59,7 +60,8 @@ public final class SocketIterator {
     /// it, so a cgroup just made holds none; what this skips is a cgroup whose
     /// processes all moved away and left their sockets behind.
     public func runIfPopulated(_ subtree: Cgroup) throws -> Result? {
-        guard !ProcessTable(subtree: subtree, cgroups: cgroups).pids.isEmpty else { return nil }
+        let processes = ProcessTable(subtree: subtree, cgroups: cgroups)
+        guard !processes.pids.isEmpty || !processes.unreadable.isEmpty else { return nil }  // unreadable: run anyway
         return try run(subtree, applying: true, owners: false)
     }
 

@@ -15,6 +15,8 @@ public enum StateError: Error, CustomStringConvertible, Equatable {
     case full(capacity: Int)
     /// Layout-1 state cannot be migrated: some of its cgroups could not be found.
     case migrationBlocked(String)
+    /// Part of the state is not pinned (an interrupted install, an outside hand): a command repairs it.
+    case incomplete(path: String, String)
     /// Another agent holds this state.
     case agentRunning(path: String, pid: Int32?)
     /// The state's policies were set from another cgroup root (a cgroup
@@ -39,6 +41,8 @@ public enum StateError: Error, CustomStringConvertible, Equatable {
             "the policy map is full: all \(capacity) policies are in use; what is in force stays"
         case let .migrationBlocked(why):
             "cannot upgrade the state of keepalive 0.1.0 in place: \(why); nothing was changed"
+        case let .incomplete(path, what):
+            "the state at \(path) is incomplete (\(what)); any keepalive command (e.g. status) repairs it"
         case let .agentRunning(path, pid):
             "another keepalive agent\(pid.map { " (pid \($0))" } ?? "") is enforcing the state at \(path); "
                 + "two agents would undo each other's policies"

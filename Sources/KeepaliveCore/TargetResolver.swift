@@ -139,7 +139,12 @@ public struct TargetResolver: Sendable {
 
     /// The cgroup v2 of a process, from /proc/PID/cgroup ("0::/path").
     public func cgroup(ofPID pid: Int32) throws -> Cgroup {
-        guard let text = try? readTextFile(FilePath("/proc/\(pid)/cgroup")) else { throw CgroupError.noProcess(pid) }
+        let text: String
+        do {
+            text = try readTextFile(FilePath("/proc/\(pid)/cgroup"))
+        } catch {
+            throw error.errno == ENOENT || error.errno == ESRCH ? CgroupError.noProcess(pid) : error
+        }
         for line in text.split(separator: "\n") where line.hasPrefix("0::") {
             let path = line.dropFirst(3)  // below the hierarchy's root: "/" is the root itself
             return try cgroups.resolve(path == "/" ? "/" : String(path.dropFirst()))

@@ -112,7 +112,7 @@ public final class Transaction {
         }
         let outcome = fixLinks(around: cgroup.path, id: cgroup.id)
         if let failure = outcome.failures.first {
-            if rewrite { try restore(previous, for: cgroup) }
+            if rewrite { try restore(previous, for: cgroup, after: failure) }
             throw failure
         }
         if !rewrite { return outcome.actions.isEmpty ? .unchanged : .updated }
@@ -127,7 +127,10 @@ public final class Transaction {
         try announce()
         try kernel.deletePolicy(id)
         forget(id)
-        if let failure = fixLinks(around: record.path, id: id).failures.first { throw failure }
+        if let failure = fixLinks(around: record.path, id: id).failures.first {
+            try restore(record, for: Cgroup(path: record.path, id: id), after: failure)
+            throw failure
+        }
         return true
     }
 
@@ -365,7 +368,9 @@ public final class Transaction {
         }
     }
 
-    private func restore(_ previous: PolicyRecord?, for cgroup: Cgroup) throws {
+    /// Puts back what was in force before a change that failed; what it
+    /// cannot put back is part of the error (the next opening repairs it).
+    private func restore(_ previous: PolicyRecord?, for cgroup: Cgroup, after failure: LinkFailure) throws {
         if let previous {
             try kernel.writePolicy(previous, for: cgroup.id, freshCounters: false)
             remember(previous, for: cgroup.id)
@@ -373,7 +378,13 @@ public final class Transaction {
             try kernel.deletePolicy(cgroup.id)
             forget(cgroup.id)
         }
-        _ = fixLinks(around: cgroup.path, id: cgroup.id)
+        let restored = fixLinks(around: cgroup.path, id: cgroup.id)
+        guard restored.failures.isEmpty else {
+            throw LinkFailure(kind: failure.kind, cgroup: failure.cgroup,
+                              reason: failure.reason + "; and putting back what was in force failed: "
+                                  + restored.failures.map(\.description).joined(separator: "; "),
+                              scope: .state)
+        }
     }
 }
 
@@ -414,6 +425,3 @@ extension Attachment: CustomStringConvertible {
     }
 }
 
-func errnoText(_ code: Int32) -> String {
-    "\(String(cString: strerror(code))), errno \(code)"
-}

@@ -38,8 +38,10 @@ struct AgentCommand: AsyncParsableCommand, StateCommand {
 
     @OptionGroup var options: StateOptions
 
+    /// It runs until a signal stops it (neither --check nor --once).
+    var runsAsDaemon: Bool { !check && !once }
+
     func run() async throws {
-        if !check && !once { StopDeadline.arm() }
         if check {
             let parsed = try Agent.loadConfig(config)
             print("\(config): ok, \(parsed.policies.count) policy entries")

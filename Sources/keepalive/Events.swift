@@ -30,7 +30,7 @@ struct Events: ParsableCommand, JSONOutputCommand, StateCommand {
         let rows = EventRows(cgroups).rows(events)
         switch (json, follow) {
         case (true, false): try printJSON(rows)
-        case (true, true): for row in rows { try printJSONLine(row) }
+        case (true, true): for row in rows { try printJSON(row, oneLine: true) }
         case (false, false) where rows.isEmpty: print("no reaped connections")
         case (false, _): if !rows.isEmpty { printTable(rows) }
         }
@@ -45,16 +45,10 @@ struct Events: ParsableCommand, JSONOutputCommand, StateCommand {
             let (events, head) = try state.reapedEvents(after: next)
             next = head
             for row in rows.rows(events) {
-                if json { try printJSONLine(row) } else { print(row.fields.filter { $0.column != nil }.map { $0.shown ?? $0.value.text }.joined(separator: "  ")) }
+                if json { try printJSON(row, oneLine: true) } else { print(row.fields.filter { $0.column != nil }.map(\.text).joined(separator: "  ")) }
             }
             fflush(nil)
         }
-    }
-
-    private func printJSONLine(_ row: Row) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        print(String(decoding: try encoder.encode(row), as: UTF8.self))
     }
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BPF
 import Glibc
+import KeepaliveAgent
 import KeepaliveCore
 
 @main
@@ -25,6 +26,8 @@ struct Keepalive: AsyncParsableCommand {
         } catch {
             fail(error, json: false)
         }
+        // Before any thread exists, so that every thread inherits the signal mask.
+        if let agent = command as? AgentCommand, agent.runsAsDaemon { StopDeadline.arm() }
         do {
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
@@ -45,7 +48,7 @@ struct Keepalive: AsyncParsableCommand {
         let line = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
         let message = line.hasPrefix("Error: ") ? String(line.dropFirst(7)) : line
         if json {
-            try? printJSON(["error": message])
+            try? printJSON(["error": message])  // encoding a string cannot fail; nothing else could be said
         } else {
             // Under systemd's journal, with the error priority (sd-daemon(3)).
             printError((LineLogHandler.Style.onStderr == .journal ? "<3>" : "") + "keepalive: error: \(message)")

@@ -33,7 +33,7 @@ struct StateOptions: ParsableArguments {
 
     /// Checks privilege, then finds the cgroup2 hierarchy.
     func cgroups() throws -> CgroupFS {
-        let missing = Privileges.missingForBPF()
+        let missing = try Privileges.missingForBPF()
         guard missing.isEmpty else {
             throw CommandError("missing privilege: \(missing.joined(separator: ", ")) (run as root)")
         }
@@ -158,6 +158,7 @@ struct PolicyArguments: ParsableArguments {
                   let value = (child.value as? Option<Int32?>)?.wrappedValue else { continue }
             values[option] = value
         }
+        // validate() refused a precedence that does not parse: none is lost here.
         return Policy(values, precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application)
     }
 

@@ -3,7 +3,7 @@ import Glibc
 import KeepaliveCore
 
 /// A value as JSON has it; `text` is how a table shows it.
-enum JSONValue: Encodable {
+enum JSONValue: Encodable, Sendable {
     case string(String), integer(Int64), unsigned(UInt64), bool(Bool), null, list([JSONValue])
 
     func encode(to encoder: Encoder) throws {
@@ -32,11 +32,14 @@ enum JSONValue: Encodable {
 
 /// One field of an output row: its JSON key, its table column (nil: JSON
 /// only), its value, and how the table shows it when not as the value.
-struct Field {
+struct Field: Sendable {
     let key: String
     let column: String?
     let value: JSONValue
     let shown: String?
+
+    /// How a table shows it.
+    var text: String { shown ?? value.text }
 
     init(_ key: String, _ column: String?, _ value: JSONValue, shown: String? = nil) {
         self.key = key
@@ -48,7 +51,7 @@ struct Field {
 
 /// A row of a command's output: the same fields make its table line and its
 /// JSON object (bpftool's discipline: one model, two printers).
-struct Row: Encodable {
+struct Row: Encodable, Sendable {
     let fields: [Field]
 
     private struct Key: CodingKey {
@@ -69,7 +72,7 @@ func printTable(_ rows: [Row]) {
     guard let first = rows.first else { return }
     let columns = first.fields.indices.filter { first.fields[$0].column != nil }
     let cells = [columns.map { first.fields[$0].column! }]
-        + rows.map { row in columns.map { row.fields[$0].shown ?? row.fields[$0].value.text } }
+        + rows.map { row in columns.map { row.fields[$0].text } }
     let widths = columns.indices.map { i in cells.map { $0[i].count }.max() ?? 0 }
     for line in cells {
         let padded = line.enumerated().map { i, cell in cell + String(repeating: " ", count: widths[i] - cell.count) }
@@ -77,10 +80,11 @@ func printTable(_ rows: [Row]) {
     }
 }
 
-/// Prints a value as JSON (keys sorted, slashes as they are).
-func printJSON(_ value: some Encodable) throws {
+/// Prints a value as JSON (keys sorted, slashes as they are), indented or on one line.
+func printJSON(_ value: some Encodable, oneLine: Bool = false) throws {
     let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    encoder.outputFormatting = oneLine ? [.sortedKeys, .withoutEscapingSlashes]
+        : [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 

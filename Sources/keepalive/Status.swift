@@ -15,13 +15,13 @@ struct Status: ParsableCommand, JSONOutputCommand, StateCommand {
     func run() throws {
         let cgroups = try options.cgroups()
         let state = options.state(cgroups)
-        let output = try state.transaction(create: false) { StatusOutput(state.root, $0) } ?? StatusOutput(state.root)
+        let output = try state.transaction(create: false) { try StatusOutput(state.root, $0) } ?? StatusOutput(state.root)
         if json { try printJSON(output) } else { output.printText() }
     }
 }
 
 /// `status`: one model for both printers.
-struct StatusOutput: Encodable {
+struct StatusOutput: Encodable, Sendable {
     let pinPath: String
     let programs: Programs?
     let policies: [Row]
@@ -30,7 +30,7 @@ struct StatusOutput: Encodable {
     let keptUnknown: [String]
     let failed: [String]
 
-    struct Programs: Encodable {
+    struct Programs: Encodable, Sendable {
         let version: UInt32
         let hash: String
         let countingReaped: Bool
@@ -42,11 +42,11 @@ struct StatusOutput: Encodable {
         (policies, repaired, dropped, keptUnknown, failed) = ([], [], [], [], [])
     }
 
-    init(_ pinPath: String, _ session: PinnedState.Session) {
+    init(_ pinPath: String, _ session: PinnedState.Session) throws {
         self.pinPath = pinPath
         programs = Programs(version: session.programs.version, hash: String(session.programs.hash, radix: 16),
                             countingReaped: session.countingReaped)
-        policies = session.transaction.entries().map { Self.row($0, session.counters(of: $0.record)) }
+        policies = try session.transaction.entries().map { Self.row($0, try session.counters(of: $0.record)) }
         repaired = session.report.repaired
         dropped = session.report.dropped
         keptUnknown = session.report.keptUnknown

@@ -116,11 +116,15 @@ def netns_pair():
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Prints the dead-peer suite's measured detection times, when it ran."""
+    """Prints the fault-injection count and the dead-peer suite's measured
+    detection times, when they ran."""
+    write = terminalreporter.write_line
+    from test_faults import TOTALS
+    if TOTALS:
+        write(f"fault injection: {sum(TOTALS)} points tried over {len(TOTALS)} operations")
     from cutcable import RESULTS
     if not RESULTS:
         return
-    write = terminalreporter.write_line
     write("")
     write("dead-peer detection: measured against configured")
     write(f"{'mode':34} {'case':28} {'configured':>10} {'measured':>9}  result")

@@ -99,6 +99,26 @@ class Libbpf:
             raise OSError(ctypes.get_errno() or -result, what)
         return result
 
+    def load_as_0_1_0(self, object_path, root):
+        """What keepalive 0.1.0 did over any state: reuse each of its maps
+        pinned by name (bpf_map__reuse_fd, which checks nothing), then load
+        its object. Returns the load's result (negative: refused)."""
+        self.lib.bpf_object__open_file.restype = ctypes.c_void_p
+        self.lib.bpf_object__find_map_by_name.restype = ctypes.c_void_p
+        obj = self.lib.bpf_object__open_file(object_path.encode(), None)
+        assert obj, "open layout1.bpf.o"
+        try:
+            for name in ("ka_policies", "ka_sockets", "ka_errors"):
+                pin = os.path.join(root, name)
+                if os.path.exists(pin):
+                    fd = self.check(self.lib.bpf_obj_get(pin.encode()), "bpf_obj_get")
+                    map_ = self.lib.bpf_object__find_map_by_name(ctypes.c_void_p(obj), name.encode())
+                    self.check(self.lib.bpf_map__reuse_fd(ctypes.c_void_p(map_), fd), "reuse " + name)
+                    os.close(fd)
+            return self.lib.bpf_object__load(ctypes.c_void_p(obj))
+        finally:
+            self.lib.bpf_object__close(ctypes.c_void_p(obj))
+
     def link_cgroup(self, program_pin, cgroup, link_pin):
         program = self.check(self.lib.bpf_obj_get(program_pin.encode()), "bpf_obj_get")
         directory = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
@@ -147,7 +167,10 @@ def test_the_state_of_keepalive_0_1_0_is_migrated_in_place(keepalive, cgroups):
     # The same link, now running this binary's program; 0.1.0's pins are gone.
     [(pin, program)] = program_of(keepalive).items()
     assert pin == str(os.stat(cgroup).st_ino) and program == pinned_program_id(keepalive, "keepalive_sockops")
-    assert not {"prog", "prog-setsockopt", "ka_policies", "ka_sockets"} & set(os.listdir(keepalive.pin_path))
+    assert not {"prog", "prog-setsockopt"} & set(os.listdir(keepalive.pin_path))
+    for name in ("ka_policies", "ka_sockets"):  # 0.1.0's maps gone; guards against 0.1.0 under their names
+        guard = json.loads(run(["bpftool", "-j", "map", "show", "pinned", os.path.join(keepalive.pin_path, name)]).stdout)
+        assert (guard["type"], guard["bytes_key"], guard["bytes_value"]) == ("array", 4, 4), guard
     assert keepalive_values(probe("pair", cgroup=cgroup)["connected"]) == values(44, 4, 5, 64000)
 
 
@@ -179,3 +202,28 @@ def test_the_previous_release_state_is_migrated_in_place_under_live_connections(
     refused = run([previous, "attach", cgroups.make(), "--pin-path", keepalive.pin_path], check=False)
     assert refused.returncode != 0 and "has layout 3, written by a newer keepalive" in refused.stderr, refused.stderr
     assert {p["cgroup"] for p in keepalive.status()} == set(policies)
+
+
+def test_keepalive_0_1_0_refuses_todays_state_and_status_names_pins_it_does_not_know(keepalive, cgroups):
+    """keepalive 0.1.0 knew nothing of versions: over any state it reused its
+    maps by name and loaded (Libbpf.load_as_0_1_0 does what it did, with its
+    maps as layout1.bpf.o has them). Today's state pins, under the names of
+    its policy and socket maps, guards of another shape: its load fails, and
+    nothing in force changes."""
+    cgroup = cgroups.make()
+    keepalive("attach", cgroup, "--keepidle", "45")
+    pins, links = sorted(os.listdir(keepalive.pin_path)), program_of(keepalive)
+    assert Libbpf().load_as_0_1_0(LAYOUT1_OBJECT, keepalive.pin_path) < 0
+    assert sorted(os.listdir(keepalive.pin_path)) == pins and program_of(keepalive) == links
+    assert keepalive.status()[0]["keepidle"] == 45
+    assert probe("pair", cgroup=cgroup)["connected"]["keepidle"] == 45
+    # A pin no layout of keepalive's has: named by status, and left alone.
+    stranger = os.path.join(keepalive.pin_path, "ka_stranger")
+    run(["bpftool", "map", "create", stranger, "type", "array", "key", "4", "value", "4", "entries", "1",
+         "name", "stranger"])
+    report = keepalive.report()
+    assert report["kept_unknown"] == [f"{stranger}: belongs to no layout this keepalive knows; left alone"]
+    assert f"kept: {stranger}: belongs to no layout" in keepalive("status").stdout
+    kept = keepalive("detach", "--all").stderr
+    assert os.path.exists(stranger) and stranger in kept
+    os.unlink(stranger)
