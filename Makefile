@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # keepalive: `make` installs what is missing and builds everything into build/;
 # `make test` runs every test. Both as root on Debian 12.
 
@@ -5,6 +6,11 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := all
 
 BUILD      := build
+# The one place of the version: debian/changelog's newest entry. The binary
+# (--version, keepalive_build_info), the BPF programs (recorded in the pinned
+# state, where an older one is refused) and the package take it from there.
+VERSION         := $(shell awk -F'[()]' 'NR == 1 {print $$2}' debian/changelog)
+PROGRAM_VERSION := $(shell echo '$(VERSION)' | awk -F'[.~+-]' '{print $$1 * 10000 + $$2 * 100 + $$3}')
 SWIFT      ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
 BPF_CLANG  ?= clang-14
 LLVM_STRIP ?= llvm-strip-14
@@ -12,11 +18,11 @@ PYTHON     ?= $(shell command -v python3)
 ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
 # Debian packages the build and the tests need; `deps` installs the missing ones.
-DEBIAN_PACKAGES := clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev \
+DEBIAN_PACKAGES := clang-14 llvm-14 libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev \
                    gcc make binutils busybox-static iproute2 nftables procps systemd util-linux strace \
                    debootstrap systemd-container podman runc prometheus redis-server redis-tools \
-                   containerd protobuf-compiler libc6-dev
-PYTHON_PACKAGES := pytest pyyaml kubernetes-validate grpcio grpcio-tools
+                   containerd protobuf-compiler libc6-dev dpkg-dev lintian go-md2man
+PYTHON_PACKAGES := pytest pyyaml kubernetes-validate grpcio grpcio-tools reuse
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
 	-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion \
@@ -30,11 +36,13 @@ PRELOAD_SHARED := preload/keepalive_options.c preload/keepalive_options.h bpf/ke
 BPF_OBJECTS   := keepalive keepalive_iter
 BPF_SKELETONS := $(BPF_OBJECTS:%=Sources/CLibBPF/generated/%.skel.h)
 BPF_HEADERS   := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h
-BPF_CFLAGS    := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror -I$(BUILD)/bpf -Ibpf
+BPF_CFLAGS    := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror -I$(BUILD)/bpf -Ibpf \
+                 -DKA_PROGRAM_VERSION=$(PROGRAM_VERSION)
 SWIFT_SOURCES := $(shell find Sources -path '*/generated' -prune -o \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) -print) Package.swift
 
 .SECONDARY:  # keep intermediate objects
-.PHONY: all deps preload bpf swift proto previous image run bench test test-swift test-integration clean
+FORCE:
+.PHONY: FORCE all deps preload bpf swift proto previous deb image run bench fuzz test test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration clean
 
 all: deps preload swift
 
@@ -64,7 +72,17 @@ $(BUILD)/lib/libkeepalive_listen.so: preload/listen.c $(PRELOAD_SHARED) | $(BUIL
 $(BUILD)/lib/libkeepalive_socket.so: preload/socket.c $(PRELOAD_SHARED) | $(BUILD)/.deps
 $(PRELOAD_LIBS):
 	@mkdir -p $(@D)
-	gcc $(PRELOAD_CFLAGS) $(PRELOAD_LDFLAGS) -o $@ preload/keepalive_options.c $<
+	gcc $(PRELOAD_CFLAGS) $(PRELOAD_LDFLAGS) -Wl,-soname,$(@F) -o $@ preload/keepalive_options.c $<
+
+# The same, with ASan and UBSan, for the preload suite once more (make test).
+SANITIZED_LIBS := $(PRELOAD_LIBS:$(BUILD)/lib/%=$(BUILD)/lib-sanitized/%)
+$(BUILD)/lib-sanitized/libkeepalive.so: preload/connect.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(BUILD)/lib-sanitized/libkeepalive_listen.so: preload/listen.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(BUILD)/lib-sanitized/libkeepalive_socket.so: preload/socket.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(SANITIZED_LIBS):
+	@mkdir -p $(@D)
+	gcc $(filter-out -D_FORTIFY_SOURCE=2,$(PRELOAD_CFLAGS)) -fsanitize=address,undefined -fno-sanitize-recover=all \
+	    -fno-omit-frame-pointer $(PRELOAD_LDFLAGS) -o $@ preload/keepalive_options.c $<
 
 # --- BPF objects: compiled for the BPF target, embedded through skeletons ----
 
@@ -74,7 +92,7 @@ $(BUILD)/bpf/vmlinux.h: | $(BUILD)/.deps
 	@mkdir -p $(@D)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
-$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) debian/changelog $(BUILD)/bpf/vmlinux.h
 	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@.debug
 	$(LLVM_STRIP) -g $@.debug -o $@   # keep BTF, drop DWARF
 
@@ -87,12 +105,14 @@ Sources/CLibBPF/generated/%.skel.h: $(BUILD)/bpf/%.bpf.o
 # SwiftPM does not see the skeleton headers (a system library's headers are no
 # inputs of its build graph) and would keep embedding stale objects: a Swift
 # file that changes with them makes it rebuild the module that embeds them.
-BPF_OBJECTS_STAMP := Sources/KeepaliveCore/generated/EmbeddedObjects.swift
+# It carries the version too.
+BPF_OBJECTS_STAMP := Sources/KeepaliveCore/generated/Build.swift
 
-$(BPF_OBJECTS_STAMP): $(BPF_SKELETONS)
+$(BPF_OBJECTS_STAMP): $(BPF_SKELETONS) debian/changelog
 	@mkdir -p $(@D)
-	@printf '// Generated by make; changes whenever the embedded BPF objects do.\nlet embeddedObjectsDigest = "%s"\n' \
-	    "$$(cat $^ | sha256sum | cut -c1-16)" > $@.tmp && mv $@.tmp $@
+	@rm -f $(@D)/EmbeddedObjects.swift
+	@printf '// Generated by make: changes whenever the embedded BPF objects or the version do.\nlet embeddedObjectsDigest = "%s"\nlet keepaliveVersion = "%s"\n' \
+	    "$$(cat $(BPF_SKELETONS) | sha256sum | cut -c1-16)" "$(VERSION)" > $@.tmp && mv $@.tmp $@
 
 # --- the Swift command --------------------------------------------------------
 
@@ -127,6 +147,7 @@ proto: $(BUILD)/cri/api.proto | $(BUILD)/.deps
 	    --swift_out=Visibility=Public:Sources/CRI \
 	    --grpc-swift-2_out=Visibility=Public,Server=false,Client=true:Sources/CRI \
 	    api.proto
+	for f in Sources/CRI/*.swift; do sed -i '1i // SPDX''-License-Identifier: Apache-2.0' $$f; done
 
 # The same API for the tests' kubelet (Python, grpcio-tools), never committed.
 $(BUILD)/test/cri/api_pb2_grpc.py: $(BUILD)/cri/api.proto | $(BUILD)/.deps
@@ -138,39 +159,90 @@ $(BUILD)/test/pause: Tests/integration/helpers/pause.c | $(BUILD)/.deps
 	@mkdir -p $(@D)
 	gcc -static -O2 -Wall -Wextra -Werror -o $@ $<
 
+# --- the Debian package: make deb ----------------------------------------------
+# debian/build-deb lays it out with dpkg-dev's tools; man pages come from the
+# command's own definition (swift-argument-parser's generate-manual) and from
+# docs/man/*.md (go-md2man), each from one source.
+
+DEB_ARCH      = $(shell dpkg --print-architecture)
+DEB           = $(BUILD)/keepalive_$(VERSION)_$(DEB_ARCH).deb
+PREVIOUS_DEB  = $(BUILD)/keepalive_0.1.0_$(DEB_ARCH).deb
+RELEASE_DATE  = $(shell date -u -d "$$(sed -n 's/^ -- .*>  //p' debian/changelog | head -1)" +%Y-%m-%d)
+MAN_PAGES     := $(BUILD)/man/keepalive.8 $(BUILD)/man/keepalive.yaml.5 $(BUILD)/man/libkeepalive.8
+
+$(BUILD)/man/keepalive.8: $(BUILD)/bin/keepalive debian/changelog
+	$(SWIFT) build -c release --product generate-manual
+	@mkdir -p $(@D)
+	"$$($(SWIFT) build -c release --show-bin-path)/generate-manual" $< --section 8 --date $(RELEASE_DATE) \
+	    --authors "keepalive maintainers" --output-directory $(@D)
+
+$(BUILD)/man/%: docs/man/%.md debian/changelog | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	{ printf '%% %s %s "%s" "keepalive %s"\n\n' "$$(echo $(basename $*) | tr a-z A-Z)" "$(subst .,,$(suffix $*))" \
+	    "$(RELEASE_DATE)" "$(VERSION)"; sed '/^<!-- SPDX-License-Identifier/d' $<; } > $@.md && go-md2man -in $@.md -out $@ && rm $@.md
+
+deb: $(DEB)
+
+$(DEB): $(BUILD)/bin/keepalive $(PRELOAD_LIBS) $(MAN_PAGES) $(wildcard debian/*) deploy/systemd/keepalive.service \
+        deploy/keepalive.yaml
+	debian/build-deb $@ $(VERSION) $(BUILD)/bin/keepalive $(BUILD)/lib $(BUILD)/man
+	lintian --fail-on error --suppress-tags-from-file /dev/null $@
+
+# The release before this one, packaged the same way: what the package's
+# upgrade test starts from (it had no man pages).
+$(PREVIOUS_DEB): $(PREVIOUS) $(wildcard debian/*)
+	$(MAKE) --no-print-directory -C $(BUILD)/previous/src preload > /dev/null
+	debian/build-deb $@ 0.1.0 $(PREVIOUS) $(BUILD)/previous/src/build/lib
+
 # --- a Debian 12 tree (debootstrap), cached: the base of the image and the ---
 # --- machine the deployment tests boot with systemd as PID 1 ------------------
 
 ROOTFS := $(BUILD)/rootfs/bookworm
-ROOTFS_PACKAGES := systemd,systemd-sysv,dbus,python3,iproute2,libbpf1,procps,curl
+# What the deployment tests boot with, and what the privileged suites need
+# when they run again inside it on the unified cgroup layout (test_unified.py),
+# and what the package's test checks with (man, bash completion).
+ROOTFS_PACKAGES := systemd systemd-sysv dbus python3 iproute2 libbpf1 procps curl \
+                   python3-pytest python3-yaml bpftool strace nftables busybox-static util-linux \
+                   binutils redis-server redis-tools prometheus man-db bash-completion
+COMMA := ,
+EMPTY :=
+SPACE := $(EMPTY) $(EMPTY)
+ROOTFS_LIST := $(BUILD)/rootfs/packages.txt
 # The Debian mirror this machine's own apt sources name.
 DEBIAN_MIRROR = $(shell cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
 	| awk '/^(deb |URIs:)/ && !/security/ { for (i = 2; i <= NF; i++) if ($$i ~ /^https?:/) { print $$i; exit } }')
 
-$(ROOTFS)/.complete: | $(BUILD)/.deps
+# Rewritten only when the list changes: the tree is made again then, not otherwise.
+$(ROOTFS_LIST): FORCE
+	@mkdir -p $(@D)
+	@echo '$(ROOTFS_PACKAGES)' | cmp -s - $@ 2>/dev/null || echo '$(ROOTFS_PACKAGES)' > $@
+
+$(ROOTFS)/.complete: $(ROOTFS_LIST) | $(BUILD)/.deps
 	@rm -rf $(ROOTFS) $(ROOTFS).tmp && mkdir -p $(dir $(ROOTFS))
-	debootstrap --variant=minbase --include=$(ROOTFS_PACKAGES) bookworm $(ROOTFS).tmp $(DEBIAN_MIRROR) \
+	debootstrap --variant=minbase --include=$(subst $(SPACE),$(COMMA),$(strip $(ROOTFS_PACKAGES))) bookworm $(ROOTFS).tmp $(DEBIAN_MIRROR) \
 	    > $(BUILD)/rootfs/debootstrap.log 2>&1 || { tail -20 $(BUILD)/rootfs/debootstrap.log; exit 1; }
 	mv $(ROOTFS).tmp $(ROOTFS) && touch $@
 
-# --- the container image: the binary on a base of libbpf1 and the C libraries -
-# --- it links, taken from the Debian tree; no shell, no package manager -------
+# --- the container image: the package installed in a Debian stage, then what --
+# --- it installed on a base of the C libraries the binary links ---------------
 
 IMAGE ?= keepalive:latest
 IMAGE_BASE ?= localhost/keepalive-base:latest
+IMAGE_INSTALLER ?= localhost/keepalive-installer:latest
 
-$(BUILD)/image/base.tar: $(ROOTFS)/.complete deploy/container/base-files
+$(BUILD)/image/base.tar: $(ROOTFS)/.complete deploy/container/base-files $(BUILD)/bin/keepalive
 	@mkdir -p $(@D)
 	deploy/container/base-files $(ROOTFS) > $(@D)/base-files.txt
 	tar -C $(ROOTFS) --dereference --no-recursion -cf $@.tmp -T $(@D)/base-files.txt && mv $@.tmp $@
 
-$(BUILD)/image/keepalive: $(BUILD)/bin/keepalive
-	@mkdir -p $(@D)
-	strip -o $@ $<   # symbols are a third of the binary
-
-image: $(BUILD)/image/keepalive $(BUILD)/image/base.tar
+# The installer stage is the whole Debian tree; it is removed once the image is built.
+image: $(DEB) $(BUILD)/image/base.tar
 	podman import --quiet $(BUILD)/image/base.tar $(IMAGE_BASE)
-	podman build --quiet --build-arg BASE=$(IMAGE_BASE) -f deploy/container/Containerfile -t $(IMAGE) .
+	tar -C $(ROOTFS) -c . | podman import --quiet - $(IMAGE_INSTALLER)
+	podman build --quiet --layers=false --network=none --build-arg BASE=$(IMAGE_BASE) \
+	    --build-arg INSTALLER=$(IMAGE_INSTALLER) --build-arg PACKAGE=$(notdir $(DEB)) \
+	    -f deploy/container/Containerfile -t $(IMAGE) . ; \
+	status=$$?; podman rmi --force $(IMAGE_INSTALLER) > /dev/null; exit $$status
 
 # --- the agent on the shipped default policy, in the foreground ---------------
 
@@ -192,23 +264,64 @@ $(BUILD)/bench/empty.bpf.o: bench/empty.bpf.c $(BUILD)/bpf/vmlinux.h
 bench: all $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
 	$(PYTHON) bench/bench.py
 
+# --- fuzzing: every parser of outside input, coverage-guided -------------------
+# The preload libraries' environment parsing with clang's libFuzzer, ASan and
+# UBSan; the policy file and the runtimes' replies (FuzzTargets) with Swift's
+# -sanitize=fuzzer,address (fuzz/Package.swift). `make fuzz` runs each for
+# FUZZ_SECONDS; the corpus and every input that ever failed are committed
+# (fuzz/corpus, fuzz/crashes) and `make test` runs them all again.
+
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+SWIFT_FUZZ_TARGETS := policy-file runtime-replies
+
+$(BUILD)/fuzz/preload-env: fuzz/preload_env.c preload/keepalive_options.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	$(BPF_CLANG) $(FUZZ_CFLAGS) -o $@ $< -ldl
+
+$(BUILD)/fuzz/keepalive-fuzz: $(SWIFT_SOURCES) fuzz/Package.swift fuzz/Sources/keepalive-fuzz/KeepaliveFuzz.swift $(BPF_OBJECTS_STAMP)
+	$(SWIFT) build -c release --package-path fuzz --scratch-path $(BUILD)/fuzz/swift --sanitize fuzzer --sanitize address
+	@mkdir -p $(@D)
+	cp "$$($(SWIFT) build -c release --package-path fuzz --scratch-path $(BUILD)/fuzz/swift --show-bin-path)/keepalive-fuzz" $@
+
+fuzz: $(BUILD)/fuzz/preload-env $(BUILD)/fuzz/keepalive-fuzz
+	@status=0; \
+	fuzz/run $(FUZZ_SECONDS) $(BUILD)/fuzz/preload-env preload-env || status=1; \
+	fuzz/run $(FUZZ_SECONDS) $(BUILD)/fuzz/keepalive-fuzz $(SWIFT_FUZZ_TARGETS) || status=1; \
+	exit $$status
+
+# Every committed input once more: the C target here, the Swift ones in swift test.
+test-fuzz-replay: $(BUILD)/fuzz/preload-env
+	$(BUILD)/fuzz/preload-env -runs=0 -close_fd_mask=2 fuzz/corpus/preload-env fuzz/crashes/preload-env
+
 # --- tests --------------------------------------------------------------------
+
+# The preload suite with the libraries built with ASan and UBSan (their
+# runtime preloaded first); a finding aborts the program, which fails the test.
+# The linkage test is the release build's: these link the sanitizers' runtime.
+test-preload-sanitized: $(SANITIZED_LIBS)
+	KEEPALIVE_TEST_PRELOAD_LIB=$(BUILD)/lib-sanitized \
+	KEEPALIVE_TEST_PRELOAD_FIRST="$$(gcc -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(PYTHON) -m pytest -p no:cacheprovider -q Tests/integration/test_preload.py \
+	    -k "not test_libraries_need_only_libc_and_export_only_their_wrapper"
+
 
 # foreign: another tool's program; layout1: keepalive 0.1.0's pinned layout, for
 # the migration test; keepalive-next: the programs as a later build would have
 # them (next version), for the upgrade tests; refused: programs the verifier
 # refuses, for the load-error tests (both through KEEPALIVE_BPF_OBJECT).
-NEXT_PROGRAM_VERSION := $(shell awk '/^\#define KA_PROGRAM_VERSION / {print $$3 + 1}' bpf/keepalive_policy.h)
+NEXT_PROGRAM_VERSION := $(shell echo $$(($(PROGRAM_VERSION) + 1)))
 TEST_HELPERS := $(BUILD)/test/foreign.bpf.o $(BUILD)/test/layout1.bpf.o $(BUILD)/test/keepalive-next.bpf.o \
                 $(BUILD)/test/refused.bpf.o $(BUILD)/test/cri/api_pb2_grpc.py $(BUILD)/test/pause
 
-$(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c bpf/keepalive.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
+$(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c bpf/keepalive.bpf.c $(BPF_HEADERS) debian/changelog $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
 	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-$(BUILD)/test/keepalive-next.bpf.o: bpf/keepalive.bpf.c $(BPF_HEADERS) $(BUILD)/bpf/vmlinux.h
+$(BUILD)/test/keepalive-next.bpf.o: bpf/keepalive.bpf.c $(BPF_HEADERS) debian/changelog $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
-	$(BPF_CLANG) $(BPF_CFLAGS) -DKA_PROGRAM_VERSION=$(NEXT_PROGRAM_VERSION) -c $< -o $@.debug
+	$(BPF_CLANG) $(filter-out -DKA_PROGRAM_VERSION=%,$(BPF_CFLAGS)) -DKA_PROGRAM_VERSION=$(NEXT_PROGRAM_VERSION) -c $< -o $@.debug
 	$(LLVM_STRIP) -g $@.debug -o $@
 
 # The release before this one, built from the git history as it was: what the
@@ -228,17 +341,28 @@ $(PREVIOUS): | $(BUILD)/.deps
 
 previous: $(PREVIOUS)
 
-test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete
+test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) $(PREVIOUS_DEB)
 	@rc=0; \
+	$(MAKE) --no-print-directory test-licensing || rc=1; \
 	$(MAKE) --no-print-directory test-swift || rc=1; \
+	$(MAKE) --no-print-directory test-fuzz-replay || rc=1; \
+	$(MAKE) --no-print-directory test-preload-sanitized || rc=1; \
 	$(MAKE) --no-print-directory test-integration || rc=1; \
 	exit $$rc
+
+# Every file names its licence (an SPDX line, or REUSE.toml for data files).
+test-licensing: | $(BUILD)/.deps
+	$(PYTHON) -m reuse lint --quiet || { $(PYTHON) -m reuse lint | head -40; exit 1; }
 
 test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
 	$(SWIFT) test
 
-test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete
-	$(PYTHON) -m pytest -p no:cacheprovider --durations=8 Tests/integration
+# TESTS: a part of the suite, e.g. make test-integration TESTS=Tests/integration/test_bpf.py
+TESTS ?= Tests/integration
+
+test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) \
+                  $(PREVIOUS_DEB)
+	$(PYTHON) -m pytest -p no:cacheprovider --durations=8 $(TESTS)
 
 clean:
 	rm -rf $(BUILD) .build Sources/CLibBPF/generated Sources/KeepaliveCore/generated

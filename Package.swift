@@ -1,4 +1,5 @@
 // swift-tools-version: 6.2
+// SPDX-License-Identifier: MIT
 import PackageDescription
 
 let package = Package(
@@ -6,6 +7,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "keepalive", targets: ["keepalive"]),
+        // For fuzz/ (make fuzz): the parsers of outside input as fuzz targets.
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -80,6 +83,11 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // Each parser of outside input as a fuzz target (fuzz/, Tests/FuzzReplayTests).
+        .target(
+            name: "FuzzTargets",
+            dependencies: ["KeepaliveCore", "KeepaliveRuntime", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .executableTarget(
             name: "keepalive",
             dependencies: [
@@ -96,6 +104,10 @@ let package = Package(
             name: "KeepaliveRuntimeTests",
             dependencies: ["KeepaliveRuntime", "KeepaliveCore", .product(name: "SystemPackage", package: "swift-system")],
             exclude: ["Recorded"]  // replies recorded from real runtimes, read by path
+        ),
+        .testTarget(
+            name: "FuzzReplayTests",
+            dependencies: ["FuzzTargets"]
         ),
         .testTarget(
             name: "KeepaliveAgentTests",

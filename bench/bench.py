@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """keepalive's cost on the connection path, measured side by side in one run.
 
 Run by `make bench` as root. Prints a table; changes nothing it does not undo:

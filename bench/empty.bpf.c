@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /* An empty sock_ops program: what the kernel charges for running any sock_ops
  * program on every connection, before keepalive does anything. */
 #include "vmlinux.h"

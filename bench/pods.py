@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Pods through a real containerd, for `make bench`: how soon a new pod's
 policy is in force, and what the agent costs under pod churn and at rest.
 

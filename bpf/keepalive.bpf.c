@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * keepalive's programs:
  *
@@ -20,7 +20,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Which build of the programs this is: recorded in ka_meta when pinned. */
+/* Which release of the programs this is: recorded in ka_meta when pinned. */
+#ifndef KA_PROGRAM_VERSION
+#error "KA_PROGRAM_VERSION: the build gives it, from debian/changelog"
+#endif
 const volatile __u32 ka_program_version = KA_PROGRAM_VERSION;
 
 /* The state's identity and change counter (written by userspace). */

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * What keepalive's BPF objects share: the pinned maps (one definition; libbpf
  * pins them by name under the state's root and every later object reuses

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * keepalive's TCP iterator: visits every TCP socket of the reader's network
  * namespace in one pass, in the kernel, without stopping any process. For the

@@ -90,16 +90,15 @@ enum ka_bpf_option {
  * Versions of the pinned state. The layout covers every pinned map's type and
  * record: a binary with a newer layout migrates older state in place, and one
  * with an older layout refuses to touch newer state. The program version is
- * compiled into the object (ka_program_version); any other object replaces the
- * pinned programs on every link in place, an older version is refused.
+ * the release's (debian/changelog, as major * 10000 + minor * 100 + patch),
+ * given by the build as KA_PROGRAM_VERSION and compiled into the object
+ * (ka_program_version); any other object replaces the pinned programs on
+ * every link in place, an older version is refused.
  * Layout 1 is keepalive 0.1.0's (no ka_meta, policies in "ka_policies"),
  * layout 2 added ka_meta and the path ("ka_policies_v2"), layout 3 the
  * origin ("ka_policies_v3").
  */
 #define KA_STATE_LAYOUT      3
-#ifndef KA_PROGRAM_VERSION          /* a build may say which it is */
-#define KA_PROGRAM_VERSION   3
-#endif
 
 /* Capacity of the pinned maps: policies in force at once. */
 #define KA_MAX_POLICIES      65536

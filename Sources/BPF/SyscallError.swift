@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Glibc
 
 /// A system call that failed (bpf(2) through libbpf, or another): what was

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #ifndef KEEPALIVE_CLIBBPF_SHIM_H
 #define KEEPALIVE_CLIBBPF_SHIM_H
 #include <errno.h>

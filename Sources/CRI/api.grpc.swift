@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //
 //Copyright 2020 The Kubernetes Authors.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import KeepaliveCore
 import Prometheus
 import Synchronization

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import AsyncAlgorithms
 import Glibc
 import KeepaliveCore

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Synchronization
 
 /// What /readyz and /livez answer: ready once the first full pass is done;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Glibc
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if

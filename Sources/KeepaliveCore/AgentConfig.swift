@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Yams
 
 /// The agent's policy file:

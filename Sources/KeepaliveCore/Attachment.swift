@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import CLibBPF
 
 /// The programs keepalive attaches to cgroups. Each is linked only at the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import CLibBPF
 
 /// Who a policy was set for when it was set for a workload rather than a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import struct SystemPackage.FilePath
 
 /// The policies' cgroups as a tree of path components: answers "which

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import CLibBPF
 
 /// The options a policy sets. Names, defaults and ranges come from

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Glibc
 
 /// The container runtime APIs keepalive reads: Kubernetes' CRI (containerd,

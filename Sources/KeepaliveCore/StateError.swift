@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import CLibBPF
 
 /// Why the pinned state cannot be used as it is; nothing in force is changed.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import struct SystemPackage.FilePath
 
 /// What the kernel says about one pin in a links directory.

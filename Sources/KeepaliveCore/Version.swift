@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
 public enum KeepaliveVersion {
-    public static let string = "0.1.0"
+    /// The release, from debian/changelog (Makefile: generated/Build.swift).
+    public static let string = keepaliveVersion
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Glibc
 
 /// Kubernetes' label selector: every `matchLabels` pair, and every expression

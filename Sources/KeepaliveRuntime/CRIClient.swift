@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import CRI
 import Foundation
 import GRPCCore
@@ -93,6 +94,11 @@ public final class CRIClient: Sendable {
         }
     }
 
+    /// A reply's reading, its failure an unexpected reply of this runtime's.
+    private func read<T>(_ body: () throws(ReplyError) -> T) throws(RuntimeError) -> T {
+        do { return try body() } catch { throw .unexpectedReply(.cri, endpoint: endpoint.description, error.description) }
+    }
+
     /// The runtime's name and version: a cheap call that proves it answers.
     public func version() async throws(RuntimeError) -> String {
         let reply = try await call("Version") {
@@ -132,7 +138,8 @@ public final class CRIClient: Sendable {
         let status = reply.status
         let pod = PodInfo(sandboxID: status.id, uid: status.metadata.uid, namespace: status.metadata.namespace,
                           name: status.metadata.name, labels: status.labels, annotations: status.annotations)
-        return (pod, try VerboseInfo.podCgroup(reply.info["info"], endpoint: endpoint))
+        guard let json = reply.info["info"] else { return (pod, nil) }
+        return (pod, try read { () throws(ReplyError) in try RuntimeReplies.podCgroup(verboseInfo: json) })
     }
 
     /// The running containers, with their pods' names (from their sandboxes).
@@ -161,65 +168,7 @@ public final class CRIClient: Sendable {
             try await runtime.containerStatus(.with { $0.containerID = id; $0.verbose = true },
                                               options: options(Self.listTimeout))
         }
-        return try VerboseInfo.container(reply.info["info"], endpoint: endpoint)
-    }
-}
-
-/// The runtime's own JSON in a verbose status (`info["info"]`): containerd's
-/// and CRI-O's keys. A shape it does not know is an error for that workload.
-enum VerboseInfo {
-    private struct Sandbox: Decodable {
-        let config: Config?
-        let runtimeSpec: Spec?
-        struct Config: Decodable {
-            let linux: Linux?
-            struct Linux: Decodable { let cgroup_parent: String? }
-        }
-    }
-
-    private struct Container: Decodable {
-        let pid: Int32?
-        let runtimeSpec: Spec?
-    }
-
-    private struct Spec: Decodable {
-        let linux: Linux?
-        struct Linux: Decodable { let cgroupsPath: String? }
-    }
-
-    /// The pod's cgroup: the sandbox's cgroup_parent, else its own container's parent.
-    static func podCgroup(_ json: String?, endpoint: RuntimeEndpoint) throws(RuntimeError) -> FilePath? {
-        guard let json else { return nil }
-        let info: Sandbox = try decode(json, endpoint: endpoint, what: "PodSandboxStatus")
-        if let parent = info.config?.linux?.cgroup_parent, !parent.isEmpty {
-            return try path(parent, endpoint: endpoint)
-        }
-        if let own = info.runtimeSpec?.linux?.cgroupsPath, !own.isEmpty {
-            return try path(own, endpoint: endpoint).removingLastComponent()
-        }
-        return nil
-    }
-
-    static func container(_ json: String?, endpoint: RuntimeEndpoint) throws(RuntimeError) -> (FilePath?, Int32?) {
-        guard let json else { return (nil, nil) }
-        let info: Container = try decode(json, endpoint: endpoint, what: "ContainerStatus")
-        guard let cgroupsPath = info.runtimeSpec?.linux?.cgroupsPath, !cgroupsPath.isEmpty else { return (nil, info.pid) }
-        return (try path(cgroupsPath, endpoint: endpoint), info.pid)
-    }
-
-    private static func path(_ text: String, endpoint: RuntimeEndpoint) throws(RuntimeError) -> FilePath {
-        do {
-            return try CgroupNaming.path(ofCgroupsPath: text)
-        } catch {
-            throw .unexpectedReply(.cri, endpoint: endpoint.description, error.description)
-        }
-    }
-
-    private static func decode<T: Decodable>(_ json: String, endpoint: RuntimeEndpoint, what: String) throws(RuntimeError) -> T {
-        do {
-            return try JSONDecoder().decode(T.self, from: Data(json.utf8))
-        } catch {
-            throw .unexpectedReply(.cri, endpoint: endpoint.description, "\(what) verbose info: \(error)")
-        }
+        guard let json = reply.info["info"] else { return (nil, nil) }
+        return try read { () throws(ReplyError) in try RuntimeReplies.container(verboseInfo: json) }
     }
 }

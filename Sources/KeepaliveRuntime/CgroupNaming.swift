@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import struct SystemPackage.FilePath
 
 /// How kubelet and the container runtimes name cgroups, under both drivers:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Foundation
 import Glibc
 import KeepaliveCore
@@ -29,100 +30,37 @@ public struct DockerClient: Sendable {
 
     /// The running containers.
     public func containers() async throws(RuntimeError) -> [ContainerInfo] {
-        let listed: [Listed] = try await decode(try await get("/\(Self.apiVersion)/containers/json", timeout: Self.timeout))
-        return listed.map { item in
-            ContainerInfo(id: item.id, name: Self.name(item.names?.first ?? item.id), labels: item.labels ?? [:],
-                          podNamespace: nil, podName: nil, source: "Docker-compatible API at \(endpoint)")
+        let reply = try await get("/\(Self.apiVersion)/containers/json", timeout: Self.timeout)
+        return try read(reply) { json throws(ReplyError) in try RuntimeReplies.containers(listed: json) }.map { item in
+            ContainerInfo(id: item.id, name: RuntimeReplies.containerName(item.names?.first ?? item.id),
+                          labels: item.labels ?? [:], podNamespace: nil, podName: nil,
+                          source: "Docker-compatible API at \(endpoint)")
         }
     }
 
     /// A container by id, name or unique id prefix, as docker resolves them; nil if none.
-    public func container(_ reference: String) async throws(RuntimeError) -> Inspected? {
+    public func container(_ reference: String) async throws(RuntimeError) -> RuntimeReplies.Inspected? {
         guard let escaped = reference.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(.init(charactersIn: "-_."))) else {
             return nil
         }
         let reply = try await get("/\(Self.apiVersion)/containers/\(escaped)/json", timeout: Self.timeout)
         if reply.status == .notFound { return nil }
-        let inspected: Inspected = try await decode(reply)
-        return inspected
+        return try read(reply) { json throws(ReplyError) in try RuntimeReplies.container(inspected: json) }
     }
 
     /// The cgroup of a running container, below the hierarchy's root: podman's
     /// own account (libpod State.CgroupPath), else the process's cgroup
     /// checked against the runtime's naming (docker-<id>.scope, /docker/<id>).
-    public func cgroup(of container: Inspected) async throws(RuntimeError) -> FilePath {
+    public func cgroup(of container: RuntimeReplies.Inspected) async throws(RuntimeError) -> FilePath {
         let reply = try await get("/\(Self.libpodVersion)/libpod/containers/\(container.id)/json", timeout: Self.timeout)
-        if reply.status == .ok {
-            let libpod: LibpodInspected = try await decode(reply)
-            if let path = libpod.cgroupPath, !path.isEmpty {
-                do {
-                    return try CgroupNaming.path(ofCgroupsPath: path)
-                } catch {
-                    throw unexpected("libpod State.CgroupPath: \(error)")
-                }
-            }
+        if reply.status == .ok,
+           let path = try read(reply, { json throws(ReplyError) in try RuntimeReplies.libpodCgroup(inspected: json) }) {
+            return path
         }
         guard let pid = container.pid, pid > 0 else {
-            throw .noCgroup("container \(Self.name(container.name))", "it has no running process")
+            throw .noCgroup("container \(RuntimeReplies.containerName(container.name))", "it has no running process")
         }
         return try ProcessCgroup.containerCgroup(pid: pid, id: container.id)
-    }
-
-    // MARK: the API's shapes (only what keepalive reads)
-
-    struct Listed: Decodable {
-        let id: String
-        let names: [String]?
-        let labels: [String: String]?
-
-        enum CodingKeys: String, CodingKey { case id = "Id", names = "Names", labels = "Labels" }
-    }
-
-    public struct Inspected: Decodable, Sendable {
-        public let id: String
-        public let name: String
-        public let pid: Int32?
-        public let labels: [String: String]
-
-        private enum CodingKeys: String, CodingKey { case id = "Id", name = "Name", state = "State", config = "Config" }
-        private enum StateKeys: String, CodingKey { case pid = "Pid" }
-        private enum ConfigKeys: String, CodingKey { case labels = "Labels" }
-
-        public init(from decoder: any Decoder) throws {
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            id = try container.decode(String.self, forKey: .id)
-            name = try container.decode(String.self, forKey: .name)
-            pid = try container.nestedContainer(keyedBy: StateKeys.self, forKey: .state).decodeIfPresent(Int32.self, forKey: .pid)
-            if container.contains(.config), try !container.decodeNil(forKey: .config) {
-                let config = try container.nestedContainer(keyedBy: ConfigKeys.self, forKey: .config)
-                labels = try config.decodeIfPresent([String: String].self, forKey: .labels) ?? [:]
-            } else {
-                labels = [:]
-            }
-        }
-
-        public func info(source: String) -> ContainerInfo {
-            ContainerInfo(id: id, name: DockerClient.name(name), labels: labels, podNamespace: nil, podName: nil,
-                          source: source)
-        }
-    }
-
-    /// podman's own inspect: its State has the cgroup path.
-    struct LibpodInspected: Decodable {
-        let cgroupPath: String?
-
-        private enum CodingKeys: String, CodingKey { case state = "State" }
-        private enum StateKeys: String, CodingKey { case cgroupPath = "CgroupPath" }
-
-        init(from decoder: any Decoder) throws {
-            let state = try decoder.container(keyedBy: CodingKeys.self).nestedContainer(keyedBy: StateKeys.self, forKey: .state)
-            cgroupPath = try state.decodeIfPresent(String.self, forKey: .cgroupPath)
-        }
-    }
-
-    /// Docker's names carry a leading slash ("/redis-1").
-    static func name(_ raw: String) -> String {
-        raw.hasPrefix("/") ? String(raw.dropFirst()) : raw
     }
 
     // MARK: calls
@@ -135,15 +73,13 @@ public struct DockerClient: Sendable {
         }
     }
 
-    private func decode<T: Decodable>(_ reply: UnixHTTPClient.Reply) async throws(RuntimeError) -> T {
+    /// A reply's body read by `body`; another status than 200, or a shape it
+    /// does not know, is an unexpected reply.
+    private func read<T>(_ reply: UnixHTTPClient.Reply, _ body: (Data) throws(ReplyError) -> T) throws(RuntimeError) -> T {
         guard reply.status == .ok else {
             throw unexpected("status \(reply.status.code): \(String(buffer: reply.body).prefix(200))")
         }
-        do {
-            return try JSONDecoder().decode(T.self, from: Data(buffer: reply.body))
-        } catch {
-            throw unexpected("\(error)")
-        }
+        do { return try body(Data(buffer: reply.body)) } catch { throw unexpected(error.description) }
     }
 
     private func unexpected(_ why: String) -> RuntimeError {

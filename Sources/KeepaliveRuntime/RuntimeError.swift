@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import KeepaliveCore
 
 /// A runtime could not answer, or answered something that names no single

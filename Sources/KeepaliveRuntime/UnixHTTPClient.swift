@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import NIOCore
 import NIOHTTP1
 import NIOPosix

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import KeepaliveCore
 
 /// Which entry of a policy file a pod or a container falls under, and with

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import ArgumentParser
 import BPF
 import Glibc
@@ -11,7 +12,14 @@ struct Keepalive: AsyncParsableCommand {
         abstract: "Makes dead TCP connections die on time, for programs that cannot be changed.",
         discussion: """
             Sets SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT and TCP_USER_TIMEOUT on every \
-            TCP socket of a cgroup v2 subtree, through a BPF sock_ops program.
+            TCP socket of a cgroup v2 subtree, through a BPF sock_ops program: a cgroup, a systemd unit \
+            (--unit), a process's cgroup (--pid), a docker or podman container (--container) or a \
+            Kubernetes pod (--pod), for any binary. The agent keeps a policy file in force as they \
+            come and go. Without privilege, the preload libraries do it for dynamically linked \
+            programs.
+
+            See also: keepalive.yaml(5) for the agent's policy file, libkeepalive(8) for the preload \
+            libraries, /usr/share/doc/keepalive.
             """,
         version: KeepaliveVersion.string,
         subcommands: [Attach.self, Detach.self, Status.self, Inspect.self, Events.self, AgentCommand.self,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Testing
 import struct SystemPackage.FilePath
 @testable import KeepaliveCore

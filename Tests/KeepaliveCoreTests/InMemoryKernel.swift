@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Glibc
 @testable import KeepaliveCore
 import struct SystemPackage.FilePath

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import Foundation
 import KeepaliveCore
 import Testing
@@ -13,7 +14,6 @@ import struct SystemPackage.FilePath
         return try String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8)
     }
 
-    let endpoint = try! RuntimeEndpoint(parsing: "unix:///run/containerd/containerd.sock")
     let sandbox: String
     let container: String
     /// The recorded pod's cgroup (cgroupfs) and uid.
@@ -29,8 +29,8 @@ import struct SystemPackage.FilePath
     }
 
     @Test func aPodsCgroupUnderCgroupfs() throws {
-        #expect(try VerboseInfo.podCgroup(sandbox, endpoint: endpoint) == FilePath(String(podPath.dropFirst())))
-        let (cgroup, pid) = try VerboseInfo.container(container, endpoint: endpoint)
+        #expect(try RuntimeReplies.podCgroup(verboseInfo: sandbox) == FilePath(String(podPath.dropFirst())))
+        let (cgroup, pid) = try RuntimeReplies.container(verboseInfo: container)
         #expect(cgroup?.removingLastComponent() == FilePath(String(podPath.dropFirst())))
         #expect((pid ?? 0) > 0)
     }
@@ -42,14 +42,14 @@ import struct SystemPackage.FilePath
         let systemd = sandbox.replacing("\"\(podPath)\"", with: "\"\(slice)\"")
             .replacing(try Regex("\"\(podPath)/([0-9a-f]{64})\""), with: { "\"\(slice):cri-containerd:\($0.output[1].substring!)\"" })
         #expect(systemd != sandbox)
-        #expect(try VerboseInfo.podCgroup(systemd, endpoint: endpoint) == expected)
+        #expect(try RuntimeReplies.podCgroup(verboseInfo: systemd) == expected)
         // Without cgroup_parent, the sandbox's own cgroup's parent.
         let withoutParent = systemd.replacing("\"cgroup_parent\":\"\(slice)\"", with: "\"cgroup_parent\":\"\"")
         #expect(withoutParent != systemd)
-        #expect(try VerboseInfo.podCgroup(withoutParent, endpoint: endpoint) == expected)
+        #expect(try RuntimeReplies.podCgroup(verboseInfo: withoutParent) == expected)
         let app = container.replacing(try Regex("\"\(podPath)/([0-9a-f]{64})\""),
                                       with: { "\"\(slice):cri-containerd:\($0.output[1].substring!)\"" })
-        let (cgroup, _) = try VerboseInfo.container(app, endpoint: endpoint)
+        let (cgroup, _) = try RuntimeReplies.container(verboseInfo: app)
         #expect(cgroup?.removingLastComponent() == expected)
         #expect(cgroup?.lastComponent.map { CgroupNaming.kind(of: $0.string) }
                 .map { if case .container(_, .cri) = $0 { true } else { false } } == true)
@@ -58,23 +58,20 @@ import struct SystemPackage.FilePath
 
     @Test func anUnexpectedShapeIsAnErrorNeverAnAnswer() throws {
         for reply in ["[]", "{\"config\": \"x\"}", "not json", "{\"config\":{\"linux\":{\"cgroup_parent\":\"relative\"}}}"] {
-            #expect(throws: RuntimeError.self) { try VerboseInfo.podCgroup(reply, endpoint: endpoint) }
+            #expect(throws: ReplyError.self) { try RuntimeReplies.podCgroup(verboseInfo: reply) }
         }
-        #expect(try VerboseInfo.podCgroup("{}", endpoint: endpoint) == nil)  // says nothing: the next way is tried
+        #expect(try RuntimeReplies.podCgroup(verboseInfo: "{}") == nil)  // says nothing: the next way is tried
     }
 
     @Test func podmansContainerReplies() throws {
-        let listed = try JSONDecoder().decode([DockerClient.Listed].self,
-                                              from: Data(try Self.recorded("podman-4.3-containers-json.json").utf8))
+        let listed = try RuntimeReplies.containers(listed: Data(try Self.recorded("podman-4.3-containers-json.json").utf8))
         #expect(listed.map { $0.names?.first } == ["/redis-1"])
-        let inspected = try JSONDecoder().decode(DockerClient.Inspected.self,
-                                                 from: Data(try Self.recorded("podman-4.3-container-inspect.json").utf8))
+        let inspected = try RuntimeReplies.container(inspected: Data(try Self.recorded("podman-4.3-container-inspect.json").utf8))
         let info = inspected.info(source: "test")
         #expect(info.name == "redis-1" && info.labels["com.example.team"] == "cache" && info.id == listed[0].id)
         #expect((inspected.pid ?? 0) > 0)
-        let libpod = try JSONDecoder().decode(DockerClient.LibpodInspected.self,
-                                              from: Data(try Self.recorded("podman-4.3-libpod-container-inspect.json").utf8))
-        #expect(libpod.cgroupPath == "/libpod_parent/libpod-\(info.id)")
-        #expect(try CgroupNaming.path(ofCgroupsPath: libpod.cgroupPath!) == FilePath("libpod_parent/libpod-\(info.id)"))
+        let libpod = try RuntimeReplies.libpodCgroup(
+            inspected: Data(try Self.recorded("podman-4.3-libpod-container-inspect.json").utf8))
+        #expect(libpod == FilePath("libpod_parent/libpod-\(info.id)"))
     }
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 import KeepaliveCore
 import Testing
 @testable import KeepaliveRuntime

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Fixtures for tests against the real kernel.
 
 Every cgroup, bpffs pin, network namespace and process a test makes has a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The cut cable: two network namespaces joined by a veth pair, one end of TCP
 connections in each; after a last exchange the peer's namespace drops every
 packet (nftables), so the peer vanishes without FIN or RST. The end under

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Real deployments for the deploy tests: systemd as PID 1 (systemd-nspawn on
 the Debian tree `make` caches under build/rootfs) and podman with runc.
 
@@ -41,7 +42,7 @@ class NspawnMachine:
     empty directory, as sysfs has it where nothing is mounted there.
     """
 
-    def __init__(self, bpffs=True):
+    def __init__(self, bpffs=True, unified=False):
         if not os.path.isdir(os.path.join(ROOTFS, "usr", "lib", "systemd")):
             raise AssertionError(f"no Debian tree at {ROOTFS}: `make test` builds it")
         self.tag = unique("machine")
@@ -50,6 +51,9 @@ class NspawnMachine:
         self.root = os.path.join(self.dir, "root")
         self.bpffs = os.path.join(self.dir, "bpffs")
         self.mount_bpffs = bpffs
+        # systemd-nspawn gives the machine the unified layout (/sys/fs/cgroup
+        # the cgroup2 mount, as Debian 12, Fedora and Ubuntu boot) on request.
+        self.environment = {**os.environ, **({"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"} if unified else {})}
         self.mounts, self.cgroups, self.nspawn, self.leader = [], [], None, None
         self.log = os.path.join(self.dir, "console.log")
         try:
@@ -84,7 +88,7 @@ class NspawnMachine:
         script = "".join(f'echo $$ > "{path}/cgroup.procs" && ' for path in joins) + 'exec "$@"'
         with open(self.log, "w") as console:
             self.nspawn = subprocess.Popen(["sh", "-c", script, "sh"] + argv, stdin=subprocess.DEVNULL,
-                                           stdout=console, stderr=subprocess.STDOUT)
+                                           stdout=console, stderr=subprocess.STDOUT, env=self.environment)
         self.leader = wait_until(self._find_leader, timeout=20, what="the machine's PID 1")
         wait_until(lambda: self.state() in ("running", "degraded"), timeout=60, interval=0.1,
                    what=f"the machine booted ({self.state()}; console: {self.console()})")
@@ -179,9 +183,11 @@ class Podman:
 
     def build_image(self):
         """`make image` under names of the test's own; returns the image's name."""
-        image, base = f"localhost/{self.tag}:test", f"localhost/{self.tag}-base:test"
-        self.images += [image, base]
-        run(["make", "--no-print-directory", "-C", ROOT, "image", f"IMAGE={image}", f"IMAGE_BASE={base}"],
+        image, base, installer = (f"localhost/{self.tag}:test", f"localhost/{self.tag}-base:test",
+                                  f"localhost/{self.tag}-installer:test")
+        self.images += [image, base, installer]
+        run(["make", "--no-print-directory", "-C", ROOT, "image", f"IMAGE={image}", f"IMAGE_BASE={base}",
+             f"IMAGE_INSTALLER={installer}"],
             env=self.env, timeout=300)
         return image
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Real container runtimes for the container and pod tests: containerd with
 its CRI plugin (what kubelet talks to), played as kubelet through CRI from
 Python (grpcio), and podman's Docker-compatible API service.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """What the integration tests share: paths, running keepalive and probes,
 real cgroups, reading options back from the kernel, a running agent.
 
@@ -20,7 +21,10 @@ import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.join(ROOT, "build")
-LIB = os.path.join(BUILD, "lib")
+# The preload libraries under test: the build's own, or (make test-preload-sanitized)
+# those built with ASan and UBSan, whose runtime must then come first in LD_PRELOAD.
+LIB = os.environ.get("KEEPALIVE_TEST_PRELOAD_LIB", os.path.join(BUILD, "lib"))
+PRELOAD_FIRST = os.environ.get("KEEPALIVE_TEST_PRELOAD_FIRST")
 KEEPALIVE = os.path.join(BUILD, "bin", "keepalive")
 HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
 SOCKPROBE = os.path.join(HELPERS, "sockprobe.py")
@@ -38,6 +42,18 @@ KERNEL_DEFAULT = {"keepalive": 0, "keepidle": 7200, "keepintvl": 75, "keepcnt": 
 SEED_DEFAULT = {"keepalive": 1, "keepidle": 15, "keepintvl": 15, "keepcnt": 9, "user_timeout": 150000}
 PRELOAD_VARIABLES = ["TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT", "TCP_SYNCNT",
                      "TCP_MAXSEG", "TCP_WINDOW_CLAMP", "TCP_DEFER_ACCEPT", "LIBKEEPALIVE_DEBUG"]
+
+
+def release():
+    """This release, as debian/changelog's newest entry names it."""
+    with open(os.path.join(ROOT, "debian", "changelog")) as f:
+        return f.readline().split("(")[1].split(")")[0]
+
+
+def program_version():
+    """The programs' version this build must record: the release as major * 10000 + minor * 100 + patch."""
+    major, minor, patch = (int(re.match(r"\d+", part).group()) for part in release().split(".")[:3])
+    return major * 10000 + minor * 100 + patch
 
 
 def unique(kind):
@@ -100,7 +116,7 @@ def preload_env(preload, **variables):
     """This environment without any keepalive variable, then LD_PRELOAD and `variables`."""
     env = {k: v for k, v in os.environ.items() if k not in PRELOAD_VARIABLES and k != "LD_PRELOAD"}
     if preload:
-        env["LD_PRELOAD"] = preload
+        env["LD_PRELOAD"] = f"{PRELOAD_FIRST}:{preload}" if PRELOAD_FIRST else preload
     env.update({k: str(v) for k, v in variables.items()})
     return env
 
@@ -144,7 +160,16 @@ def options_of_fd(fd):
 
 def socket_values(pid):
     """Keepalive values of every TCP socket a process holds, read from its own fds."""
-    return [options_of_fd(pidfd_getfd(pid, fd)) for fd in sorted(socket_fds(pid))]
+    values = []
+    for fd in sorted(socket_fds(pid)):
+        copy = pidfd_getfd(pid, fd)
+        with socket.socket(fileno=os.dup(copy)) as s:
+            tcp = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP
+        if tcp:
+            values.append(options_of_fd(copy))
+        else:
+            os.close(copy)
+    return values
 
 
 def attached_programs(cgroup_path):

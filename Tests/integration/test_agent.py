@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """keepalive agent as a real process: policy file, new cgroups, SIGHUP, metrics, restarts."""
 import os
 import re

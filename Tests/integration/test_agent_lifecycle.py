@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The agent never fails silently: a start that cannot enforce is one line and
 a non-zero exit within 2 s; SIGTERM/SIGINT exit 0 within 2 s in every state;
 /readyz and /livez say what the loop is doing; and a policy put on a cgroup

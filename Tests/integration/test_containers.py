@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Containers as targets, through a real Docker-compatible API: podman's
 `podman system service`, with a storage of the test's own.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The outcome users want: a connection whose peer vanished fails on time.
 
 On the cut cable (cutcable.py) we measure when the kernel gives up, for both

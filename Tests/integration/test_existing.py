@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """attach --existing and inspect: sockets that were open before the policy existed."""
 import json
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Every call that can fail, failing: nothing is guessed.
 
 Beside test_crash.py (killed at every state-changing call), each operation

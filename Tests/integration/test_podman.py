@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The DaemonSet's pod, as shipped, under a real container runtime (podman, runc).
 
 The pod is the manifest's own template and ConfigMap (read from

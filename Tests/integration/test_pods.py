@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Pods as targets, through a real containerd and its CRI plugin.
 
 The test plays kubelet (runtimes.Containerd: RunPodSandbox with labels and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Precedence: who wins when a program sets keepalive options itself."""
 import signal
 

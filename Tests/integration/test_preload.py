@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The three LD_PRELOAD libraries, against real sockets read back with getsockopt."""
 import json
 import os

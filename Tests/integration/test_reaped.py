@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """What keepalive reports of the dead connections it reaped, and what it does not.
 
 Covered connections that die because the peer stopped answering are counted

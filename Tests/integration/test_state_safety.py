@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The pinned state under adversity: one test per way enforcement used to be
 lost silently (issue 13's findings), each reproducing the situation for real.
 """

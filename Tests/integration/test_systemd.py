@@ -1,6 +1,7 @@
+# SPDX-License-Identifier: MIT
 """The shipped unit, unchanged, under a real systemd (PID 1 in systemd-nspawn).
 
-It is installed with README's own commands; a small TCP server and client
+It is installed with docs/operating.md's own commands; a small TCP server and client
 (demo.service) is what the policy covers, and its sockets are read back from
 the kernel (pidfd_getfd from the host, getsockopt).
 """
@@ -31,12 +32,12 @@ POLICY = """policies:
 POLICY_VALUES = values(33, 4, 5, (33 + 4 * 5) * 1000)
 
 
-def readme_install_commands():
-    """The commands of README's systemd install block, but `make` (make test built everything)."""
-    with open(f"{ROOT}/README.md") as f:
+def documented_install_commands():
+    """The commands of docs/operating.md's systemd install block, but `make` (make test built everything)."""
+    with open(f"{ROOT}/docs/operating.md") as f:
         text = f.read()
-    block = re.search(r"### Install with systemd\n.*?```sh\n(.*?)```", text, re.S)
-    assert block, "README has no '### Install with systemd' block"
+    block = re.search(r"## Install with systemd, without the package\n.*?```sh\n(.*?)```", text, re.S)
+    assert block, "docs/operating.md has no '## Install with systemd, without the package' block"
     return [line for line in block.group(1).splitlines() if line.strip() and line.strip() != "make"]
 
 
@@ -70,8 +71,8 @@ def start_demo(machine, verb="start"):
 
 
 def install(machine):
-    """README's install commands, each of which must succeed."""
-    for command in readme_install_commands():
+    """docs/operating.md's install commands, each of which must succeed."""
+    for command in documented_install_commands():
         result = machine.sh(command, check=False)
         assert result.returncode == 0, (command, result.stderr, machine.journal("keepalive"))
 

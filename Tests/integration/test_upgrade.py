@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Upgrades in place: another build's programs replace the pinned ones on every
 link (bpf_link_update) with no socket unconfigured in between, keepalive
 0.1.0's pinned layout is migrated, and an older binary refuses newer state.
@@ -13,7 +14,7 @@ import os
 import struct
 import subprocess
 
-from support import BUILD, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, run, values
+from support import BUILD, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, program_version, run, values
 
 NEXT_OBJECT = os.path.join(BUILD, "test", "keepalive-next.bpf.o")
 # The release before this one, built by `make test` from the git history (Makefile: PREVIOUS_COMMIT).
@@ -69,11 +70,7 @@ def test_an_upgrade_under_live_connections_leaves_no_socket_unconfigured(keepali
 
 
 def next_version():
-    with open(os.path.join(os.path.dirname(BUILD), "bpf", "keepalive_policy.h")) as f:
-        for line in f:
-            if line.startswith("#define KA_PROGRAM_VERSION "):
-                return int(line.split()[2]) + 1
-    raise AssertionError("no KA_PROGRAM_VERSION")
+    return program_version() + 1
 
 
 def test_an_older_binary_refuses_newer_state_and_changes_nothing(keepalive, cgroups):

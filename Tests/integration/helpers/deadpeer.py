@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """One end of TCP connections whose peer vanishes, for the dead-peer tests.
 
     deadpeer.py [--netns NAME] ROLE connect|listen HOST PORT [--send] [--count N]

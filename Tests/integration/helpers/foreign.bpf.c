@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /* Another tool's sock_ops program, for tests: it sets TCP_NOTSENT_LOWAT, which
  * keepalive never touches, so both programs' effects can be read back. */
 #include "vmlinux.h"

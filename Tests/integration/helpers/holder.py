@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Holds a TCP connection open, as a long-lived client and server would.
 
     holder.py [own]

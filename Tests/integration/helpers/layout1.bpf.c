@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * The pinned layout of keepalive 0.1.0 (state layout 1), for the migration
  * test: its three maps exactly as it defined them, and programs of its names

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * keepalive's programs as a broken build would have them, for the test of
  * load errors: the socket is read as a tcp_sock without the helper that

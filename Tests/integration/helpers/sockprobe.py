@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """A real client and server whose sockets' options are read back from the kernel.
 
 Prints one JSON object on stdout. Tests start it in a cgroup when a BPF

@@ -1,0 +1,42 @@
+# SPDX-License-Identifier: MIT
+"""The privileged suites on the unified cgroup layout, the one most hosts
+boot (Debian 12, Ubuntu 22.04+, Fedora, RHEL 9: /sys/fs/cgroup is the
+cgroup2 mount), where this machine is hybrid (cgroup2 at
+/sys/fs/cgroup/unified).
+
+A Debian 12 machine booted by systemd-nspawn with the unified hierarchy
+(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1), on the tree the deployment tests use,
+runs the same suites with this build, bound in read-only: BPF, existing
+sockets, precedence, the agent, reaped connections and crashes. It sees its
+own subtree as the root (a cgroup namespace); cgroup ids are the host's.
+"""
+import pytest
+
+from conftest import require_privilege, require_tool
+from machines import NspawnMachine
+
+SUITES = ["test_bpf.py", "test_existing.py", "test_precedence.py", "test_agent.py", "test_agent_lifecycle.py",
+          "test_reaped.py", "test_crash.py"]
+
+
+@pytest.fixture
+def unified_machine():
+    require_privilege()
+    require_tool("systemd-nspawn", "nsenter")
+    machine = NspawnMachine(unified=True)
+    try:
+        yield machine
+    finally:
+        machine.close()
+
+
+def test_the_privileged_suites_pass_on_the_unified_layout(unified_machine):
+    machine = unified_machine
+    assert machine.sh("stat -fc %T /sys/fs/cgroup").stdout.strip() == "cgroup2fs"
+    assert "cgroup2 /sys/fs/cgroup " in machine.sh("grep ' - cgroup2 ' /proc/self/mountinfo | awk '{print $9, $5, $10}'").stdout + " "
+    suites = " ".join(f"Tests/integration/{suite}" for suite in SUITES)
+    result = machine.sh(f"CI=true PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -p no:cacheprovider -q {suites} 2>&1",
+                        check=False, timeout=1200)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    print(f"unified layout: {summary}")
+    assert result.returncode == 0 and " passed" in summary and "skipped" not in summary, result.stdout[-6000:]
