@@ -10,6 +10,11 @@ BUILD      := build
 # (--version, keepalive_build_info), the BPF programs (recorded in the pinned
 # state, where an older one is refused) and the package take it from there.
 VERSION         := $(shell awk -F'[()]' 'NR == 1 {print $$2}' debian/changelog)
+# The release before this one, built from the git history as it was: what the
+# upgrade tests start from (pinned layout 2, programs 2). Defined before any
+# rule names it: make expands a rule's prerequisites as it reads them.
+PREVIOUS_COMMIT := 616bdd1c4b5d5fbf3b9663f5fc50c9fbe85e02ca
+PREVIOUS        := $(BUILD)/previous/bin/keepalive
 PROGRAM_VERSION := $(shell echo '$(VERSION)' | awk -F'[.~+-]' '{print $$1 * 10000 + $$2 * 100 + $$3}')
 SWIFT      ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
 BPF_CLANG  ?= clang-14
@@ -324,10 +329,7 @@ $(BUILD)/test/keepalive-next.bpf.o: bpf/keepalive.bpf.c $(BPF_HEADERS) debian/ch
 	$(BPF_CLANG) $(filter-out -DKA_PROGRAM_VERSION=%,$(BPF_CFLAGS)) -DKA_PROGRAM_VERSION=$(NEXT_PROGRAM_VERSION) -c $< -o $@.debug
 	$(LLVM_STRIP) -g $@.debug -o $@
 
-# The release before this one, built from the git history as it was: what the
-# upgrade tests start from (pinned layout 2, programs 2).
-PREVIOUS_COMMIT := 616bdd1c4b5d5fbf3b9663f5fc50c9fbe85e02ca
-PREVIOUS := $(BUILD)/previous/bin/keepalive
+# The release before this one (see the previous: target below).
 
 $(PREVIOUS): | $(BUILD)/.deps
 	@git cat-file -e $(PREVIOUS_COMMIT)^{commit} 2>/dev/null \

@@ -64,7 +64,7 @@ public enum FuzzTargets {
             // Annotations, one key=value a line.
             var annotations: [String: String] = [:]
             for line in text.split(separator: "\n") {
-                let parts = line.split(separator: "=", maxSplits: 1)
+                let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 annotations[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
             }
             if let policy = PodAnnotations.apply(annotations, to: Policy()).policy { checkInRange(policy) }
