@@ -104,7 +104,10 @@ def test_the_man_pages_examples(machine):
     machine.sh("systemctl stop keepalive && keepalive detach --all")  # only the libraries at work
     machine.sh("systemd-run --unit=web --working-directory=/tmp sh -c "
                "'LD_PRELOAD=libkeepalive_listen.so exec python3 -m http.server 8080'")
-    assert socket_values(unit_pid(machine, "web.service")) == [SEED_DEFAULT]  # the listening socket
+    web = unit_pid(machine, "web.service")
+    # Its socket exists before listen(), the call the library wraps.
+    wait_until(lambda: ":8080" in machine.sh("ss -Htln sport = :8080").stdout, what="the server listening")
+    assert socket_values(web) == [SEED_DEFAULT]  # the listening socket
     trace = machine.sh("LD_PRELOAD=libkeepalive.so TCP_KEEPIDLE=2 strace -e trace=setsockopt,connect "
                        "curl -s -o /dev/null http://127.0.0.1:8080/ 2>&1").stdout
     assert re.search(r"TCP_KEEPIDLE, \[60\].*\n.*\n.*SO_KEEPALIVE, \[1\].*\n.*TCP_KEEPIDLE, \[2\], 4\) = 0\n.*"
