@@ -26,7 +26,7 @@ ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 DEBIAN_PACKAGES := clang-14 llvm-14 libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev \
                    gcc make binutils busybox-static iproute2 nftables procps systemd util-linux strace \
                    debootstrap systemd-container podman runc prometheus redis-server redis-tools \
-                   containerd protobuf-compiler libc6-dev dpkg-dev lintian go-md2man
+                   containerd protobuf-compiler libc6-dev dpkg-dev lintian go-md2man golang-go
 PYTHON_PACKAGES := pytest pyyaml kubernetes-validate grpcio grpcio-tools reuse
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
@@ -159,6 +159,12 @@ $(BUILD)/test/cri/api_pb2_grpc.py: $(BUILD)/cri/api.proto | $(BUILD)/.deps
 	@mkdir -p $(@D)
 	$(PYTHON) -m grpc_tools.protoc -I $(BUILD)/cri --python_out=$(@D) --grpc_python_out=$(@D) api.proto
 
+# A statically linked Go client (CGO_ENABLED=0), for `keepalive run`'s tests.
+$(BUILD)/test/goclient: Tests/integration/helpers/goclient.go | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	cd $(@D) && CGO_ENABLED=0 GOCACHE=$(abspath $(BUILD))/go-cache GOPATH=$(abspath $(BUILD))/go \
+	    go build -o goclient $(abspath $<)
+
 # The tests' sandbox ("pause") process, static: it runs in the test image.
 $(BUILD)/test/pause: Tests/integration/helpers/pause.c | $(BUILD)/.deps
 	@mkdir -p $(@D)
@@ -266,7 +272,7 @@ $(BUILD)/bench/empty.bpf.o: bench/empty.bpf.c $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
 	$(BPF_CLANG) -O2 -target bpf -Wall -Werror -I$(BUILD)/bpf -c $< -o $@
 
-bench: all $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
+bench: all $(PREVIOUS) $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
 	$(PYTHON) bench/bench.py
 
 # --- fuzzing: every parser of outside input, coverage-guided -------------------
@@ -318,7 +324,8 @@ test-preload-sanitized: $(SANITIZED_LIBS)
 # refuses, for the load-error tests (both through KEEPALIVE_BPF_OBJECT).
 NEXT_PROGRAM_VERSION := $(shell echo $$(($(PROGRAM_VERSION) + 1)))
 TEST_HELPERS := $(BUILD)/test/foreign.bpf.o $(BUILD)/test/layout1.bpf.o $(BUILD)/test/keepalive-next.bpf.o \
-                $(BUILD)/test/refused.bpf.o $(BUILD)/test/cri/api_pb2_grpc.py $(BUILD)/test/pause
+                $(BUILD)/test/refused.bpf.o $(BUILD)/test/cri/api_pb2_grpc.py $(BUILD)/test/pause \
+                $(BUILD)/test/goclient
 
 $(BUILD)/test/%.bpf.o: Tests/integration/helpers/%.bpf.c bpf/keepalive.bpf.c $(BPF_HEADERS) debian/changelog $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)

@@ -20,7 +20,7 @@ import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
-from support import KEEPALIVE, bpffs_mounted, cgroup2_mount  # noqa: E402  (the tests' helpers)
+from support import KEEPALIVE, PREVIOUS_KEEPALIVE, bpffs_mounted, cgroup2_mount  # noqa: E402  (the tests' helpers)
 import pods  # noqa: E402  (bench/pods.py)
 
 CONNRATE = os.path.join(ROOT, "build", "bench", "connrate")
@@ -42,6 +42,18 @@ def sh(*cmd, **kw):
 
 def keepalive(*args):
     return sh(KEEPALIVE, *args, "--pin-path", PIN)
+
+
+def previous_keepalive(*args):
+    """The release before this one (make previous), with a pin path of its own."""
+    return sh(PREVIOUS_KEEPALIVE, *args, "--pin-path", PIN + "-previous")
+
+
+# Rules none of the benchmark's loopback connections matches: the most work a
+# policy's rules can ask of the program (every rule, every block tried).
+MISSING_RULES = [",".join(f"remote=10.{rule}.{block}.0/24" for block in range(8)) + ",keepidle=5" for rule in range(16)]
+# The same, but the last one matches them: the most work before a rule is found.
+LAST_RULE_MATCHING = MISSING_RULES[:15] + ["remote=127.0.0.0/8,keepidle=5"]
 
 
 def connrate(cgroup, setup="plain", seconds=1.0):
@@ -91,8 +103,12 @@ def rate_table():
     preload libraries are loaded for the whole run; the other modes bypass
     them with raw system calls."""
     plain, policy_app, policy_pol, empty = mkcg("plain"), mkcg("bpf-app"), mkcg("bpf-policy"), mkcg("empty")
+    rules_missing, rules_last, previous = mkcg("bpf-rules-missing"), mkcg("bpf-rules-last"), mkcg("bpf-previous")
     keepalive("attach", policy_app)
     keepalive("attach", policy_pol, "--precedence", "policy")
+    keepalive("attach", rules_missing, *[a for rule in MISSING_RULES for a in ("--rule", rule)])
+    keepalive("attach", rules_last, *[a for rule in LAST_RULE_MATCHING for a in ("--rule", rule)])
+    previous_keepalive("attach", previous)
     sh("bpftool", "prog", "load", EMPTY_PROGRAM, PIN + "-empty", "type", "sockops")
     sh("bpftool", "cgroup", "attach", empty, "sock_ops", "pinned", PIN + "-empty", "multi")
     modes = {
@@ -102,6 +118,9 @@ def rate_table():
         SELF_POLICY: (plain, "policy", "raw"),
         "preload (libkeepalive + _listen)": (plain, "plain", "libc"),
         BPF: (policy_app, "plain", "raw"),
+        BPF_PREVIOUS: (previous, "plain", "raw"),
+        BPF_RULES_MISSING: (rules_missing, "plain", "raw"),
+        BPF_RULES_LAST: (rules_last, "plain", "raw"),
         GO_NONE: (plain, "go", "raw"),
         "BPF, Go-style client, precedence application": (policy_app, "go", "raw"),
         "BPF, Go-style client, precedence policy": (policy_pol, "go", "raw"),
@@ -120,6 +139,9 @@ SELF_KEEPALIVE = "the program sets SO_KEEPALIVE itself"
 SELF_POLICY = "the program sets the default policy itself"
 BPF = "BPF, default policy (reaped hook attached)"
 BPF_NO_HOOK = "BPF, default policy, reaped hook detached"
+BPF_PREVIOUS = "BPF, default policy, previous release"
+BPF_RULES_MISSING = "BPF, 16 rules of 8 blocks, none matching"
+BPF_RULES_LAST = "BPF, 16 rules, the last matching"
 
 
 # --- the program's own cost, from the kernel's accounting ---------------------
@@ -267,6 +289,8 @@ def main():
         rates = rate_table()
         sh("sysctl", "-q", "kernel.bpf_stats_enabled=1")
         costs = [("sock_ops, default policy", *median_cost(mkcg("bpf-app"))),
+                 ("sock_ops, 16 rules of 8 blocks, none matching", *median_cost(mkcg("bpf-rules-missing"))),
+                 ("sock_ops, 16 rules, the last matching", *median_cost(mkcg("bpf-rules-last"))),
                  ("empty sock_ops program (the accounting's own floor)", *median_cost(mkcg("empty"), pin=PIN + "-empty")),
                  ("setsockopt, precedence policy, Go-style client",
                   *median_cost(mkcg("bpf-policy"), setup="go", pin=os.path.join(PIN, "keepalive_setsockopt")))]
@@ -276,6 +300,8 @@ def main():
     finally:
         sh("sysctl", "-q", f"kernel.bpf_stats_enabled={stats_before}")
         subprocess.run([KEEPALIVE, "detach", "--all", "--pin-path", PIN], capture_output=True)
+        subprocess.run([PREVIOUS_KEEPALIVE, "detach", "--all", "--pin-path", PIN + "-previous"], capture_output=True)
+        shutil.rmtree(PIN + "-previous", ignore_errors=True)
         if os.path.exists(PIN + "-empty"):
             subprocess.run(["bpftool", "cgroup", "detach", os.path.join(BASE, "empty"), "sock_ops",
                             "pinned", PIN + "-empty"], capture_output=True)
@@ -321,6 +347,12 @@ def report(rates, costs, scale, agent, pod_figures):
         (f"BPF within 2 points of SO_KEEPALIVE alone ({overhead[BPF] - overhead[SELF_KEEPALIVE]:+.1f} points)",
          overhead[BPF] - overhead[SELF_KEEPALIVE] <= 2.0),
         (f"the program's own cost at most 600 ns per connection ({ns_per_conn:.0f} ns)", ns_per_conn <= 600),
+        (f"a policy without rules within run-to-run noise of the previous release's "
+         f"({overhead[BPF] - overhead[BPF_PREVIOUS]:+.1f} points, IQR {max(spread[BPF], spread[BPF_PREVIOUS]):.1f} points)",
+         abs(overhead[BPF] - overhead[BPF_PREVIOUS]) <= max(spread[BPF], spread[BPF_PREVIOUS])),
+        (f"16 rules at most 0.5 point over none ({overhead[BPF_RULES_MISSING] - overhead[BPF]:+.1f} points none matching, "
+         f"{overhead[BPF_RULES_LAST] - overhead[BPF]:+.1f} the last matching)",
+         max(overhead[BPF_RULES_MISSING], overhead[BPF_RULES_LAST]) - overhead[BPF] <= 0.5),
         (f"the reaped hook within run-to-run noise ({overhead[BPF] - overhead[BPF_NO_HOOK]:+.1f} points, "
          f"IQR {max(spread[BPF], spread[BPF_NO_HOOK]):.1f} points)",
          abs(overhead[BPF] - overhead[BPF_NO_HOOK]) <= max(spread[BPF], spread[BPF_NO_HOOK])),

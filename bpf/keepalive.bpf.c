@@ -59,31 +59,41 @@ struct {
 const volatile __u32 ka_hz = 0;
 
 /*
- * Whether a socket has the policy's values already: an accepted socket
- * inherits its listener's, which this program set when it listened (unless
- * the program changed them since, or the policy changed). Compared in place:
- * no socket storage, whose cloning into every accepted socket would cost an
- * allocation per connection.
+ * Whether a socket has these values already: an accepted socket inherits its
+ * listener's, which this program set when it listened (unless the program
+ * changed them since, or the policy changed, or a rule gives the connection
+ * others). Compared in place: no socket storage, whose cloning into every
+ * accepted socket would cost an allocation per connection.
  */
-static __always_inline bool holds_policy(struct tcp_sock *tp, const struct ka_policy *p)
+static __always_inline bool holds_values(struct tcp_sock *tp, const struct ka_values *v, bool exact)
 {
 	return ka_hz && keepalive_on(tp) &&
-	       (!p->keepidle || tp->keepalive_time == (__u32)p->keepidle * ka_hz) &&
-	       (!p->keepintvl || tp->keepalive_intvl == (__u32)p->keepintvl * ka_hz) &&
-	       (!p->keepcnt || keepcnt_in_force(tp) == p->keepcnt) &&
-	       (!p->user_timeout || tp->inet_conn.icsk_user_timeout == (__u32)p->user_timeout) &&
-	       !p->window_clamp;  /* recomputed at the handshake: always set */
+	       (!v->keepidle || tp->keepalive_time == (__u32)v->keepidle * ka_hz) &&
+	       (!v->keepintvl || tp->keepalive_intvl == (__u32)v->keepintvl * ka_hz) &&
+	       (!v->keepcnt || keepcnt_in_force(tp) == v->keepcnt) &&
+	       ((!v->user_timeout && !exact) || tp->inet_conn.icsk_user_timeout == (__u32)v->user_timeout) &&
+	       !v->window_clamp;  /* recomputed at the handshake: always set */
+}
+
+/* Keepalive off again, and the user timeout, where the policy set one. */
+static __always_inline void forget_values(void *ctx, struct tcp_sock *tp, const struct ka_values *v)
+{
+	set_opt(ctx, KA_OPT_KEEPALIVE, SOL_SOCKET, SO_KEEPALIVE, 0);
+	if (v->user_timeout)
+		set_opt(ctx, KA_OPT_USER_TIMEOUT, SOL_TCP, TCP_USER_TIMEOUT, 0);
 }
 
 SEC("sockops")
 int keepalive_sockops(struct bpf_sock_ops *skops)
 {
-	struct ka_counters *counters;
+	struct ka_counters *counters, *rule_counters = NULL;
+	const struct ka_values *values;
 	struct ka_policy *policy;
 	__u64 policy_cgroup_id;
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
-	__u32 op = skops->op;
+	__u32 op = skops->op, rule = KA_MAX_RULES;
+	bool by_rule;
 
 	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB &&
 	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
@@ -98,8 +108,20 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 	policy = nearest_policy(tp, &policy_cgroup_id);
 	if (!policy)
 		return 1;
-	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || !holds_policy(tp, policy))
-		apply_policy(skops, tp, policy, op == BPF_SOCK_OPS_TCP_CONNECT_CB);
+	/* A listener keeps the policy's own values; its connections may match a rule. */
+	values = op == BPF_SOCK_OPS_TCP_LISTEN_CB ? &policy->values :
+		 values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters);
+	if (rule_counters)
+		rule_counters->configured += 1;
+	if (!values) {  /* keepalive: off */
+		/* An accepted socket holds what its listener got from the policy: taken back. */
+		if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && holds_values(tp, &policy->values, false))
+			forget_values(skops, tp, &policy->values);
+		return 1;
+	}
+	by_rule = rule < KA_MAX_RULES;
+	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || !holds_values(tp, values, by_rule))
+		apply_values(skops, tp, values, op == BPF_SOCK_OPS_TCP_CONNECT_CB, by_rule);
 	counters = counters_of(policy);
 	if (counters)
 		counters->configured += 1;
@@ -122,17 +144,53 @@ static __always_inline int keepalive_option(int level, int optname)
 	}
 }
 
-/* The policy's value for that option; 0 leaves it to the program. */
-static __always_inline int forced_value(const struct ka_policy *p, int option)
+/* The value forced for that option; 0 leaves it to the program. */
+static __always_inline int forced_value(const struct ka_values *v, int option)
 {
 	switch (option) {
 	case KA_OPT_KEEPALIVE:    return 1;
-	case KA_OPT_KEEPIDLE:     return p->keepidle;
-	case KA_OPT_KEEPINTVL:    return p->keepintvl;
-	case KA_OPT_KEEPCNT:      return p->keepcnt;
-	case KA_OPT_USER_TIMEOUT: return p->user_timeout;
+	case KA_OPT_KEEPIDLE:     return v->keepidle;
+	case KA_OPT_KEEPINTVL:    return v->keepintvl;
+	case KA_OPT_KEEPCNT:      return v->keepcnt;
+	case KA_OPT_USER_TIMEOUT: return v->user_timeout;
 	default:                  return 0;
 	}
+}
+
+/*
+ * The values a policy forces on a socket's own setsockopt calls: a connected
+ * socket's rule's, if one matches (NULL for keepalive: off), else the
+ * policy's. A socket not yet connected, or listening, has no peer to match:
+ * the policy's, and connect gives it its rule's afterwards.
+ */
+static __always_inline const struct ka_values *
+forced_values(const struct ka_policy *policy, __u64 policy_cgroup_id, struct bpf_sock *sk)
+{
+	const struct ka_rule_set *set;
+	struct ka_peer peer = {};
+	__u32 rule;
+
+	if (!(policy->flags & KA_POLICY_HAS_RULES) || sk->state == BPF_TCP_CLOSE || sk->state == BPF_TCP_LISTEN)
+		return &policy->values;
+	set = bpf_map_lookup_elem(&ka_rules, &policy_cgroup_id);
+	if (!set)
+		return &policy->values;
+	/* Every field read unconditionally, each at its constant offset: read
+	 * in branches, clang offsets one pointer, which the verifier refuses
+	 * on a bpf_sock. */
+	__u32 family = sk->family, ip4 = sk->dst_ip4;
+	__u32 v6[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
+	__u32 mapped[4] = { 0, 0, bpf_htonl(0xffff), ip4 };
+
+	__builtin_memcpy(peer.addr, family == AF_INET ? mapped : v6, 16);
+	peer.remote_port = bpf_ntohs(sk->dst_port);
+	peer.local_port = sk->src_port;
+	rule = matching_rule(set, &peer);
+	if (rule >= KA_MAX_RULES)
+		return &policy->values;
+	if (set->rules[rule & (KA_MAX_RULES - 1)].flags & KA_RULE_OFF)
+		return NULL;
+	return &set->rules[rule & (KA_MAX_RULES - 1)].values;
 }
 
 SEC("cgroup/setsockopt")
@@ -145,6 +203,7 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	int *optval = ctx->optval;
 	int optlen = ctx->optlen;
 	struct bpf_sock *sk = ctx->sk;
+	const struct ka_values *values;
 	struct task_struct *task;
 	struct ka_policy *policy;
 	__u64 policy_cgroup_id;
@@ -159,7 +218,10 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	policy = nearest_policy_from(task->cgroups->dfl_cgrp, &policy_cgroup_id);
 	if (!policy || !(policy->flags & KA_POLICY_PRECEDENCE_POLICY))
 		return 1;
-	forced = forced_value(policy, option);
+	values = forced_values(policy, policy_cgroup_id, sk);
+	if (!values)  /* keepalive: off: the program's own calls stand */
+		return 1;
+	forced = forced_value(values, option);
 	/* A value the kernel would refuse stays, so the call fails as it would
 	 * without keepalive (EINVAL); so does a buffer shorter than an int. */
 	if (!forced || optlen < (int)sizeof(int) || (void *)(optval + 1) > optval_end ||
@@ -180,7 +242,7 @@ static __always_inline __u32 effective_jiffies(__u32 own, int netns_default)
 	return own ? own : (__u32)netns_default;
 }
 
-static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgroup_id, __u32 reason)
+static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgroup_id, __u32 reason, __u32 rule)
 {
 	struct inet_connection_sock *icsk = &tp->inet_conn;
 	struct sock *sk = &icsk->icsk_inet.sk;
@@ -212,6 +274,7 @@ static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgro
 	e->keepintvl_jiffies = effective_jiffies(tp->keepalive_intvl, ipv4->sysctl_tcp_keepalive_intvl);
 	e->keepcnt = tp->keepalive_probes ? tp->keepalive_probes : ipv4->sysctl_tcp_keepalive_probes;
 	e->user_timeout_ms = icsk->icsk_user_timeout;
+	e->rule = rule;
 	__sync_lock_test_and_set(&e->seq, seq + 1);
 }
 
@@ -224,11 +287,11 @@ static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgro
 SEC("tp_btf/inet_sk_error_report")
 int BPF_PROG(keepalive_reaped, struct sock *sk)
 {
-	struct ka_counters *counters;
+	struct ka_counters *counters, *rule_counters;
 	struct ka_policy *policy;
 	__u64 policy_cgroup_id;
 	struct tcp_sock *tp;
-	__u32 reason;
+	__u32 reason, rule;
 
 	if (sk->sk_err != ETIMEDOUT || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -242,6 +305,11 @@ int BPF_PROG(keepalive_reaped, struct sock *sk)
 	counters = counters_of(policy);
 	if (counters)
 		counters->reaped[reason] += 1;
-	record_reaped(tp, policy_cgroup_id, reason);
+	/* The rule is found again from the connection's addresses: the same
+	 * test gives the same rule while the policy's rules stay as they were. */
+	values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters);
+	if (rule_counters)
+		rule_counters->reaped[reason] += 1;
+	record_reaped(tp, policy_cgroup_id, reason, rule < KA_MAX_RULES ? rule + 1 : 0);
 	return 0;
 }

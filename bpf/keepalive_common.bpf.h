@@ -57,6 +57,26 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ka_errors SEC(".maps");
 
+/* cgroup id -> the rules of the policy there (KA_POLICY_HAS_RULES). Written
+ * by userspace only; allocated per entry, only for policies with rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, KA_MAX_RULE_SETS);
+	__type(key, __u64);
+	__type(value, struct ka_rule_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ka_rules SEC(".maps");
+
+/* rule set slot * KA_MAX_RULES + rule -> its counters, per CPU, as ka_counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KA_MAX_RULE_SETS * KA_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct ka_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ka_rule_counters SEC(".maps");
+
 static __always_inline void count_error(__u32 option)
 {
 	__u64 *errors = bpf_map_lookup_elem(&ka_errors, &option);
@@ -180,23 +200,117 @@ static __always_inline int keepcnt_in_force(struct tcp_sock *tp)
  * each bpf_setsockopt costs. Idle and interval are always set: a socket being
  * configured has the namespace's (0 in the socket), not a policy's.
  */
-static __always_inline void apply_policy(void *ctx, struct tcp_sock *tp, const struct ka_policy *p, bool connecting)
+/*
+ * `exact`: a rule's values, whose user_timeout 0 means none, set as such:
+ * an accepted socket holds its listener's (the policy's) until then.
+ */
+static __always_inline void apply_values(void *ctx, struct tcp_sock *tp, const struct ka_values *v, bool connecting,
+					 bool exact)
 {
-	if (p->keepidle)
-		set_opt(ctx, KA_OPT_KEEPIDLE, SOL_TCP, TCP_KEEPIDLE, p->keepidle);
-	if (p->keepintvl)
-		set_opt(ctx, KA_OPT_KEEPINTVL, SOL_TCP, TCP_KEEPINTVL, p->keepintvl);
-	if (p->keepcnt && p->keepcnt != keepcnt_in_force(tp))
-		set_opt(ctx, KA_OPT_KEEPCNT, SOL_TCP, TCP_KEEPCNT, p->keepcnt);
-	if (p->user_timeout && (__u32)p->user_timeout != tp->inet_conn.icsk_user_timeout)
-		set_opt(ctx, KA_OPT_USER_TIMEOUT, SOL_TCP, TCP_USER_TIMEOUT, p->user_timeout);
-	if (p->window_clamp)
-		set_opt(ctx, KA_OPT_WINDOW_CLAMP, SOL_TCP, TCP_WINDOW_CLAMP, p->window_clamp);
-	if (connecting && p->syncnt)
-		set_opt(ctx, KA_OPT_SYNCNT, SOL_TCP, TCP_SYNCNT, p->syncnt);
-	if (connecting && p->maxseg)
-		set_opt(ctx, KA_OPT_MAXSEG, SOL_TCP, TCP_MAXSEG, p->maxseg);
+	if (v->keepidle)
+		set_opt(ctx, KA_OPT_KEEPIDLE, SOL_TCP, TCP_KEEPIDLE, v->keepidle);
+	if (v->keepintvl)
+		set_opt(ctx, KA_OPT_KEEPINTVL, SOL_TCP, TCP_KEEPINTVL, v->keepintvl);
+	if (v->keepcnt && v->keepcnt != keepcnt_in_force(tp))
+		set_opt(ctx, KA_OPT_KEEPCNT, SOL_TCP, TCP_KEEPCNT, v->keepcnt);
+	if ((v->user_timeout || exact) && (__u32)v->user_timeout != tp->inet_conn.icsk_user_timeout)
+		set_opt(ctx, KA_OPT_USER_TIMEOUT, SOL_TCP, TCP_USER_TIMEOUT, v->user_timeout);
+	if (v->window_clamp)
+		set_opt(ctx, KA_OPT_WINDOW_CLAMP, SOL_TCP, TCP_WINDOW_CLAMP, v->window_clamp);
+	if (connecting && v->syncnt)
+		set_opt(ctx, KA_OPT_SYNCNT, SOL_TCP, TCP_SYNCNT, v->syncnt);
+	if (connecting && v->maxseg)
+		set_opt(ctx, KA_OPT_MAXSEG, SOL_TCP, TCP_MAXSEG, v->maxseg);
 	set_opt(ctx, KA_OPT_KEEPALIVE, SOL_SOCKET, SO_KEEPALIVE, 1);
+}
+
+/* A connection as the rules see it: the remote address (IPv6, IPv4 as
+ * v4-mapped) and both ports. */
+struct ka_peer {
+	__u64 addr[2];
+	__u16 remote_port;
+	__u16 local_port;
+};
+
+static __always_inline void peer_of(struct ka_peer *peer, struct tcp_sock *tp)
+{
+	struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
+
+	if (skc->skc_family == AF_INET) {
+		__u32 mapped[4] = { 0, 0, bpf_htonl(0xffff), skc->skc_daddr };
+
+		__builtin_memcpy(peer->addr, mapped, 16);
+	} else {
+		__builtin_memcpy(peer->addr, &skc->skc_v6_daddr, 16);
+	}
+	peer->remote_port = bpf_ntohs(skc->skc_dport);
+	peer->local_port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+}
+
+static __always_inline bool port_listed(const __u16 *ports, __u32 count, __u16 port)
+{
+	for (__u32 i = 0; i < KA_RULE_MAX_PORTS && i < count; i++)
+		if (ports[i] == port)
+			return true;
+	return false;
+}
+
+static __always_inline bool remote_listed(const struct ka_rule *rule, const struct ka_peer *peer)
+{
+	for (__u32 i = 0; i < KA_RULE_MAX_REMOTES && i < rule->remote_count; i++) {
+		const struct ka_cidr *c = &rule->remote[i];
+
+		if ((peer->addr[0] & c->mask[0]) == c->addr[0] && (peer->addr[1] & c->mask[1]) == c->addr[1])
+			return true;
+	}
+	return false;
+}
+
+/* The first rule that matches the connection, or KA_MAX_RULES for none: a
+ * fixed bound, no allocation. */
+static __always_inline __u32 matching_rule(const struct ka_rule_set *set, const struct ka_peer *peer)
+{
+	for (__u32 i = 0; i < KA_MAX_RULES && i < set->count; i++) {
+		const struct ka_rule *rule = &set->rules[i];
+
+		if (rule->remote_count && !remote_listed(rule, peer))
+			continue;
+		if (rule->remote_port_count && !port_listed(rule->remote_ports, rule->remote_port_count, peer->remote_port))
+			continue;
+		if (rule->local_port_count && !port_listed(rule->local_ports, rule->local_port_count, peer->local_port))
+			continue;
+		return i;
+	}
+	return KA_MAX_RULES;
+}
+
+/* What a connection of a policy's subtree gets: the rule that matches it
+ * (its index in *rule, its counters in *counters), or the policy's own values
+ * (*rule = KA_MAX_RULES). NULL for a rule that leaves the socket alone. */
+static __always_inline const struct ka_values *
+values_for(const struct ka_policy *policy, __u64 policy_cgroup_id, struct tcp_sock *tp, __u32 *rule,
+	   struct ka_counters **counters)
+{
+	const struct ka_rule_set *set;
+	struct ka_peer peer;
+	__u32 index;
+
+	*rule = KA_MAX_RULES;
+	*counters = NULL;
+	if (!(policy->flags & KA_POLICY_HAS_RULES))
+		return &policy->values;
+	set = bpf_map_lookup_elem(&ka_rules, &policy_cgroup_id);
+	if (!set)
+		return &policy->values;
+	peer_of(&peer, tp);
+	*rule = matching_rule(set, &peer);
+	if (*rule >= KA_MAX_RULES)
+		return &policy->values;
+	index = set->slot * KA_MAX_RULES + *rule;
+	*counters = bpf_map_lookup_elem(&ka_rule_counters, &index);
+	if (set->rules[*rule & (KA_MAX_RULES - 1)].flags & KA_RULE_OFF)
+		return NULL;
+	return &set->rules[*rule & (KA_MAX_RULES - 1)].values;
 }
 
 /* Names a socket for a record. The local port comes from inet_sport, not

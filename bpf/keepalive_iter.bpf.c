@@ -62,20 +62,31 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 	policy = nearest_policy(tp, &policy_cgroup_id);
 	if (policy) {
 		bool overrides = policy->flags & KA_POLICY_PRECEDENCE_POLICY;
+		struct ka_counters *rule_counters = NULL;
+		const struct ka_values *values = &policy->values;
+		__u32 rule = KA_MAX_RULES;
 
 		record.flags |= KA_SOCKET_HAS_POLICY;
 		record.policy_cgroup_id = policy_cgroup_id;
 		if (overrides)
 			record.flags |= KA_SOCKET_PRECEDENCE_POLICY;
+		/* A listener keeps the policy's own values, as on listen. */
+		if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state != TCP_LISTEN) {
+			values = values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters);
+			record.rule = rule < KA_MAX_RULES ? rule + 1 : 0;
+		}
 		/* Under application precedence a socket whose program turned
-		 * keepalive on itself keeps its own values. */
-		if (config->mode == KA_ITER_APPLY && !overrides && keepalive_on(tp)) {
+		 * keepalive on itself keeps its own values; keepalive: off
+		 * leaves every socket as it is. */
+		if (config->mode == KA_ITER_APPLY && values && !overrides && keepalive_on(tp)) {
 			record.flags |= KA_SOCKET_KEPT_OWN;
-		} else if (config->mode == KA_ITER_APPLY) {
-			apply_policy(tp, tp, policy, false);
+		} else if (config->mode == KA_ITER_APPLY && values) {
+			apply_values(tp, tp, values, false, rule < KA_MAX_RULES);
 			counters = counters_of(policy);
 			if (counters)
 				counters->configured += 1;
+			if (rule_counters)
+				rule_counters->configured += 1;
 			record.flags |= KA_SOCKET_APPLIED;
 		}
 	}

@@ -96,7 +96,8 @@ enum ka_bpf_option {
  * every link in place, an older version is refused.
  * Layout 1 is keepalive 0.1.0's (no ka_meta, policies in "ka_policies"),
  * layout 2 added ka_meta and the path ("ka_policies_v2"), layout 3 the
- * origin ("ka_policies_v3").
+ * origin ("ka_policies_v3") and rules by destination (ka_rules,
+ * ka_rule_counters).
  */
 #define KA_STATE_LAYOUT      3
 
@@ -111,6 +112,7 @@ enum ka_bpf_option {
 #define KA_POLICY_USER_TIMEOUT_DERIVED  (1u << 0)  /* user_timeout was -1 */
 #define KA_POLICY_AGENT                 (1u << 1)  /* set by the agent's policy file */
 #define KA_POLICY_PRECEDENCE_POLICY     (1u << 2)  /* the policy overrides the program's setsockopt */
+#define KA_POLICY_HAS_RULES             (1u << 3)  /* ka_rules holds its rules, under the same cgroup id */
 
 /* Who wins when a program sets keepalive options itself. */
 #define KA_PRECEDENCE_KEY          "precedence"
@@ -135,6 +137,79 @@ struct ka_origin {
 };
 
 /*
+ * The option values a policy, or one of its rules, gives a socket. Resolved:
+ * user_timeout is never -1 here; 0 leaves the system default.
+ */
+struct ka_values {
+	__s32 keepidle;
+	__s32 keepintvl;
+	__s32 keepcnt;
+	__s32 user_timeout;
+	__s32 syncnt;
+	__s32 maxseg;
+	__s32 window_clamp;
+};
+
+/*
+ * Rules by destination: a policy may carry up to KA_MAX_RULES rules, tried in
+ * order on connect and accept (never on listen); the first that matches the
+ * connection gives it its values, and the policy's own apply where none does.
+ * A rule matches when the remote address is in one of its CIDRs and the
+ * remote and local ports are in its lists (an empty list matches any). The
+ * same test on both sides: a connecting socket's local port and an accepted
+ * one's remote port are ephemeral, so remote_ports select connections made to
+ * a service and local_ports connections accepted on one.
+ */
+#define KA_MAX_RULES          16     /* rules per policy */
+#define KA_RULE_MAX_REMOTES   8      /* CIDRs per rule */
+#define KA_RULE_MAX_PORTS     8      /* ports per list */
+#define KA_RULE_NAME_MAX      32     /* a rule's name, its NUL included */
+#define KA_MAX_RULE_SETS      1024   /* policies with rules at once */
+
+/* A CIDR as a mask and the masked address, IPv6 (network byte order, two
+ * halves); IPv4 as its v4-mapped form, ::ffff:a.b.c.d/(96 + prefix), so that
+ * a v4-mapped peer of an IPv6 socket matches IPv4 CIDRs. */
+struct ka_cidr {
+	__u64 addr[2];
+	__u64 mask[2];
+};
+
+/* ka_rule.flags */
+#define KA_RULE_OFF                   (1u << 0)  /* keepalive: off: the socket gets nothing */
+#define KA_RULE_USER_TIMEOUT_DERIVED  (1u << 1)  /* its user_timeout was derived */
+
+/* Rule keys in files, flags and output. */
+#define KA_RULES_KEY         "rules"
+#define KA_RULE_NAME_KEY     "name"
+#define KA_RULE_REMOTE_KEY   "remote"
+#define KA_RULE_REMOTE_PORTS_KEY "remote_ports"
+#define KA_RULE_LOCAL_PORTS_KEY  "local_ports"
+#define KA_RULE_KEEPALIVE_KEY    "keepalive"       /* "off" */
+
+struct ka_rule {
+	struct ka_values values;   /* resolved: the rule's own, else its policy's */
+	__u32 flags;               /* KA_RULE_* */
+	__u32 given;               /* userspace only: the options the rule gives itself (1 << KA_OPT_*) */
+	__u8 remote_count;
+	__u8 remote_port_count;
+	__u8 local_port_count;
+	__u8 reserved;
+	__u16 remote_ports[KA_RULE_MAX_PORTS];  /* host order */
+	__u16 local_ports[KA_RULE_MAX_PORTS];
+	struct ka_cidr remote[KA_RULE_MAX_REMOTES];
+	char name[KA_RULE_NAME_MAX];            /* userspace only; "" = none */
+};
+
+/* A policy's rules, in "ka_rules" under the policy's cgroup id. */
+struct ka_rule_set {
+	__u32 count;
+	/* their counters: ka_rule_counters[slot * KA_MAX_RULES + rule], slot
+	 * unique among the rule sets (userspace gives it, zeroed) */
+	__u32 slot;
+	struct ka_rule rules[KA_MAX_RULES];
+};
+
+/*
  * A policy in force, keyed by cgroup id (the cgroup directory's inode number)
  * in "ka_policies_v3". Values are resolved: user_timeout is never -1 here.
  * One record is one atomic map update: a crash never leaves half a policy.
@@ -142,13 +217,7 @@ struct ka_origin {
  * extends: what a migration carries over.
  */
 #define KA_POLICY_LAYOUT2_FIELDS                                               \
-	__s32 keepidle;                                                        \
-	__s32 keepintvl;                                                       \
-	__s32 keepcnt;                                                         \
-	__s32 user_timeout;                                                    \
-	__s32 syncnt;                                                          \
-	__s32 maxseg;                                                          \
-	__s32 window_clamp;                                                    \
+	struct ka_values values;                                               \
 	__u32 flags;                                                           \
 	/* its counters: the index in ka_counters, unique among the policies  \
 	 * (userspace gives it, zeroed, with the policy) */                    \
@@ -221,7 +290,7 @@ struct ka_event {
 	__u32 keepintvl_jiffies;
 	__u32 keepcnt;
 	__u32 user_timeout_ms;
-	__u32 reserved;
+	__u32 rule;            /* the rule that matches the connection, + 1; 0: the policy's own values */
 };
 
 /* ka_iter_config: what one run of the TCP iterator does (keepalive_iter.bpf.c). */
@@ -256,7 +325,7 @@ struct ka_socket_record {
 	__s32 keepintvl;
 	__s32 keepcnt;
 	__s32 user_timeout;
-	__u32 reserved;
+	__u32 rule;            /* the rule of its policy that matches it, + 1; 0: none */
 };
 
 /*

@@ -32,6 +32,12 @@ public enum FuzzTargets {
         }
         for spec in config.policies {
             checkInRange(spec.policy)
+            precondition(spec.policy.rules.count <= Rule.maxRules, "at most 16 rules")
+            for rule in spec.policy.rules {
+                precondition(!(rule.remote.isEmpty && rule.remotePorts.isEmpty && rule.localPorts.isEmpty), "a rule matches something")
+                precondition(!rule.off || rule.options.isEmpty, "keepalive: off takes no values")
+                checkInRange(rule.values(under: spec.policy))
+            }
             if case .pods(let selector) = spec.target {
                 for requirement in selector.labels.expressions where [.in, .notIn].contains(requirement.operator) {
                     precondition(!requirement.values.isEmpty, "In and NotIn take values")

@@ -25,6 +25,10 @@ final class AgentMetrics: Sendable {
             "Sockets the policy of this cgroup configured (BPF program), since the policy was set.") }
         static var deadConnections: MetricNameDescriptor { named(nil, "dead_connections", "total",
             "Connections of this cgroup's policy subtree the kernel ended because the peer stopped answering, by reason: keepalive (idle, probes unanswered) or user_timeout (data unacknowledged), since the policy was set.") }
+        static var ruleSocketsMatched: MetricNameDescriptor { named("rule", "sockets_matched", "total",
+            "Sockets a rule of this cgroup's policy matched (the rule by its name, else its number): configured with its values, or left alone by keepalive: off; since the policy was set.") }
+        static var ruleDeadConnections: MetricNameDescriptor { named("rule", "dead_connections", "total",
+            "Connections a rule of this cgroup's policy covered that the kernel ended because the peer stopped answering, by reason, since the policy was set.") }
         static var setsockoptErrors: MetricNameDescriptor { named(nil, "setsockopt_errors", "total",
             "bpf_setsockopt calls that failed, by option, since the pinned state was made.") }
         static var policies: MetricNameDescriptor { named(nil, "policies", "", "Policies in force (set by the agent or the CLI), read from the kernel.") }
@@ -70,7 +74,7 @@ final class AgentMetrics: Sendable {
         ready.set(Int64(health.isReady && health.notAliveReason == nil ? 1 : 0))
         let snapshot = try state.snapshot()
         var values: [(family: MetricNameDescriptor, labels: [(String, String)], value: UInt64)] = []
-        for (_, record, counters) in snapshot.policies {
+        for (id, record, counters) in snapshot.policies {
             // kube-state-metrics' label names, where the policy was set for a pod or container.
             let workload = [("namespace", record.origin.namespace), ("pod", record.origin.pod),
                             ("container", record.origin.container)].compactMap { name, value in value.map { (name, $0) } }
@@ -79,6 +83,14 @@ final class AgentMetrics: Sendable {
             for reason in ReapedReason.allCases {
                 let count = reason == .keepalive ? counters.reapedKeepalive : counters.reapedUserTimeout
                 values.append((Family.deadConnections, labels + [("reason", reason.key)], count))
+            }
+            for (index, counters) in (snapshot.ruleCounters[id] ?? []).enumerated() {
+                let labels = labels + [("rule", Rule.label(record.policy.rules, index))]
+                values.append((Family.ruleSocketsMatched, labels, counters.configured))
+                for reason in ReapedReason.allCases {
+                    let count = reason == .keepalive ? counters.reapedKeepalive : counters.reapedUserTimeout
+                    values.append((Family.ruleDeadConnections, labels + [("reason", reason.key)], count))
+                }
             }
         }
         for (option, count) in snapshot.setsockoptErrors {

@@ -139,6 +139,7 @@ public struct PolicySpec: Equatable, Sendable {
         var precedence = Precedence.application
         var existing = true
         var annotations: (mode: AnnotationMode, node: Node)?
+        var rules: [Rule] = []
         for (keyNode, value) in mapping {
             let key = keyNode.string ?? ""
             if Target.keys.contains(key) {
@@ -158,6 +159,8 @@ public struct PolicySpec: Equatable, Sendable {
                     throw ConfigError(file: file, node: value, message: "'\(key)' must be true or false")
                 }
                 existing = flag
+            case Rule.rulesKey:
+                rules = try Self.rules(value, file: file)
             case Self.annotationsKey:
                 guard let mode = value.scalar.flatMap({ AnnotationMode(rawValue: $0.string) }) else {
                     throw ConfigError(file: file, node: value, message: "'\(key)' must be 'allow' or 'ignore'")
@@ -166,7 +169,7 @@ public struct PolicySpec: Equatable, Sendable {
             default:
                 guard let option = PolicyOption.allCases.first(where: { $0.key == key }) else {
                     let known = (Target.keys + PolicyOption.allCases.map(\.key)
-                                 + [Precedence.key, Self.existingKey, Self.annotationsKey]).joined(separator: ", ")
+                                 + [Precedence.key, Rule.rulesKey, Self.existingKey, Self.annotationsKey]).joined(separator: ", ")
                     throw ConfigError(file: file, node: keyNode, message: "unknown key '\(key)' (known: \(known))")
                 }
                 guard let scalar = value.scalar, scalar.style == .plain, let number = Int64(scalar.string) else {
@@ -183,8 +186,47 @@ public struct PolicySpec: Equatable, Sendable {
         if let annotations, !target.selectsPods {
             throw ConfigError(file: file, node: annotations.node, message: "'annotations' applies to 'pods' entries only")
         }
-        self.init(target: target, policy: Policy(values, precedence: precedence), existing: existing,
+        self.init(target: target, policy: Policy(values, precedence: precedence, rules: rules), existing: existing,
                   annotations: annotations?.mode ?? .allow, source: "\(file):\(node.mark?.line ?? 0)")
+    }
+
+    /// `rules:`, a list of mappings: each key as `--rule` takes it, lists
+    /// (remote, remote_ports, local_ports) as YAML lists or one scalar.
+    private static func rules(_ node: Node, file: String) throws(ConfigError) -> [Rule] {
+        if case .scalar(let s) = node, s.string.isEmpty || s.string == "~" || s.string == "null" { return [] }
+        guard let items = node.sequence else {
+            throw ConfigError(file: file, node: node, message: "'\(Rule.rulesKey)' must be a list of rules")
+        }
+        var rules: [Rule] = []
+        for (index, item) in items.enumerated() {
+            let name = item.mapping?[Rule.nameKey]?.scalar?.string
+            do throws(RuleError) {
+                rules.append(try rule(item, file: file))
+            } catch {
+                throw ConfigError(file: file, node: item, message: error.of(rule: index, named: name).description)
+            }
+        }
+        do { return try Rule.validate(rules) } catch { throw ConfigError(file: file, node: node, message: error.description) }
+    }
+
+    private static func rule(_ node: Node, file: String) throws(RuleError) -> Rule {
+        guard let mapping = node.mapping else { throw RuleError("a rule must be a mapping (remote, ports, values)") }
+        var rule = Rule()
+        for (keyNode, value) in mapping {
+            let key = keyNode.string ?? ""
+            let scalars: [Node.Scalar]
+            switch value {
+            case .scalar(let scalar): scalars = [scalar]
+            case .sequence(let sequence) where Rule.listKeys.contains(key):
+                scalars = try sequence.map { (element: Node) throws(RuleError) -> Node.Scalar in
+                    guard let scalar = element.scalar else { throw RuleError("'\(key)' must list plain values") }
+                    return scalar
+                }
+            default: throw RuleError("'\(key)' must be \(Rule.listKeys.contains(key) ? "a value or a list" : "a value")")
+            }
+            for scalar in scalars { try rule.set(key, scalar.string) }
+        }
+        return try rule.validated()
     }
 
     private static let targetList = "'cgroup', 'unit', 'pods' or 'containers'"

@@ -16,7 +16,7 @@ public enum FailureScope: Sendable, Equatable {
         case let failure as LinkFailure: self = failure.scope
         case let access as CgroupAccessError: self = access.errno == ENOENT ? .vanished : .cgroup
         case is PolicyError: self = .cgroup
-        case StateError.full: self = .cgroup
+        case StateError.full, StateError.rulesFull: self = .cgroup
         default: self = .state
         }
     }

@@ -34,10 +34,10 @@ final class MainObject {
 
     /// The skeleton's maps, unwrapped once (it fills every field when it opens).
     struct Maps {
-        let policies, counters, errors, meta, events, eventsHead: OpaquePointer
+        let policies, counters, errors, meta, events, eventsHead, rules, ruleCounters: OpaquePointer
 
         /// Every map, as libbpf pins them.
-        var all: [OpaquePointer] { [policies, counters, errors, meta, events, eventsHead] }
+        var all: [OpaquePointer] { [policies, counters, errors, meta, events, eventsHead, rules, ruleCounters] }
     }
 
     /// The skeleton's programs, likewise.
@@ -68,13 +68,14 @@ final class MainObject {
         let (m, p) = (skeleton.pointee.maps, skeleton.pointee.progs)
         guard let policies = m.ka_policies_v3, let counters = m.ka_counters, let errors = m.ka_errors,
               let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
+              let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters,
               let sockops = p.keepalive_sockops, let setsockopt = p.keepalive_setsockopt, let reaped = p.keepalive_reaped
         else {
             keepalive_bpf__destroy(skeleton)
             throw SyscallError("open BPF object keepalive: its skeleton lacks a map or program", errno: EINVAL)
         }
         maps = Maps(policies: policies, counters: counters, errors: errors, meta: meta, events: events,
-                    eventsHead: eventsHead)
+                    eventsHead: eventsHead, rules: rules, ruleCounters: ruleCounters)
         programs = Programs(sockops: sockops, setsockopt: setsockopt, reaped: reaped)
         identity = ProgramIdentity(version: skeleton.pointee.rodata.pointee.ka_program_version,
                                    hash: ProgramIdentity.hash(bytes))
@@ -122,7 +123,8 @@ final class IteratorObject {
         skeleton = try loader.open(pinRoot: pinRoot) { keepalive_iter_bpf__open_opts($0) }
         if pinRoot == nil {
             let maps = skeleton.pointee.maps
-            for map in [maps.ka_policies_v3, maps.ka_counters, maps.ka_errors].compactMap({ $0 }) {
+            for map in [maps.ka_policies_v3, maps.ka_counters, maps.ka_errors, maps.ka_rules,
+                        maps.ka_rule_counters].compactMap({ $0 }) {
                 try BPFObject.unpinned(map)
             }
         }

@@ -135,9 +135,10 @@ struct OlderLayouts {
                 continue
             }
             var record = ka_policy()
-            (record.keepidle, record.keepintvl, record.keepcnt) = (old.keepidle, old.keepintvl, old.keepcnt)
-            (record.user_timeout, record.syncnt, record.maxseg) = (old.userTimeout, old.syncnt, old.maxseg)
-            (record.window_clamp, record.flags) = (old.windowClamp, old.flags)
+            record.values = ka_values(keepidle: old.keepidle, keepintvl: old.keepintvl, keepcnt: old.keepcnt,
+                                      user_timeout: old.userTimeout, syncnt: old.syncnt, maxseg: old.maxseg,
+                                      window_clamp: old.windowClamp)
+            record.flags = old.flags & ~KA_POLICY_HAS_RULES  // 0.1.0 had no rules
             var migrated = PolicyRecord(record)
             migrated.path = path
             result.append((id, migrated, try sockets?.lookup(old.slot) ?? 0))

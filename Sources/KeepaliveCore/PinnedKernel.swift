@@ -43,6 +43,8 @@ final class PinnedKernel: StateKernel, Sendable {
     let identity: ProgramIdentity
     let policies: BPFMap<UInt64, ka_policy>
     let counters: BPFPerCPUMap<UInt32, ka_counters>
+    let rules: BPFMap<UInt64, ka_rule_set>
+    let ruleCounters: BPFPerCPUMap<UInt32, ka_counters>
     let errors: BPFPerCPUMap<UInt32, UInt64>
     let meta: BPFMap<UInt32, ka_meta>
     let events: BPFMap<UInt32, ka_event>
@@ -92,6 +94,8 @@ final class PinnedKernel: StateKernel, Sendable {
         let maps = object.maps
         policies = try map(maps.policies) { try BPFMap($0, name: $1, type: $2) }
         counters = try map(maps.counters) { try BPFPerCPUMap($0, name: $1, type: $2) }
+        rules = try map(maps.rules) { try BPFMap($0, name: $1, type: $2) }
+        ruleCounters = try map(maps.ruleCounters) { try BPFPerCPUMap($0, name: $1, type: $2) }
         errors = try map(maps.errors) { try BPFPerCPUMap($0, name: $1, type: $2) }
         meta = try map(maps.meta) { try BPFMap($0, name: $1, type: $2) }
         events = try map(maps.events) { try BPFMap($0, name: $1, type: $2) }
@@ -155,19 +159,51 @@ final class PinnedKernel: StateKernel, Sendable {
 
     // MARK: policies
 
+    /// The policies, each with its rules (ka_rules, under the same id).
     func readPolicies() throws -> [UInt64: PolicyRecord] {
-        Dictionary(try policies.entries().map { ($0.key, PolicyRecord($0.value)) }, uniquingKeysWith: { $1 })
+        var ruleSets: [UInt64: (rules: [Rule], slot: UInt32)] = [:]
+        for (id, set) in try rules.entries() { ruleSets[id] = (RuleSetRecord.rules(of: set), set.slot) }
+        return Dictionary(try policies.entries().map { ($0.key, PolicyRecord($0.value, rules: ruleSets[$0.key])) },
+                          uniquingKeysWith: { $1 })
+    }
+
+    func readRuleSetIDs() throws -> Set<UInt64> {
+        Set(try rules.keys())
     }
 
     var policyCapacity: Int { policies.handle.capacity }
+    var ruleSetCapacity: Int { rules.handle.capacity }
 
-    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool) throws {
+    /// Rules go in before the record that points at them: the program never
+    /// finds a new policy whose rules are not there yet. (Removing them is
+    /// the Transaction's: deleteRules.)
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool, freshRuleCounters: Bool) throws {
         let encoded = try record.encoded()
         if freshCounters { try counters.update(record.slot, ka_counters()) }
+        if let ruleSet = record.encodedRules {
+            if freshRuleCounters {
+                for rule in 0..<UInt32(KA_MAX_RULES) {
+                    try ruleCounters.update(record.ruleSlot * UInt32(KA_MAX_RULES) + rule, ka_counters())
+                }
+            }
+            try insert(ruleSet, into: rules, at: id, whenFull: .rulesFull(capacity: ruleSetCapacity))
+        }
         do {
-            try policies.update(id, encoded)
-        } catch where error.errno == E2BIG {
-            throw StateError.full(capacity: policyCapacity)
+            try insert(encoded, into: policies, at: id, whenFull: .full(capacity: policyCapacity))
+        } catch StateError.full(let capacity) {
+            // Full: the id was not in the map, so the rules just written were its new ones alone.
+            if record.encodedRules != nil { try deleteRules(id) }
+            throw StateError.full(capacity: capacity)
+        }
+    }
+
+    /// A map full of cgroups is said as such, not as E2BIG.
+    private func insert<Value>(_ value: Value, into map: BPFMap<UInt64, Value>, at id: UInt64,
+                               whenFull full: StateError) throws {
+        do {
+            try map.update(id, value)
+        } catch {
+            throw error.errno == E2BIG ? full : error
         }
     }
 
@@ -175,9 +211,25 @@ final class PinnedKernel: StateKernel, Sendable {
         try policies.delete(id)
     }
 
+    /// A rule set, if there is one.
+    func deleteRules(_ id: UInt64) throws {
+        try rules.delete(id)
+    }
+
     /// A policy's counters; a slot that is not there counts nothing yet.
     func counters(of record: PolicyRecord) throws -> PolicyCounters {
-        (try counters.lookup(record.slot) ?? []).reduce(into: PolicyCounters()) { sum, cpu in
+        sum(try counters.lookup(record.slot) ?? [])
+    }
+
+    /// Each rule's counters, in order.
+    func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] {
+        try record.policy.rules.indices.map { rule in
+            sum(try ruleCounters.lookup(record.ruleSlot * UInt32(KA_MAX_RULES) + UInt32(rule)) ?? [])
+        }
+    }
+
+    private func sum(_ perCPU: [ka_counters]) -> PolicyCounters {
+        perCPU.reduce(into: PolicyCounters()) { sum, cpu in
             sum.configured &+= cpu.configured
             sum.reapedKeepalive &+= cpu.reaped.0
             sum.reapedUserTimeout &+= cpu.reaped.1

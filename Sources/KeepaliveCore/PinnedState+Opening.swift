@@ -191,7 +191,8 @@ extension PinnedState {
     /// left alone, and named by `status`.
     func unknownPins(_ kernel: PinnedKernel) throws -> [String] {
         let maps = [kernel.policies.handle, kernel.counters.handle, kernel.errors.handle, kernel.meta.handle,
-                    kernel.events.handle, kernel.eventsHead.handle].map(\.name)
+                    kernel.events.handle, kernel.eventsHead.handle, kernel.rules.handle,
+                    kernel.ruleCounters.handle].map(\.name)
         let programs = [kernel.programs.sockops.program.name, kernel.programs.setsockopt.program.name,
                         kernel.reapedProgramName]
         let known = Set(maps + programs + Attachment.allCases.map(\.linksDirectory) + OlderLayouts.pins

@@ -90,6 +90,8 @@ public final class PinnedState: Sendable {
 
         /// Sockets configured and connections reaped under a policy.
         public func counters(of record: PolicyRecord) throws -> PolicyCounters { try kernel.counters(of: record) }
+        /// Each of a policy's rules' counters, in the rules' order.
+        public func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] { try kernel.ruleCounters(of: record) }
         /// Failed bpf_setsockopt calls since the state was made, by option key.
         public func setsockoptErrors() throws -> [(option: String, count: UInt64)] { try kernel.setsockoptErrors() }
         public func reapedEvents() throws -> [ReapedEvent] { try kernel.reapedEvents() }
@@ -137,6 +139,7 @@ public final class PinnedState: Sendable {
             } else {
                 let transaction = try Transaction(kernel: kernel)
                 var report = try transaction.repair()
+                report.repaired += try RunCgroup.reapFinished(transaction, cgroups)
                 try kernel.repairReapedLink()
                 report.keptUnknown += try unknownPins(kernel).map {
                     "\(root)/\($0): belongs to no layout this keepalive knows; left alone"
@@ -184,6 +187,8 @@ public final class PinnedState: Sendable {
         public var programs: ProgramIdentity?
         public var countingReaped = false
         public var policies: [(id: UInt64, record: PolicyRecord, counters: PolicyCounters)] = []
+        /// Each policy's rules' counters, in the rules' order, by policy id.
+        public var ruleCounters: [UInt64: [PolicyCounters]] = [:]
         public var setsockoptErrors: [(option: String, count: UInt64)] = []
     }
 
@@ -195,6 +200,9 @@ public final class PinnedState: Sendable {
         guard let kernel = try pinnedKernel() else { return Snapshot() }
         var snapshot = Snapshot(programs: kernel.identity, countingReaped: kernel.countingReaped)
         snapshot.policies = try kernel.readPolicies().map { ($0.key, $0.value, try kernel.counters(of: $0.value)) }
+        for (id, record, _) in snapshot.policies where !record.policy.rules.isEmpty {
+            snapshot.ruleCounters[id] = try kernel.ruleCounters(of: record)
+        }
         snapshot.setsockoptErrors = try kernel.setsockoptErrors()
         return snapshot
     }

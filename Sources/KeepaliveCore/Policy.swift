@@ -50,13 +50,16 @@ public struct Policy: Equatable, Hashable, Sendable {
     public var maxseg = PolicyOption.maxseg.defaultValue
     public var windowClamp = PolicyOption.windowClamp.defaultValue
     public var precedence = Precedence.application
+    /// Rules by destination, tried in order; the values above apply where none matches.
+    public var rules: [Rule] = []
 
     public init() {}
 
     /// A policy from already-validated values; options not given keep their defaults.
-    public init(_ values: [PolicyOption: Int32], precedence: Precedence = .application) {
+    public init(_ values: [PolicyOption: Int32], precedence: Precedence = .application, rules: [Rule] = []) {
         for (option, value) in values { self[option] = value }
         self.precedence = precedence
+        self.rules = rules
     }
 
     public subscript(option: PolicyOption) -> Int32 {
@@ -101,9 +104,31 @@ public struct Policy: Equatable, Hashable, Sendable {
 
     /// "keepidle=15 keepintvl=15 keepcnt=9 user_timeout=150000(derived)" and the rest when set.
     public var summary: String {
-        let shownOptions = PolicyOption.allCases.filter { $0.alwaysShown || self[$0] != 0 }
-        return shownOptions.map { "\($0.key)=\(shown($0))" }.joined(separator: " ")
-            + (precedence == .policy ? " \(Precedence.key)=\(precedence.name)" : "")
+        valuesSummary + (precedence == .policy ? " \(Precedence.key)=\(precedence.name)" : "")
+            + (rules.isEmpty ? "" : " " + rules.map { "rule=[\($0.summary)]" }.joined(separator: " "))
+    }
+
+    /// The option values alone, as `summary` shows them.
+    public var valuesSummary: String {
+        PolicyOption.allCases.filter { $0.alwaysShown || self[$0] != 0 }
+            .map { "\($0.key)=\(shown($0))" }.joined(separator: " ")
+    }
+
+    /// The values as the BPF program reads them (user timeout resolved).
+    var encodedValues: ka_values {
+        ka_values(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt, user_timeout: effectiveUserTimeout,
+                  syncnt: syncnt, maxseg: maxseg, window_clamp: windowClamp)
+    }
+
+    /// Values read back from a record; `derived` says the user timeout was.
+    mutating func setValues(_ values: ka_values, derivedUserTimeout derived: Bool) {
+        keepidle = values.keepidle
+        keepintvl = values.keepintvl
+        keepcnt = values.keepcnt
+        userTimeout = derived ? KA_USER_TIMEOUT_DERIVED : values.user_timeout
+        syncnt = values.syncnt
+        maxseg = values.maxseg
+        windowClamp = values.window_clamp
     }
 }
 
@@ -117,24 +142,26 @@ public struct PolicyRecord: Equatable, Sendable {
     public var slot: UInt32
     /// The pod or container it was set for, if it was.
     public var origin: Origin
+    /// Where its rules' counters are (ka_rule_counters), when it has rules: unique among them.
+    public var ruleSlot: UInt32
+    /// The record says it has rules, but ka_rules holds none for it (an outside hand).
+    public var rulesMissing = false
 
-    public init(policy: Policy, owner: PolicyOwner, path: FilePath, slot: UInt32 = 0, origin: Origin = .none) {
+    public init(policy: Policy, owner: PolicyOwner, path: FilePath, slot: UInt32 = 0, origin: Origin = .none,
+                ruleSlot: UInt32 = 0) {
         self.policy = policy
         self.owner = owner
         self.path = path
         self.slot = slot
         self.origin = origin
+        self.ruleSlot = ruleSlot
     }
 
-    public init(_ record: ka_policy) {
+    /// A record as pinned, with its rules and their slot as ka_rules holds
+    /// them (nil: none there).
+    public init(_ record: ka_policy, rules: (rules: [Rule], slot: UInt32)? = nil) {
         var policy = Policy()
-        policy.keepidle = record.keepidle
-        policy.keepintvl = record.keepintvl
-        policy.keepcnt = record.keepcnt
-        policy.userTimeout = record.flags & KA_POLICY_USER_TIMEOUT_DERIVED != 0 ? KA_USER_TIMEOUT_DERIVED : record.user_timeout
-        policy.syncnt = record.syncnt
-        policy.maxseg = record.maxseg
-        policy.windowClamp = record.window_clamp
+        policy.setValues(record.values, derivedUserTimeout: record.flags & KA_POLICY_USER_TIMEOUT_DERIVED != 0)
         policy.precedence = record.flags & KA_POLICY_PRECEDENCE_POLICY != 0 ? .policy : .application
         self.policy = policy
         owner = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli
@@ -143,6 +170,15 @@ public struct PolicyRecord: Equatable, Sendable {
             FilePath(platformString: raw.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0])
         }
         origin = Origin(record.origin)
+        ruleSlot = 0
+        if record.flags & KA_POLICY_HAS_RULES != 0 {
+            if let rules {
+                self.policy.rules = rules.rules
+                ruleSlot = rules.slot
+            } else {
+                rulesMissing = true
+            }
+        }
     }
 
     /// The record the BPF program reads (user timeout resolved).
@@ -150,14 +186,9 @@ public struct PolicyRecord: Equatable, Sendable {
         var flags = owner == .agent ? KA_POLICY_AGENT : 0
         if policy.derivesUserTimeout { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
         if policy.precedence == .policy { flags |= KA_POLICY_PRECEDENCE_POLICY }
+        if !policy.rules.isEmpty { flags |= KA_POLICY_HAS_RULES }
         var record = ka_policy()
-        record.keepidle = policy.keepidle
-        record.keepintvl = policy.keepintvl
-        record.keepcnt = policy.keepcnt
-        record.user_timeout = policy.effectiveUserTimeout
-        record.syncnt = policy.syncnt
-        record.maxseg = policy.maxseg
-        record.window_clamp = policy.windowClamp
+        record.values = policy.encodedValues
         record.flags = flags
         record.slot = slot
         let bytes = path.withPlatformString { Array(UnsafeBufferPointer(start: $0, count: strlen($0))) }
@@ -169,8 +200,14 @@ public struct PolicyRecord: Equatable, Sendable {
         return record
     }
 
-    /// Same policy, owner, cgroup and origin: writing it again would change nothing (its slot is bookkeeping).
+    /// The rule set the BPF program reads, for a policy with rules.
+    public var encodedRules: ka_rule_set? {
+        policy.rules.isEmpty ? nil : RuleSetRecord.encode(policy.rules, under: policy, slot: ruleSlot)
+    }
+
+    /// Same policy, owner, cgroup and origin: writing it again would change nothing (its slots are bookkeeping).
     public func sameSettings(as other: PolicyRecord) -> Bool {
         policy == other.policy && owner == other.owner && path == other.path && origin == other.origin
+            && rulesMissing == other.rulesMissing
     }
 }

@@ -19,6 +19,19 @@ public enum PolicyOption: String, CaseIterable, Sendable {
         }
     }
 
+    /// The preload libraries' environment variable for it.
+    public var environmentVariable: String {
+        switch self {
+        case .keepidle: KA_KEEPIDLE_ENV
+        case .keepintvl: KA_KEEPINTVL_ENV
+        case .keepcnt: KA_KEEPCNT_ENV
+        case .userTimeout: KA_USER_TIMEOUT_ENV
+        case .syncnt: KA_SYNCNT_ENV
+        case .maxseg: KA_MAXSEG_ENV
+        case .windowClamp: KA_WINDOW_CLAMP_ENV
+        }
+    }
+
     /// The option's index in the BPF program's error counters (enum ka_bpf_option).
     var bpfOption: ka_bpf_option {
         switch self {

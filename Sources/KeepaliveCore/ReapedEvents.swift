@@ -56,6 +56,10 @@ public struct ReapedEvent: Sendable {
     public internal(set) var policyPath: FilePath?
     /// Who that policy was set for.
     public internal(set) var policyOrigin = Origin.none
+    /// The policy's rule that gave the socket its values (0-based); nil: the policy's own.
+    public let rule: Int?
+    /// That rule's label (its name, else its number), if the policy is still there.
+    public internal(set) var ruleLabel: String?
 
     init(_ e: ka_event, clock: KernelClock) {
         sequence = e.seq - 1
@@ -70,6 +74,7 @@ public struct ReapedEvent: Sendable {
         keepintvl = clock.milliseconds(ofJiffies: e.keepintvl_jiffies) / 1000
         keepcnt = e.keepcnt
         userTimeout = e.user_timeout_ms
+        rule = e.rule == 0 ? nil : Int(e.rule) - 1
     }
 }
 
@@ -119,14 +124,20 @@ extension PinnedKernel {
         for sequence in first..<head {
             guard let slot = try events.lookup(UInt32(sequence % capacity)), slot.seq == sequence + 1 else { continue }
             var event = ReapedEvent(slot, clock: clock)
-            if let policy = try policies.lookup(slot.policy_cgroup_id).map(PolicyRecord.init) {
+            if let policy = try policies.lookup(slot.policy_cgroup_id).map({ PolicyRecord($0) }) {
                 (event.policyPath, event.policyOrigin) = (policy.path, policy.origin)
+                event.ruleLabel = try event.rule.map { Rule.label(try readRules(slot.policy_cgroup_id), $0) }
             }
             found.append(event)
         }
         // Slots the program moved past while they were read may hold newer events.
         let now = try eventsHead.lookup(0) ?? head
         return found.filter { now <= capacity || $0.sequence >= now - capacity }
+    }
+
+    /// A policy's rules as they are now (none: an empty list).
+    private func readRules(_ id: UInt64) throws -> [Rule] {
+        try rules.lookup(id).map(RuleSetRecord.rules(of:)) ?? []
     }
 
     /// The number the next reaped connection will get.

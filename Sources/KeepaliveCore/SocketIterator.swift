@@ -99,6 +99,8 @@ public struct SocketReport: Sendable {
     public let precedence: Precedence?
     /// The cgroup whose policy covers it; nil if none does.
     public let policyCgroupID: UInt64?
+    /// The policy's rule that chose its values (0-based); nil: the policy's own.
+    public let rule: Int?
     /// Processes holding the socket; empty if none in the subtree.
     public let owners: [SocketOwner]
 
@@ -117,6 +119,7 @@ public struct SocketReport: Sendable {
         precedence = r.flags & KA_SOCKET_HAS_POLICY == 0 ? nil
             : r.flags & KA_SOCKET_PRECEDENCE_POLICY != 0 ? .policy : .application
         policyCgroupID = r.flags & KA_SOCKET_HAS_POLICY == 0 ? nil : r.policy_cgroup_id
+        rule = r.rule == 0 ? nil : Int(r.rule) - 1
         self.owners = owners
     }
 }

@@ -14,6 +14,8 @@ public enum StateError: Error, CustomStringConvertible, Equatable {
     case newerProgram(path: String, found: UInt32, known: UInt32)
     /// Every policy slot is taken.
     case full(capacity: Int)
+    /// The rule map is full: that many policies have rules.
+    case rulesFull(capacity: Int)
     /// Layout-1 state cannot be migrated: some of its cgroups could not be found.
     case migrationBlocked(String)
     /// Part of the state is not pinned (an interrupted install, an outside hand): a command repairs it.
@@ -40,6 +42,8 @@ public enum StateError: Error, CustomStringConvertible, Equatable {
                 + "use that version, or remove everything with its detach --all"
         case let .full(capacity):
             "the policy map is full: all \(capacity) policies are in use; what is in force stays"
+        case let .rulesFull(capacity):
+            "the rule map is full: \(capacity) policies have rules already; what is in force stays"
         case let .migrationBlocked(why):
             "cannot upgrade the state of keepalive 0.1.0 in place: \(why); nothing was changed"
         case let .incomplete(path, what):

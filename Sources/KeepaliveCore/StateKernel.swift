@@ -18,13 +18,23 @@ public enum LinkState: Equatable, Sendable {
 /// The kernel operations a Transaction needs: the policy map, the links and
 /// the cgroups. PinnedState is the real one; `swift test` uses an in-memory one.
 public protocol StateKernel: AnyObject {
+    /// The policies, each with its rules.
     func readPolicies() throws -> [UInt64: PolicyRecord]
+    /// The ids under which rules are kept (with or without their policy).
+    func readRuleSetIDs() throws -> Set<UInt64>
     /// How many policies the map holds: the slots are 0..<capacity.
     var policyCapacity: Int { get }
-    /// Writes a policy. A new one (or one moved to another slot) gets its
-    /// counters zeroed first, so that they count from its start.
-    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool) throws
+    /// How many policies may have rules: the rule slots are 0..<capacity.
+    var ruleSetCapacity: Int { get }
+    /// Writes a policy and its rules (the rules first; the old rules of a
+    /// policy that has none now are the caller's to remove). A new one (or one moved to another
+    /// slot) gets its counters zeroed first, so that they count from its
+    /// start; likewise its rules' counters.
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool, freshRuleCounters: Bool) throws
+    /// Removes a policy (its rules are the caller's to remove, first).
     func deletePolicy(_ id: UInt64) throws
+    /// Removes rules kept under an id (none there: nothing to do).
+    func deleteRules(_ id: UInt64) throws
     /// Every pin in a kind's links directory, by name (a cgroup id for ours).
     func readLinks(_ kind: Attachment) throws -> [String: LinkState]
     /// Attaches the kind's program to the cgroup and pins the link under its id.

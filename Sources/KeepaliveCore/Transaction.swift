@@ -15,18 +15,20 @@ public final class Transaction {
     let kernel: StateKernel
     public private(set) var records: [UInt64: PolicyRecord]
     private let index = PolicyIndex()
-    /// How many policies use each slot (more than one only until repair()).
-    private var slotsInUse: [UInt32: Int] = [:]
-    private var lowestFreeSlot: UInt32 = 0  // no slot below it is free
+    /// The policies' counter slots; the rules' counter slots, among the policies with rules.
+    private var slots = SlotPool(), ruleSlots = SlotPool()
+    /// Ids under which ka_rules holds rules (kept current by every change).
+    private var ruleSetIDs: Set<UInt64>
     private var links: [Attachment: [String: LinkState]] = [:]
     private var announced = false
 
     public init(kernel: StateKernel) throws {
         self.kernel = kernel
         records = try kernel.readPolicies()
+        ruleSetIDs = try kernel.readRuleSetIDs()
         for (id, record) in records {
             index.insert(record.path, id: id)
-            slotsInUse[record.slot, default: 0] += 1
+            take(record)
         }
         for kind in Attachment.allCases { links[kind] = try kernel.readLinks(kind) }
     }
@@ -61,7 +63,7 @@ public final class Transaction {
                 continue
             case .gone:
                 try announce()
-                try kernel.deletePolicy(id)
+                try delete(id)
                 forget(id)
                 report.dropped.append("\(record.path.cgroupDisplay) (cgroup removed)")
             case .unknown(let code):
@@ -69,17 +71,8 @@ public final class Transaction {
                                           + "still exists (\(errnoText(code))); kept")
             }
         }
-        var taken: Set<UInt32> = []
-        for (id, record) in records.sorted(by: { $0.key < $1.key }) where !taken.insert(record.slot).inserted
-            || Int(record.slot) >= kernel.policyCapacity {
-            try announce()
-            var moved = record
-            moved.slot = try freeSlot()
-            try kernel.writePolicy(moved, for: id, freshCounters: true)
-            remember(moved, for: id)
-            taken.insert(moved.slot)
-            report.repaired.append("gave the policy on \(record.path.cgroupDisplay) counters of its own (slot \(record.slot) was shared)")
-        }
+        try repairSlots(&report)
+        try repairRules(&report)
         for kind in Attachment.allCases {
             for (pin, state) in links[kind, default: [:]].sorted(by: { $0.key < $1.key }) {
                 if case .foreign(let why) = state {
@@ -96,6 +89,56 @@ public final class Transaction {
         return report
     }
 
+    /// Gives each policy counters of its own, and each policy with rules
+    /// rule counters of its own (a crash or an outside hand may leave two
+    /// sharing a slot).
+    private func repairSlots(_ report: inout Report) throws {
+        var taken: Set<UInt32> = [], takenRules: Set<UInt32> = []
+        for (id, record) in records.sorted(by: { $0.key < $1.key }) {
+            var moved = record
+            if !taken.insert(record.slot).inserted || Int(record.slot) >= kernel.policyCapacity {
+                moved.slot = try freeSlot(avoiding: taken)
+                report.repaired.append("gave the policy on \(record.path.cgroupDisplay) counters of its own "
+                                       + "(slot \(record.slot) was shared)")
+            }
+            if !record.policy.rules.isEmpty,
+               !takenRules.insert(record.ruleSlot).inserted || Int(record.ruleSlot) >= kernel.ruleSetCapacity {
+                moved.ruleSlot = try freeRuleSlot(avoiding: takenRules)
+                report.repaired.append("gave the rules on \(record.path.cgroupDisplay) counters of their own "
+                                       + "(rule slot \(record.ruleSlot) was shared)")
+            }
+            guard moved.slot != record.slot || moved.ruleSlot != record.ruleSlot else { continue }
+            try announce()
+            try write(moved, for: id, freshCounters: moved.slot != record.slot,
+                                   freshRuleCounters: moved.ruleSlot != record.ruleSlot)
+            remember(moved, for: id)
+            taken.insert(moved.slot)
+            if !moved.policy.rules.isEmpty { takenRules.insert(moved.ruleSlot) }
+        }
+    }
+
+    /// Rules no policy points at (a crash between the two writes) go; a
+    /// policy whose rules an outside hand removed keeps its own values, as
+    /// the program already gives it, and says so.
+    private func repairRules(_ report: inout Report) throws {
+        for id in ruleSetIDs.sorted() where records[id].map({ $0.policy.rules.isEmpty }) ?? true {
+            try announce()
+            try kernel.deleteRules(id)
+            ruleSetIDs.remove(id)
+            report.repaired.append("removed the rules kept for \(records[id]?.path.cgroupDisplay ?? "cgroup id \(id)"), "
+                                   + "which no policy has")
+        }
+        for (id, record) in records.sorted(by: { $0.key < $1.key }) where record.rulesMissing {
+            var fixed = record
+            fixed.rulesMissing = false
+            try announce()
+            try write(fixed, for: id, freshCounters: false, freshRuleCounters: false)
+            remember(fixed, for: id)
+            report.repaired.append("the policy on \(record.path.cgroupDisplay) had lost its rules (ka_rules held none): "
+                                   + "its own values apply to all its connections")
+        }
+    }
+
     // MARK: changes
 
     /// Sets a cgroup's policy: a new one is linked where needed, an existing
@@ -103,12 +146,16 @@ public final class Transaction {
     @discardableResult
     public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli, origin: Origin = .none) throws -> Change {
         let previous = records[cgroup.id]
+        let keepsRuleSlot = !(previous?.policy.rules.isEmpty ?? true)
+        let ruleSlot = policy.rules.isEmpty ? 0 : keepsRuleSlot ? previous!.ruleSlot : try freeRuleSlot()
         let record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path, slot: try previous?.slot ?? freeSlot(),
-                                  origin: origin)
+                                  origin: origin, ruleSlot: ruleSlot)
         let rewrite = previous.map { !$0.sameSettings(as: record) } ?? true
         if rewrite {
             try announce()
-            try kernel.writePolicy(record, for: cgroup.id, freshCounters: previous == nil)
+            // A rule's counters count what its rule did: fresh when the rules change.
+            try write(record, for: cgroup.id, freshCounters: previous == nil,
+                                   freshRuleCounters: !keepsRuleSlot || previous?.policy.rules != policy.rules)
             remember(record, for: cgroup.id)
         }
         let outcome = fixLinks(around: cgroup.path, id: cgroup.id)
@@ -126,7 +173,7 @@ public final class Transaction {
     public func remove(_ id: UInt64) throws -> Bool {
         guard let record = records[id] else { return false }
         try announce()
-        try kernel.deletePolicy(id)
+        try delete(id)
         forget(id)
         if let failure = fixLinks(around: record.path, id: id).failures.first {
             try restore(record, for: Cgroup(path: record.path, id: id), after: failure)
@@ -331,11 +378,20 @@ public final class Transaction {
 
     // MARK: bookkeeping
 
-    /// The lowest slot no policy uses; the map is full when there is none.
-    private func freeSlot() throws -> UInt32 {
-        while slotsInUse[lowestFreeSlot] != nil { lowestFreeSlot += 1 }
-        guard Int(lowestFreeSlot) < kernel.policyCapacity else { throw StateError.full(capacity: kernel.policyCapacity) }
-        return lowestFreeSlot
+    /// The lowest slot no policy uses (nor `avoiding`); the map is full when there is none.
+    private func freeSlot(avoiding also: Set<UInt32> = []) throws -> UInt32 {
+        guard let slot = slots.free(avoiding: also, below: kernel.policyCapacity) else {
+            throw StateError.full(capacity: kernel.policyCapacity)
+        }
+        return slot
+    }
+
+    /// Likewise among the policies with rules.
+    private func freeRuleSlot(avoiding also: Set<UInt32> = []) throws -> UInt32 {
+        guard let slot = ruleSlots.free(avoiding: also, below: kernel.ruleSetCapacity) else {
+            throw StateError.rulesFull(capacity: kernel.ruleSetCapacity)
+        }
+        return slot
     }
 
     /// Bumps the change sequence once per transaction, before its first write.
@@ -345,38 +401,62 @@ public final class Transaction {
         announced = true
     }
 
+    /// Writes a policy (its rules first); rules it no longer has go after it.
+    private func write(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool, freshRuleCounters: Bool) throws {
+        let hadRules = ruleSetIDs.contains(id)
+        try kernel.writePolicy(record, for: id, freshCounters: freshCounters, freshRuleCounters: freshRuleCounters)
+        if hadRules && record.policy.rules.isEmpty {
+            ruleSetIDs.remove(id)
+            try kernel.deleteRules(id)
+        }
+    }
+
+    /// Removes a policy, its rules first: a policy whose rules are gone
+    /// falls back to its own values, and a command run again still finds it.
+    private func delete(_ id: UInt64) throws {
+        if ruleSetIDs.contains(id) {
+            try kernel.deleteRules(id)
+            ruleSetIDs.remove(id)
+        }
+        try kernel.deletePolicy(id)
+    }
+
     private func remember(_ record: PolicyRecord, for id: UInt64) {
         if let old = records[id] {
             if old.path != record.path { index.remove(old.path) }
-            release(old.slot)
+            release(old)
         }
         records[id] = record
         index.insert(record.path, id: id)
-        slotsInUse[record.slot, default: 0] += 1
+        take(record)
+        if record.policy.rules.isEmpty { ruleSetIDs.remove(id) } else { ruleSetIDs.insert(id) }
     }
 
     private func forget(_ id: UInt64) {
         guard let record = records.removeValue(forKey: id) else { return }
         index.remove(record.path)
-        release(record.slot)
+        release(record)
+        ruleSetIDs.remove(id)
     }
 
-    private func release(_ slot: UInt32) {
-        slotsInUse[slot, default: 1] -= 1
-        if slotsInUse[slot] == 0 {
-            slotsInUse[slot] = nil
-            lowestFreeSlot = min(lowestFreeSlot, slot)
-        }
+    private func take(_ record: PolicyRecord) {
+        slots.take(record.slot)
+        if !record.policy.rules.isEmpty { ruleSlots.take(record.ruleSlot) }
+    }
+
+    private func release(_ record: PolicyRecord) {
+        slots.release(record.slot)
+        if !record.policy.rules.isEmpty { ruleSlots.release(record.ruleSlot) }
     }
 
     /// Puts back what was in force before a change that failed; what it
     /// cannot put back is part of the error (the next opening repairs it).
     private func restore(_ previous: PolicyRecord?, for cgroup: Cgroup, after failure: LinkFailure) throws {
         if let previous {
-            try kernel.writePolicy(previous, for: cgroup.id, freshCounters: false)
+            try write(previous, for: cgroup.id, freshCounters: false, freshRuleCounters: false)
             remember(previous, for: cgroup.id)
         } else {
-            try kernel.deletePolicy(cgroup.id)
+            try delete(cgroup.id)
             forget(cgroup.id)
         }
         let restored = fixLinks(around: cgroup.path, id: cgroup.id)
@@ -426,3 +506,28 @@ extension Attachment: CustomStringConvertible {
     }
 }
 
+/// Counter slots: how many policies use each (more than one only until
+/// repair() gives each its own), and the lowest that may be free.
+struct SlotPool {
+    private var inUse: [UInt32: Int] = [:]
+    private var lowestFree: UInt32 = 0  // no slot below it is free
+
+    mutating func take(_ slot: UInt32) { inUse[slot, default: 0] += 1 }
+
+    mutating func release(_ slot: UInt32) {
+        inUse[slot, default: 1] -= 1
+        if inUse[slot] == 0 {
+            inUse[slot] = nil
+            lowestFree = min(lowestFree, slot)
+        }
+    }
+
+    /// The lowest slot in use by none (nor in `also`) below `capacity`; nil when there is none.
+    mutating func free(avoiding also: Set<UInt32>, below capacity: Int) -> UInt32? {
+        var slot = lowestFree
+        while inUse[slot] != nil || also.contains(slot) { slot += 1 }
+        guard Int(slot) < capacity else { return nil }
+        if also.isEmpty { lowestFree = slot }
+        return slot
+    }
+}

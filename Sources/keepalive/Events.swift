@@ -91,6 +91,8 @@ struct EventRows {
                 Field(PolicyOption.keepcnt.key, nil, .unsigned(UInt64(event.keepcnt))),
                 Field(PolicyOption.userTimeout.key, "POLICY", .unsigned(UInt64(event.userTimeout)),
                       shown: "idle=\(event.keepidle) intvl=\(event.keepintvl) cnt=\(event.keepcnt) user_timeout=\(event.userTimeout)"),
+                // Last: POLICY and REASON keep their places for what reads the table.
+                Field("rule", "RULE", event.rule.map { .string(event.ruleLabel ?? "\($0 + 1)") } ?? .null),
             ])
         }
     }

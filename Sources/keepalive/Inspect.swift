@@ -27,11 +27,14 @@ struct Inspect: AsyncParsableCommand, JSONOutputCommand, StateCommand {
         let result = try SocketIterator(pinRoot: policies == nil ? nil : state.root, cgroups: cgroups)
             .run(cgroup, applying: false)
         for failure in result.unreachable { printError("keepalive: warning: \(failure)") }
-        let rows = result.sockets.map { Self.row($0, origin: $0.policyCgroupID.flatMap { policies?[$0]?.origin } ?? .none) }
+        let rows = result.sockets.map { socket in
+            let record = socket.policyCgroupID.flatMap { policies?[$0] }
+            return Self.row(socket, origin: record?.origin ?? .none, rules: record?.policy.rules ?? [])
+        }
         if json { try printJSON(rows) } else { printTable(rows) }
     }
 
-    static func row(_ s: SocketReport, origin: Origin) -> Row {
+    static func row(_ s: SocketReport, origin: Origin, rules: [Rule]) -> Row {
         Row(fields: [
             Field("pid", "PID", s.owners.first.map { .integer(Int64($0.pid)) } ?? .null),
             Field("command", "COMMAND", s.owners.first.map { .string($0.command) } ?? .null),
@@ -47,6 +50,7 @@ struct Inspect: AsyncParsableCommand, JSONOutputCommand, StateCommand {
             Field("cgroup_id", nil, .unsigned(s.cgroupID)),
             Field("inode", nil, .unsigned(s.inode)),
             Field(Precedence.key, "PRECEDENCE", s.precedence.map { .string($0.name) } ?? .null),
+            Field("rule", "RULE", s.rule.map { .string(Rule.label(rules, $0)) } ?? .null),
         ] + origin.fields)
     }
 }

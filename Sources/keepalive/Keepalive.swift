@@ -22,8 +22,8 @@ struct Keepalive: AsyncParsableCommand {
             libraries, /usr/share/doc/keepalive.
             """,
         version: KeepaliveVersion.string,
-        subcommands: [Attach.self, Detach.self, Status.self, Inspect.self, Events.self, AgentCommand.self,
-                      Prepare.self]
+        subcommands: [Attach.self, Detach.self, Status.self, Inspect.self, Events.self, Run.self,
+                      AgentCommand.self, Prepare.self]
     )
 
     /// Errors as one line (JSON under --json) and a non-zero exit; help and version as usual.
@@ -36,6 +36,7 @@ struct Keepalive: AsyncParsableCommand {
         }
         // Before any thread exists, so that every thread inherits the signal mask.
         if let agent = command as? AgentCommand, agent.runsAsDaemon { StopDeadline.arm() }
+        if command is Run { Run.blockForwardedSignals() }
         do {
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()

@@ -140,6 +140,11 @@ struct PolicyArguments: ParsableArguments {
                                valueName: Precedence.allCases.map(\.name).joined(separator: "|")))
     var precedence: String?
 
+    @Option(name: .customLong("rule"), help: ArgumentHelp(
+        "A rule by destination, tried in order (repeatable): 'remote=CIDR,remote_ports=N,local_ports=N,name=NAME,keepalive=off' and option values, lists by repeating a key.",
+        valueName: "key=value,..."))
+    var rules: [String] = []
+
     @Option(help: .hidden)
     var deferAccept: String?
 
@@ -148,6 +153,18 @@ struct PolicyArguments: ParsableArguments {
             throw ValidationError("--defer-accept: TCP_DEFER_ACCEPT cannot be set from BPF (bpf_setsockopt refuses it); use libkeepalive_listen.so or libkeepalive_socket.so")
         }
         do { _ = try precedence.map(Precedence.init(parsing:)) } catch { throw ValidationError("--precedence \(error.problem)") }
+        _ = try parsedRules()
+    }
+
+    /// The --rule flags, in order, each checked; an error names the rule.
+    private func parsedRules() throws -> [Rule] {
+        var parsed: [Rule] = []
+        for (index, spec) in rules.enumerated() {
+            do throws(RuleError) { parsed.append(try Rule(parsing: spec)) } catch {
+                throw ValidationError("--rule '\(spec)' (rule \(index + 1)): \(error)")
+            }
+        }
+        do throws(RuleError) { return try Rule.validate(parsed) } catch { throw ValidationError("--rule: \(error)") }
     }
 
     /// The policy the flags describe; options not given keep their defaults.
@@ -160,7 +177,9 @@ struct PolicyArguments: ParsableArguments {
             values[option] = value
         }
         // validate() refused a precedence that does not parse: none is lost here.
-        return Policy(values, precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application)
+        // validate() refused rules that do not parse, too.
+        return Policy(values, precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application,
+                      rules: (try? parsedRules()) ?? [])
     }
 
     private static func help(_ option: PolicyOption, _ unit: String) -> ArgumentHelp {

@@ -5,7 +5,7 @@ import KeepaliveCore
 
 /// A value as JSON has it; `text` is how a table shows it.
 enum JSONValue: Encodable, Sendable {
-    case string(String), integer(Int64), unsigned(UInt64), bool(Bool), null, list([JSONValue])
+    case string(String), integer(Int64), unsigned(UInt64), bool(Bool), null, list([JSONValue]), object(Row)
 
     func encode(to encoder: Encoder) throws {
         var container = encoder.singleValueContainer()
@@ -16,6 +16,7 @@ enum JSONValue: Encodable, Sendable {
         case .bool(let value): try container.encode(value)
         case .null: try container.encodeNil()
         case .list(let values): try container.encode(values)
+        case .object(let row): try container.encode(row)
         }
     }
 
@@ -27,6 +28,7 @@ enum JSONValue: Encodable, Sendable {
         case .bool(let value): value ? "yes" : "no"
         case .null: "-"
         case .list(let values): values.map(\.text).joined(separator: ",")
+        case .object(let row): row.fields.map { "\($0.key)=\($0.text)" }.joined(separator: " ")
         }
     }
 }

@@ -30,6 +30,8 @@ struct StatusOutput: Encodable, Sendable {
     let dropped: [String]
     let keptUnknown: [String]
     let failed: [String]
+    /// The text output's line per rule (JSON has them in each policy).
+    private var ruleLines: [String] = []
 
     struct Programs: Encodable, Sendable {
         let version: UInt32
@@ -47,14 +49,22 @@ struct StatusOutput: Encodable, Sendable {
         self.pinPath = pinPath
         programs = Programs(version: session.programs.version, hash: String(session.programs.hash, radix: 16),
                             countingReaped: session.countingReaped)
-        policies = try session.transaction.entries().map { Self.row($0, try session.counters(of: $0.record)) }
+        var rows: [Row] = []
+        for entry in session.transaction.entries() {
+            let rules = try session.ruleCounters(of: entry.record)
+            rows.append(Self.row(entry, try session.counters(of: entry.record), rules: rules))
+            ruleLines += rules.indices.map {
+                Self.ruleLine(entry.record.policy, $0, rules[$0], cgroup: entry.record.path.cgroupDisplay)
+            }
+        }
+        policies = rows
         repaired = session.report.repaired
         dropped = session.report.dropped
         keptUnknown = session.report.keptUnknown
         failed = session.report.failed
     }
 
-    static func row(_ entry: Transaction.Entry, _ counters: PolicyCounters) -> Row {
+    static func row(_ entry: Transaction.Entry, _ counters: PolicyCounters, rules ruleCounters: [PolicyCounters]) -> Row {
         let policy = entry.record.policy
         let options = PolicyOption.allCases.map { option in
             Field(option.key, option.column,
@@ -75,7 +85,45 @@ struct StatusOutput: Encodable, Sendable {
                   shown: entry.linked ? "yes" : entry.covered ? "inherited" : "NO"),
             Field("covered", nil, .bool(entry.covered)),
             Field("owner", "BY", .string(entry.record.owner.rawValue)),
+            Field(Rule.rulesKey, "RULES", .list(zip(policy.rules.indices, ruleCounters).map {
+                .object(ruleRow(policy, $0, $1))
+            }), shown: policy.rules.isEmpty ? "-" : "\(policy.rules.count)"),
         ])
+    }
+
+    /// One rule: what it matches, the values it gives, and its counters.
+    static func ruleRow(_ policy: Policy, _ index: Int, _ counters: PolicyCounters) -> Row {
+        let rule = policy.rules[index]
+        let values = rule.values(under: policy)
+        let options = PolicyOption.allCases.map { option in
+            Field(option.key, nil, rule.off ? .null : .integer(Int64(option == .userTimeout ? values.effectiveUserTimeout : values[option])))
+        }
+        return Row(fields: [
+            Field("index", nil, .integer(Int64(index + 1))),
+            Field(Rule.nameKey, nil, rule.name.map(JSONValue.string) ?? .null),
+            Field(Rule.remoteKey, nil, .list(rule.remote.map { .string($0.description) })),
+            Field(Rule.remotePortsKey, nil, .list(rule.remotePorts.map { .integer(Int64($0)) })),
+            Field(Rule.localPortsKey, nil, .list(rule.localPorts.map { .integer(Int64($0)) })),
+            Field(Rule.keepaliveKey, nil, .bool(!rule.off)),
+        ] + options + [
+            Field("user_timeout_derived", nil, .bool(!rule.off && values.derivesUserTimeout)),
+            Field("sockets_matched", nil, .unsigned(counters.configured)),
+            Field("reaped", nil, .unsigned(counters.reaped)),
+            Field("reaped_keepalive", nil, .unsigned(counters.reapedKeepalive)),
+            Field("reaped_user_timeout", nil, .unsigned(counters.reapedUserTimeout)),
+        ])
+    }
+
+    /// A rule in the text output: what it matches, the values it gives, its counters.
+    static func ruleLine(_ policy: Policy, _ index: Int, _ counters: PolicyCounters, cgroup: String) -> String {
+        let rule = policy.rules[index]
+        let matched = [(Rule.remoteKey, rule.remote.map(\.description)),
+                       (Rule.remotePortsKey, rule.remotePorts.map(String.init)),
+                       (Rule.localPortsKey, rule.localPorts.map(String.init))]
+            .filter { !$0.1.isEmpty }.map { "\($0.0)=\($0.1.joined(separator: ","))" }.joined(separator: " ")
+        let given = rule.off ? "\(Rule.keepaliveKey)=off" : rule.values(under: policy).valuesSummary
+        return "rule \(index + 1)\(rule.name.map { " (\($0))" } ?? "") of \(cgroup): \(matched) -> \(given); "
+            + "\(counters.configured) sockets matched, \(counters.reaped) reaped"
     }
 
     func printText() {
@@ -85,6 +133,7 @@ struct StatusOutput: Encodable, Sendable {
         }
         print("programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath); reaped-connection counting \(programs.countingReaped ? "on" : "off (the kernel lacks the tracepoint)")")
         if policies.isEmpty { print("no policies") } else { printTable(policies) }
+        for line in ruleLines { print(line) }
         for line in repaired { print("repaired: \(line)") }
         for line in dropped { print("dropped policy on \(line)") }
         for line in keptUnknown { print("kept: \(line)") }

@@ -59,6 +59,63 @@ import Testing
         #expect(config.policies.map(\.policy.keepidle) == [30, 60, 15])
     }
 
+    @Test func parsesRulesInOrderWithListsOrSingleValues() throws {
+        let config = try AgentConfig.parse("""
+        policies:
+          - unit: app.service
+            keepidle: 60
+            rules:
+              - remote: ["10.20.0.0/16", "fd00:20::/32"]
+                remote_ports: [5432, 6432]
+                keepidle: 5
+                user_timeout: 20000
+              - name: loopback
+                remote: 127.0.0.0/8
+                keepalive: off
+              - local_ports: 8443
+                keepidle: 30
+        """, file: "f")
+        let policy = config.policies[0].policy
+        #expect(policy.keepidle == 60 && policy.rules.count == 3)
+        #expect(policy.rules[0].remote.map(\.description) == ["10.20.0.0/16", "fd00:20::/32"])
+        #expect(policy.rules[0].remotePorts == [5432, 6432] && policy.rules[0].options == [.keepidle: 5, .userTimeout: 20000])
+        #expect(policy.rules[1].name == "loopback" && policy.rules[1].off)
+        #expect(policy.rules[2].localPorts == [8443])
+        // A rule's values: its own, else the entry's; the user timeout derived from the rule's own.
+        let values = policy.rules[2].values(under: policy)
+        #expect(values.keepidle == 30 && values.keepintvl == policy.keepintvl && values.effectiveUserTimeout == 165_000)
+    }
+
+    @Test(arguments: [
+        ("rules: x", "'rules' must be a list of rules"),
+        ("rules: [x]", "rule 1: a rule must be a mapping"),
+        ("rules: [ { keepidle: 5 } ]", "rule 1: a rule needs remote, remote_ports or local_ports"),
+        ("rules: [ { remote: 10.0.0.0/33 } ]", "rule 1: '10.0.0.0/33': the prefix length must be 0..32"),
+        ("rules: [ { remote: 10.0.0.1/8 } ]", "has host bits set (the block is 10.0.0.0/8)"),
+        ("rules: [ { remote: 2001:db8::/129 } ]", "the prefix length must be 0..128"),
+        ("rules: [ { remote: [10.0.0.0/8], remote_ports: [0] } ]", "remote_ports: '0' is not a port (1..65535)"),
+        ("rules: [ { local_ports: [65536] } ]", "local_ports: '65536' is not a port"),
+        ("rules: [ { name: db, remote: 10.0.0.0/8, keepcnt: 500 } ]", "rule 1 (db): keepcnt: 500 is out of range"),
+        ("rules: [ { remote: 10.0.0.0/8, keepalive: on } ]", "keepalive: only 'off'"),
+        ("rules: [ { remote: 10.0.0.0/8, keepalive: off, keepidle: 5 } ]", "keepalive=off takes no values"),
+        ("rules: [ { remote: 10.0.0.0/8, keepidel: 5 } ]", "unknown key 'keepidel'"),
+        ("rules: [ { remote: 10.0.0.0/8, keepidle: 0 } ]", "keepidle: 0 is for policies; a rule gives a value (1..32767)"),
+        ("rules: [ { name: a, remote: 10.0.0.0/8 }, { name: a, remote: 10.1.0.0/16 } ]", "rule 2 (a): the name is taken"),
+        ("rules: [ { name: '7', remote: 10.0.0.0/8 } ]", "must not be a number"),
+        ("rules: [" + Array(repeating: "{ remote_ports: 1 }", count: 17).joined(separator: ", ") + "]",
+         "17 rules: a policy holds at most 16"),
+        ("rules: [ { remote: [" + (1...9).map { "10.0.\($0).0/24" }.joined(separator: ", ") + "] } ]", "at most 8 CIDRs"),
+    ])
+    func rejectsABadRuleNamingIt(rules: String, problem: String) {
+        do {
+            _ = try AgentConfig.parse("policies:\n  - cgroup: x\n    \(rules)\n", file: "bad.yaml")
+            Issue.record("accepted: \(rules)")
+        } catch {
+            #expect(error.description.hasPrefix("bad.yaml:3: ") && error.description.contains(problem), "\(error)")
+            #expect(!error.description.contains("\n"))
+        }
+    }
+
     @Test func emptyFilesHaveNoPolicies() throws {
         #expect(try AgentConfig.parse("", file: "f").policies.isEmpty)
         #expect(try AgentConfig.parse("policies: []\n", file: "f").policies.isEmpty)

@@ -10,8 +10,13 @@ final class InMemoryKernel: StateKernel {
     /// path -> id of every cgroup that exists.
     var cgroups: [FilePath: UInt64] = [FilePath(): 1]
     var policies: [UInt64: PolicyRecord] = [:]
+    /// ka_rules: rules and their counters' slot, by policy id.
+    var ruleSets: [UInt64: (rules: [Rule], slot: UInt32)] = [:]
     /// Slots whose counters were zeroed for a policy, in order.
     var zeroedSlots: [UInt32] = []
+    /// Rule slots whose counters were zeroed, in order.
+    var zeroedRuleSlots: [UInt32] = []
+    var ruleCapacity = 1024
     var links: [Attachment: [String: LinkState]] = [.sockops: [:], .setsockopt: [:]]
     var capacity = 65536
     var changeSequence: UInt64 = 0
@@ -48,14 +53,40 @@ final class InMemoryKernel: StateKernel {
 
     // MARK: StateKernel
 
-    func readPolicies() throws -> [UInt64: PolicyRecord] { policies }
+    /// Each record with the rules ka_rules holds for it, as the real one reads them.
+    func readPolicies() throws -> [UInt64: PolicyRecord] {
+        policies.mapValues { stored in
+            var record = stored
+            guard !stored.policy.rules.isEmpty else { return record }
+            let id = policies.first { $0.value == stored }!.key
+            if let set = ruleSets[id] {
+                (record.policy.rules, record.ruleSlot) = (set.rules, set.slot)
+            } else {
+                record.policy.rules = []
+                record.rulesMissing = true
+            }
+            return record
+        }
+    }
+
+    func readRuleSetIDs() throws -> Set<UInt64> { Set(ruleSets.keys) }
 
     var policyCapacity: Int { capacity }
+    var ruleSetCapacity: Int { ruleCapacity }
 
-    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool) throws {
-        if policies[id] == nil && policies.count >= capacity { throw StateError.full(capacity: capacity) }
+    func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool, freshRuleCounters: Bool) throws {
         _ = try record.encoded()
         if freshCounters { zeroedSlots.append(record.slot) }
+        if !record.policy.rules.isEmpty {
+            if ruleSets[id] == nil && ruleSets.count >= ruleCapacity { throw StateError.rulesFull(capacity: ruleCapacity) }
+            if freshRuleCounters { zeroedRuleSlots.append(record.ruleSlot) }
+            ruleSets[id] = (record.policy.rules, record.ruleSlot)
+            operations.append("rules \(record.path)")
+        }
+        if policies[id] == nil && policies.count >= capacity {
+            ruleSets[id] = nil  // as the real one: a new policy's rules go with it
+            throw StateError.full(capacity: capacity)
+        }
         policies[id] = record
         operations.append("write \(record.path)")
     }
@@ -63,6 +94,11 @@ final class InMemoryKernel: StateKernel {
     func deletePolicy(_ id: UInt64) throws {
         policies[id] = nil
         operations.append("delete \(id)")
+    }
+
+    func deleteRules(_ id: UInt64) throws {
+        ruleSets[id] = nil
+        operations.append("delete rules \(id)")
     }
 
     func readLinks(_ kind: Attachment) throws -> [String: LinkState] { links[kind]! }

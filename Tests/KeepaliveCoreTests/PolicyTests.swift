@@ -27,7 +27,7 @@ import struct SystemPackage.FilePath
     @Test func recordRoundTripKeepsDerivation() throws {
         let derived = Policy([.keepidle: 30, .keepcnt: 3])
         let record = try PolicyRecord(policy: derived, owner: .agent, path: "pods/a", slot: 7).encoded()
-        #expect(record.user_timeout == 75_000 && record.slot == 7)
+        #expect(record.values.user_timeout == 75_000 && record.slot == 7)
         #expect(PolicyRecord(record) == PolicyRecord(policy: derived, owner: .agent, path: "pods/a", slot: 7))
         let explicit = Policy([.keepidle: 30, .keepcnt: 3, .userTimeout: 75_000])
         let roundTrip = { (policy: Policy) in try PolicyRecord(PolicyRecord(policy: policy, owner: .cli, path: "x").encoded()).policy }

@@ -32,6 +32,49 @@ import struct SystemPackage.FilePath
         #expect(kernel.policies[c.id]?.slot == 0 && kernel.zeroedSlots == [0, 1, 0])
     }
 
+    static let dbRule = Rule(name: "db", remote: [try! CIDR(parsing: "10.20.0.0/16")], options: [.keepidle: 5])
+
+    @Test func rulesGoInBeforeTheirPolicyWithCountersOfTheirOwnAndLeaveWithIt() throws {
+        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let txn = try transaction()
+        try txn.apply(Policy([.keepidle: 60], rules: [Self.dbRule]), to: a)
+        try txn.apply(Policy([:], rules: [Self.dbRule]), to: b)
+        #expect(kernel.ruleSets[a.id]?.slot == 0 && kernel.ruleSets[b.id]?.slot == 1)
+        #expect(kernel.zeroedRuleSlots == [0, 1])
+        #expect(kernel.operations.firstIndex(of: "rules a")! < kernel.operations.firstIndex(of: "write a")!)
+        try txn.apply(Policy([.keepidle: 30], rules: [Self.dbRule]), to: a)  // other values, the same rules: counting on
+        #expect(kernel.ruleSets[a.id]?.slot == 0 && kernel.zeroedRuleSlots == [0, 1])
+        try txn.apply(Policy([.keepidle: 30], rules: [Self.dbRule, Rule(localPorts: [8443], off: true)]), to: a)
+        #expect(kernel.ruleSets[a.id]?.slot == 0 && kernel.ruleSets[a.id]?.rules.count == 2)
+        #expect(kernel.zeroedRuleSlots == [0, 1, 0])  // other rules: their counters count from the change
+        try txn.apply(Policy([.keepidle: 30]), to: a)  // no rules any more: the set goes, after the policy
+        #expect(kernel.ruleSets[a.id] == nil)
+        #expect(try txn.remove(b.id))
+        #expect(kernel.ruleSets.isEmpty)
+        try txn.apply(Policy([:], rules: [Self.dbRule]), to: b)  // a freed rule slot is used again, from zero
+        #expect(kernel.ruleSets[b.id]?.slot == 0 && kernel.zeroedRuleSlots == [0, 1, 0, 0])
+    }
+
+    @Test func repairRemovesRulesNoPolicyHasAndAPolicyMissingItsRulesSaysSo() throws {
+        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        kernel.ruleSets[a.id] = ([Self.dbRule], 3)  // a crash after the rules, before the policy
+        kernel.policies[b.id] = PolicyRecord(policy: Policy([:], rules: [Self.dbRule]), owner: .cli, path: b.path, ruleSlot: 2)
+        let report = try transaction().repair()
+        #expect(kernel.ruleSets.isEmpty)
+        #expect(report.repaired.contains("removed the rules kept for cgroup id \(a.id), which no policy has"), "\(report.repaired)")
+        #expect(kernel.policies[b.id]?.policy.rules == [] && report.repaired.contains { $0.contains("b") && $0.contains("rules") })
+    }
+
+    @Test func aFullRuleMapIsAnErrorAndChangesNothing() throws {
+        kernel.ruleCapacity = 1
+        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let txn = try transaction()
+        try txn.apply(Policy([:], rules: [Self.dbRule]), to: a)
+        #expect(throws: StateError.self) { try txn.apply(Policy([:], rules: [Self.dbRule]), to: b) }
+        #expect(kernel.policies[b.id] == nil && kernel.ruleSets.count == 1)
+        try txn.apply(Policy(), to: b)  // without rules it still fits
+    }
+
     @Test func repairGivesPoliciesThatShareASlotOneEach() throws {
         let a = kernel.mkdir("a"), b = kernel.mkdir("b")
         kernel.policies[a.id] = PolicyRecord(policy: Policy(), owner: .cli, path: a.path, slot: 4)

@@ -219,3 +219,20 @@ def test_the_readmes_first_five_minutes(machine):
         header = expected[0] if expected and "PID" in expected[0].split() else None
         for want, got in zip(shown, actual):
             assert same_line(want, got, header), (command, want, got)
+
+
+def test_keepalive_run_makes_a_systemd_scope_and_leaves_none(machine):
+    """Where systemd runs, `keepalive run` covers its command in a transient
+    scope, which is gone, with its policy, when the command has exited."""
+    machine.sh(f"{APT} install {PACKAGE}", timeout=120)
+    result = machine.sh(f"keepalive run --keepidle 7 --keepintvl 3 --keepcnt 2 -- python3 {PROBE} pair")
+    seen = json.loads(result.stdout)
+    assert {k: seen["connected"][k] for k in ("keepalive", "keepidle", "keepintvl", "keepcnt", "user_timeout")} \
+        == values(7, 3, 2, 13000), seen
+    scope = re.match(r"keepalive: bpf mode: policy on \S*/(keepalive-run-[0-9a-f-]+\.scope): ",
+                     result.stderr)
+    assert scope, result.stderr
+    status = json.loads(machine.sh("keepalive status --json").stdout)
+    assert not any(p["cgroup"].endswith(scope.group(1)) for p in status["policies"]), status
+    units = machine.sh("systemctl list-units --all --no-legend 'keepalive-run-*'").stdout
+    assert units.strip() == "", units

@@ -14,11 +14,11 @@ import os
 import struct
 import subprocess
 
-from support import BUILD, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, program_version, run, values
+from support import BUILD, PREVIOUS_KEEPALIVE, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, program_version, run, values
 
 NEXT_OBJECT = os.path.join(BUILD, "test", "keepalive-next.bpf.o")
 # The release before this one, built by `make test` from the git history (Makefile: PREVIOUS_COMMIT).
-PREVIOUS = os.path.join(BUILD, "previous", "bin", "keepalive")
+PREVIOUS = PREVIOUS_KEEPALIVE
 LAYOUT1_OBJECT = os.path.join(BUILD, "test", "layout1.bpf.o")
 BPF_CGROUP_SOCK_OPS = 3
 

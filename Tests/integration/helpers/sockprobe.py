@@ -19,6 +19,10 @@ policy is to cover it.
     sockprobe.py loop SECONDS
         connect and accept over and over for SECONDS; how many connected and
         accepted sockets had each keepidle ({"connected": {"33": 812}, ...})
+    sockprobe.py serve PORT...
+        listens on each port (IPv4 and IPv6), prints "listening", accepts one
+        connection on each, prints {port: {"listening": ..., "accepted": ...}}
+        and holds the sockets until its stdin closes
     sockprobe.py appset NAME=VALUE[@LENGTH]...
         connect, then set options itself as programs do (keepalive, keepidle,
         keepintvl, keepcnt, user_timeout), in order; each call's result
@@ -91,6 +95,26 @@ def connect(host, port, nonblock):
     sock = socket.socket(family, socket.SOCK_STREAM | (socket.SOCK_NONBLOCK if nonblock else 0))
     code = sock.connect_ex((host, port))
     return {"errno": code, "errno_name": errno.errorcode.get(code, "0"), "options": options(sock)}
+
+
+def serve(ports):
+    listeners = {}
+    for port in ports:
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("::", port))
+        listener.listen(8)
+        listeners[port] = listener
+    print("listening", flush=True)
+    held, seen = [], {}
+    for port, listener in listeners.items():
+        accepted, _ = listener.accept()
+        held.append(accepted)
+        seen[str(port)] = {"listening": options(listener), "accepted": options(accepted)}
+    print(json.dumps(seen), flush=True)
+    sys.stdin.read()
+    return None
 
 
 def other():
@@ -199,6 +223,8 @@ def main():
     ac.add_argument("cgroups", nargs="+")
     lp = sub.add_parser("loop")
     lp.add_argument("seconds", type=float)
+    sv = sub.add_parser("serve")
+    sv.add_argument("ports", nargs="+", type=int)
     a = sub.add_parser("appset")
     a.add_argument("assignments", nargs="+")
     args = parser.parse_args()
@@ -210,6 +236,9 @@ def main():
         out = other()
     elif args.mode == "appset":
         out = appset(args.assignments)
+    elif args.mode == "serve":
+        serve(args.ports)
+        return
     elif args.mode == "across":
         out = across(args.cgroups)
     elif args.mode == "loop":
