@@ -168,7 +168,7 @@ forced_values(const struct ka_policy *policy, __u64 policy_cgroup_id, struct bpf
 {
 	const struct ka_rule_set *set;
 	struct ka_peer peer = {};
-	__u32 rule;
+	const struct ka_rule *rule;
 
 	if (!(policy->flags & KA_POLICY_HAS_RULES) || sk->state == BPF_TCP_CLOSE || sk->state == BPF_TCP_LISTEN)
 		return &policy->values;
@@ -185,12 +185,10 @@ forced_values(const struct ka_policy *policy, __u64 policy_cgroup_id, struct bpf
 	__builtin_memcpy(peer.addr, family == AF_INET ? mapped : v6, 16);
 	peer.remote_port = bpf_ntohs(sk->dst_port);
 	peer.local_port = sk->src_port;
-	rule = matching_rule(set, &peer);
-	if (rule >= KA_MAX_RULES)
+	rule = rule_at(set, matching_rule(set, &peer));
+	if (!rule)
 		return &policy->values;
-	if (set->rules[rule & (KA_MAX_RULES - 1)].flags & KA_RULE_OFF)
-		return NULL;
-	return &set->rules[rule & (KA_MAX_RULES - 1)].values;
+	return rule->flags & KA_RULE_OFF ? NULL : &rule->values;
 }
 
 SEC("cgroup/setsockopt")

@@ -37,15 +37,29 @@ public struct RunCgroup: Sendable {
             return RunCgroup(cgroup: cgroup, isScope: true, home: home, cgroups: cgroups)
         }
         let path = FilePath(parentName).appending("run-\(name)")
-        for directory in [FilePath(parentName), path] {
-            guard mkdir(cgroups.absolute(directory).string, 0o755) == 0 || errno == EEXIST else {
-                throw SyscallError("mkdir \(cgroups.absolute(directory))", errno: errno)
-            }
-        }
+        try makeDirectory(path, cgroups)
         guard let cgroup = cgroups.cgroup(at: path) else { throw CgroupError.notFound(path.string) }
         let run = RunCgroup(cgroup: cgroup, isScope: false, home: home, cgroups: cgroups)
         do { try run.move(getpid(), to: cgroup) } catch { run.remove(); throw error }
         return run
+    }
+
+    /// keepalive.run/NAME, and the parent if missing. The last run to end
+    /// removes the parent: one removed between the two mkdirs is made again.
+    private static func makeDirectory(_ path: FilePath, _ cgroups: CgroupFS) throws {
+        for _ in 0..<10 {
+            let parent = cgroups.absolute(path.removingLastComponent()).string
+            guard mkdir(parent, 0o755) == 0 || errno == EEXIST else { throw SyscallError("mkdir \(parent)", errno: errno) }
+            if mkdir(cgroups.absolute(path).string, 0o755) == 0 { return }
+            guard errno == ENOENT else { throw SyscallError("mkdir \(cgroups.absolute(path))", errno: errno) }
+        }
+        throw SyscallError("mkdir \(cgroups.absolute(path))", errno: ENOENT)
+    }
+
+    /// A run's directory, then its parent if no other run is there.
+    private static func removeDirectory(_ path: FilePath, _ cgroups: CgroupFS) {
+        rmdir(cgroups.absolute(path).string)
+        rmdir(cgroups.absolute(path.removingLastComponent()).string)  // ENOTEMPTY while others run
     }
 
     /// A transient scope holding this process, through systemd's D-Bus API
@@ -102,7 +116,7 @@ public struct RunCgroup: Sendable {
 
     /// Removes a directory keepalive made (systemd removes its scopes itself).
     public func remove() {
-        if !isScope { rmdir(cgroups.absolute(cgroup.path).string) }
+        if !isScope { Self.removeDirectory(cgroup.path, cgroups) }
     }
 
     /// The runs whose commands have all exited, though no `keepalive run`
@@ -114,7 +128,9 @@ public struct RunCgroup: Sendable {
             let directory = cgroups.absolute(record.path)
             guard cgroups.cgroup(at: record.path)?.id == id, populated(directory) == false else { continue }
             _ = try transaction.remove(id)
-            if record.path.removingLastComponent().lastComponent?.string == parentName { rmdir(directory.string) }
+            if record.path.removingLastComponent().lastComponent?.string == parentName {
+                removeDirectory(record.path, cgroups)
+            }
             reaped.append("removed the finished run \(record.path.cgroupDisplay) and its policy")
         }
         return reaped

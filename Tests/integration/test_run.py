@@ -42,10 +42,12 @@ def keepalive_run(keepalive, *args, user=None, **kw):
 
 @pytest.fixture
 def no_runs_left(keepalive):
-    before = runs_present()
+    parent = os.path.join(cgroup2_mount(), RUNS)
+    before, had_parent = runs_present(), os.path.isdir(parent)
     yield
     keepalive("status")  # a finished run left behind is reaped by any command
     assert runs_present() == before
+    assert had_parent or not os.path.isdir(parent)  # the last run takes its parent along
 
 
 def test_a_python_client_is_covered_and_the_run_leaves_nothing(keepalive, no_runs_left):
@@ -159,9 +161,12 @@ def test_without_privilege_the_preload_library_covers_dynamic_programs(keepalive
     seen = json.loads(result.stdout)
     assert keepalive_values(seen["connected"]) == SEVEN and keepalive_values(seen["accepted"]) == SEVEN, seen
     assert result.stderr.startswith("keepalive: preload mode ("), result.stderr
-    # A static binary: named as not covered.
+    # Static binaries (busybox, Go's): named as not covered, and run all the same.
     result = keepalive_run(keepalive, "--", BUSYBOX, "true", user=UNPRIVILEGED, cwd=tmp_path)
     assert result.returncode == 0 and f"{BUSYBOX} is statically linked" in result.stderr, result.stderr
+    result = keepalive_run(keepalive, "--", GOCLIENT, "127.0.0.1:9", user=UNPRIVILEGED, cwd=tmp_path)
+    assert f"{GOCLIENT} is statically linked" in result.stderr, result.stderr
+    assert "connection refused" in result.stderr and result.returncode == 1, result.stderr  # it ran
     quiet = keepalive_run(keepalive, "--quiet", "--", BUSYBOX, "true", user=UNPRIVILEGED, cwd=tmp_path)
     assert quiet.stderr == ""
 
