@@ -255,24 +255,32 @@ static __always_inline bool port_listed(const __u16 *ports, __u32 count, __u16 p
 	return false;
 }
 
-static __always_inline bool remote_listed(const struct ka_rule *rule, const struct ka_peer *peer)
+static __always_inline bool at_most(const struct ka_address *bound, __u64 high, __u64 low)
 {
-	for (__u32 i = 0; i < KA_RULE_MAX_REMOTES && i < rule->remote_count; i++) {
-		const struct ka_cidr *c = &rule->remote[i];
-
-		if ((peer->addr[0] & c->mask[0]) == c->addr[0] && (peer->addr[1] & c->mask[1]) == c->addr[1])
-			return true;
-	}
-	return false;
+	return bound->high < high || (bound->high == high && bound->low <= low);
 }
 
-/* Whether a rule matches the connection. Global, as matching_rule: the
- * verifier checks its three loops once, not in each of 16 iterations. */
-__attribute__((noinline)) int rule_matches(const struct ka_rule *rule, const struct ka_peer *peer)
+/* The rules whose remote holds the peer's address (bit r for rule r): the
+ * last bound at most the address, by halving steps over all KA_RULE_BOUNDS
+ * entries (the padding makes a count unnecessary). */
+static __always_inline __u32 rules_covering(const struct ka_rule_set *set, const struct ka_peer *peer)
+{
+	__u64 high = bpf_be64_to_cpu(peer->addr[0]), low = bpf_be64_to_cpu(peer->addr[1]);
+	__u32 at = 0;
+
+	if (!at_most(&set->bounds[0], high, low))
+		return 0;
+	for (__u32 step = KA_RULE_BOUNDS / 2; step; step >>= 1)
+		if (at_most(&set->bounds[(at + step) & (KA_RULE_BOUNDS - 1)], high, low))
+			at += step;
+	return set->covered[at & (KA_RULE_BOUNDS - 1)];
+}
+
+/* Whether a connection's ports are in a rule's lists. Global, as
+ * matching_rule: the verifier checks its loops once, not for each rule. */
+__attribute__((noinline)) int ports_match(const struct ka_rule *rule, const struct ka_peer *peer)
 {
 	if (!rule || !peer)
-		return 0;
-	if (rule->remote_count && !remote_listed(rule, peer))
 		return 0;
 	if (rule->remote_port_count && !port_listed(rule->remote_ports, rule->remote_port_count, peer->remote_port))
 		return 0;
@@ -281,17 +289,24 @@ __attribute__((noinline)) int rule_matches(const struct ka_rule *rule, const str
 	return 1;
 }
 
-/* The first rule that matches the connection, or KA_MAX_RULES for none: a
- * fixed bound, no allocation. A global function: the verifier checks it
- * once for its argument types instead of once per caller and path (tens of
- * thousands of instructions fewer to verify, at every load), and a BPF
- * call costs a few nanoseconds, only for policies that have rules. */
+/* The first rule that matches the connection, or KA_MAX_RULES for none: the
+ * rules whose remote holds the address, or that have none, in order, the
+ * first whose ports match. A fixed bound, no allocation. A global function:
+ * the verifier checks it once for its argument types instead of once per
+ * caller and path (tens of thousands of instructions fewer to verify, at
+ * every load), and a BPF call costs a few nanoseconds, only for policies
+ * that have rules. */
 __attribute__((noinline)) __u32 matching_rule(const struct ka_rule_set *set, const struct ka_peer *peer)
 {
+	__u32 candidates;
+
 	if (!set || !peer)
 		return KA_MAX_RULES;
-	for (__u32 i = 0; i < KA_MAX_RULES && i < set->count; i++)
-		if (rule_matches(&set->rules[i], peer))
+	candidates = rules_covering(set, peer) | set->unrestricted;
+	if (set->count < KA_MAX_RULES)
+		candidates &= (1u << set->count) - 1;  /* never a zeroed rule past the last */
+	for (__u32 i = 0; i < KA_MAX_RULES && candidates >> i; i++)
+		if ((candidates >> i) & 1 && ports_match(&set->rules[i], peer))
 			return i;
 	return KA_MAX_RULES;
 }

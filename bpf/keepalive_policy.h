@@ -166,14 +166,28 @@ struct ka_values {
 #define KA_RULE_NAME_MAX      32     /* a rule's name, its NUL included */
 #define KA_MAX_RULE_SETS      1024   /* policies with rules at once */
 
-/* A CIDR as a mask and the masked address, IPv6 (network byte order, two
- * halves); IPv4 as its v4-mapped form, ::ffff:a.b.c.d/(96 + prefix), so that
- * a v4-mapped peer of an IPv6 socket matches IPv4 CIDRs. */
+/* A CIDR as its network (16 bytes; IPv4 as its v4-mapped form,
+ * ::ffff:a.b.c.d/(96 + prefix), so that a v4-mapped peer of an IPv6 socket
+ * matches IPv4 CIDRs) and its prefix length. Userspace only: the program
+ * matches addresses through the set's bounds. */
 struct ka_cidr {
-	__u64 addr[2];
-	__u64 mask[2];
+	__u8 network[16];
+	__u8 prefix;
 };
 
+/*
+ * The CIDRs of all of a set's rules cut the 128-bit address space (IPv4
+ * v4-mapped) into intervals, each covered by the same rules: one binary
+ * search of their bounds finds the rules whose remote holds an address, in
+ * log2(KA_RULE_BOUNDS) steps, instead of a test of every CIDR of every rule.
+ */
+#define KA_RULE_BOUNDS  256  /* 2 * KA_MAX_RULES * KA_RULE_MAX_REMOTES: a CIDR's start and its end + 1 */
+
+/* An address as a number: the high and low halves, host order. */
+struct ka_address {
+	__u64 high;
+	__u64 low;
+};
 /* ka_rule.flags */
 #define KA_RULE_OFF                   (1u << 0)  /* keepalive: off: the socket gets nothing */
 #define KA_RULE_USER_TIMEOUT_DERIVED  (1u << 1)  /* its user_timeout was derived */
@@ -206,8 +220,20 @@ struct ka_rule_set {
 	/* their counters: ka_rule_counters[slot * KA_MAX_RULES + rule], slot
 	 * unique among the rule sets (userspace gives it, zeroed) */
 	__u32 slot;
+	/* The rules without a remote list: bit r for rule r. */
+	__u32 unrestricted;
+	/* Where each interval starts, ascending; entries past the last repeat
+	 * it (all of them the highest address when no rule has a remote), so
+	 * the search needs no count. An address below bounds[0] is in none. */
+	struct ka_address bounds[KA_RULE_BOUNDS];
+	/* The rules whose remote covers interval i: bit r for rule r. */
+	__u16 covered[KA_RULE_BOUNDS];
 	struct ka_rule rules[KA_MAX_RULES];
 };
+
+_Static_assert(KA_MAX_RULES <= 16, "covered holds a bit per rule in 16");
+_Static_assert(KA_RULE_BOUNDS == 2 * KA_MAX_RULES * KA_RULE_MAX_REMOTES, "a bound for each CIDR's start and end");
+_Static_assert((KA_RULE_BOUNDS & (KA_RULE_BOUNDS - 1)) == 0, "the search halves KA_RULE_BOUNDS down to 1");
 
 /*
  * A policy in force, keyed by cgroup id (the cgroup directory's inode number)

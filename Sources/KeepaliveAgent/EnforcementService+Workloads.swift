@@ -8,7 +8,10 @@ import struct SystemPackage.FilePath
 enum WorkloadEvent: Sendable {
     /// A new cgroup's pod or container, and the entry that selects it (if one does).
     case identified(Workloads.Identified)
-    /// The runtime could not be asked: a full pass retries.
+    /// The runtime could not be asked this time (a dropped connection): the
+    /// task asks again.
+    case retrying(FilePath, String)
+    /// The runtime could not be asked until the task's time ran out: a full pass retries.
     case failed(FilePath, String)
     /// No runtime knew the cgroup within the time allowed: not a workload of theirs.
     case gaveUp(FilePath)
@@ -27,6 +30,11 @@ extension Enforcer {
     /// returns: asked this often, for this long.
     static let sandboxPollInterval = Duration.milliseconds(5)
     static let sandboxPollFor = Duration.seconds(1)
+    /// A RunPodSandbox that takes longer (its network set up slowly): asked
+    /// less often, up to this long, so that its first container still finds
+    /// the policy in force.
+    static let slowSandboxPollInterval = Duration.milliseconds(25)
+    static let slowSandboxPollFor = Duration.seconds(10)
 
     func workloadAppeared(_ cgroup: Cgroup, _ watcher: CgroupWatcher) {
         guard !config.runtimesNeeded.isEmpty else { return }
@@ -69,33 +77,11 @@ extension Enforcer {
     }
 
     private func identifyPod(uid: String, at directory: Cgroup) {
-        guard pending[directory.path] == nil else { return }
-        let (workloads, config, report) = (workloads, config, resultsInput)
-        pending[directory.path] = Task.detached {
-            var delay = Duration.milliseconds(20)
-            let deadline = ContinuousClock.now + Self.identifyFor
-            // kubelet labels sandboxes with their pod's uid; now and then ask
-            // for every pod, for runtimes driven by something else.
-            var attempt = 0
-            while !Task.isCancelled {
-                attempt += 1
-                do {
-                    if let found = try await workloads.identifyPod(uid: uid, at: directory, config,
-                                                                   fullList: attempt % 4 == 0) {
-                        report.yield(.identified(found))
-                        return
-                    }
-                } catch {
-                    report.yield(.failed(directory.path, "\(error)"))
-                    return
-                }
-                guard ContinuousClock.now < deadline else {
-                    report.yield(.gaveUp(directory.path))
-                    return
-                }
-                try? await Task.sleep(for: delay)  // cancelled: the loop's condition ends it
-                delay = min(delay * 2, .seconds(2))
-            }
+        // kubelet labels sandboxes with their pod's uid; now and then ask
+        // for every pod, for runtimes driven by something else.
+        let (workloads, config) = (workloads, config)
+        ask(about: directory, startingEvery: .milliseconds(20)) { attempt in
+            try await workloads.identifyPod(uid: uid, at: directory, config, fullList: attempt % 4 == 0)
         }
     }
 
@@ -106,42 +92,67 @@ extension Enforcer {
         guard pending[key] == nil else { return }
         let (workloads, config, report) = (workloads, config, resultsInput)
         pending[key] = Task.detached {
-            let deadline = ContinuousClock.now + Self.sandboxPollFor
-            while !Task.isCancelled && ContinuousClock.now < deadline {
+            let start = ContinuousClock.now
+            while !Task.isCancelled && ContinuousClock.now < start + Self.slowSandboxPollFor {
                 // Errors are the pod task's to report; this one only hurries it.
                 if let found = try? await workloads.identifySandbox(id: id, in: pod, config) {
                     report.yield(.identified(found))
                     return
                 }
-                try? await Task.sleep(for: Self.sandboxPollInterval)  // cancelled: the loop's condition ends it
+                let fast = ContinuousClock.now < start + Self.sandboxPollFor
+                // Cancelled: the loop's condition ends it.
+                try? await Task.sleep(for: fast ? Self.sandboxPollInterval : Self.slowSandboxPollInterval)
             }
         }
     }
 
     private func identifyContainer(id: String, family: CgroupNaming.RuntimeFamily, at directory: Cgroup) {
+        let (workloads, config) = (workloads, config)
+        ask(about: directory, startingEvery: .milliseconds(50)) { _ in
+            try await workloads.identifyContainer(id: id, family: family, at: directory, config)
+        }
+    }
+
+    /// Asks `identify` about a new cgroup in a task of its own, more rarely
+    /// each time, until it answers or identifyFor has passed. A failed call
+    /// (the runtime's connection dropped, a restart) is said and asked again
+    /// like an unknown cgroup: a pod whose first ask fails still gets its
+    /// policy before its first container starts, not at the next full pass.
+    private func ask(about directory: Cgroup, startingEvery first: Duration,
+                     _ identify: @escaping @Sendable (_ attempt: Int) async throws -> Workloads.Identified?) {
         guard pending[directory.path] == nil else { return }
-        let (workloads, config, report) = (workloads, config, resultsInput)
+        let report = resultsInput
         pending[directory.path] = Task.detached {
-            var delay = Duration.milliseconds(50)
+            var delay = first, attempt = 0, failure: String?
             let deadline = ContinuousClock.now + Self.identifyFor
             while !Task.isCancelled {
+                attempt += 1
                 do {
-                    if let found = try await workloads.identifyContainer(id: id, family: family, at: directory, config) {
+                    if let found = try await identify(attempt) {
                         report.yield(.identified(found))
                         return
                     }
+                    failure = nil
                 } catch {
-                    report.yield(.failed(directory.path, "\(error)"))
-                    return
+                    if Task.isCancelled { return }  // answered meanwhile (by the sandbox's probe): nothing to say
+                    failure = "\(error)"
+                    report.yield(.retrying(directory.path, "\(error)"))
                 }
                 guard ContinuousClock.now < deadline else {
-                    report.yield(.gaveUp(directory.path))
+                    report.yield(failure.map { .failed(directory.path, $0) } ?? .gaveUp(directory.path))
                     return
                 }
                 try? await Task.sleep(for: delay)  // cancelled: the loop's condition ends it
                 delay = min(delay * 2, .seconds(2))
             }
         }
+    }
+
+    /// The runtime answered about the cgroup: its task ends, and a failure
+    /// said on the way is resolved.
+    private func settled(_ path: FilePath) {
+        stopPending(path)
+        report("identify \(path.cgroupDisplay)", nil)
     }
 
     private func stopPending(_ path: FilePath) {
@@ -158,20 +169,22 @@ extension Enforcer {
     func handle(_ event: WorkloadEvent, _ watcher: CgroupWatcher) async {
         switch event {
         case .identified(.pod(let pod, let cgroup, let entry)):
-            stopPending(cgroup.path)
+            settled(cgroup.path)
             guard let entry else { return }
             logProblems(entry.problems, of: pod)
             select(choice(cgroup, spec: entry.spec, policy: entry.policy, origin: pod.origin))
         case .identified(.container(let container, let cgroup, let entry)):
-            stopPending(cgroup.path)
+            settled(cgroup.path)
             guard let entry else { return }
             select(choice(cgroup, spec: entry.spec, policy: entry.policy, origin: container.origin))
+        case .retrying(let path, let why):
+            report("identify \(path.cgroupDisplay)", "cannot identify the workload of \(path.cgroupDisplay): \(why); asked again")
         case .failed(let path, let why):
             stopPending(path)
             failing = true
             report("identify \(path.cgroupDisplay)", "cannot identify the workload of \(path.cgroupDisplay): \(why); retried")
         case .gaveUp(let path):
-            stopPending(path)
+            settled(path)
             logger.debug("no runtime knows \(path.cgroupDisplay): left to the periodic passes")
         case .probed(let kind, let error):
             probing.remove(kind)

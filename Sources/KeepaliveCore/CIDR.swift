@@ -46,20 +46,25 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         self.isIPv4 = isIPv4
     }
 
-    /// From the record the BPF program reads.
+    /// From the rule's record.
     init(_ encoded: ka_cidr) {
-        let network = withUnsafeBytes(of: encoded.addr) { Array($0) }
-        let prefix = withUnsafeBytes(of: encoded.mask) { $0.reduce(0) { $0 + $1.nonzeroBitCount } }
+        let network = withUnsafeBytes(of: encoded.network) { Array($0) }
+        let prefix = Int(encoded.prefix)
         self.init(network: network, prefix: prefix,
                   isIPv4: prefix >= 96 && Array(network.prefix(12)) == Self.mappedPrefix)
     }
 
     public var encoded: ka_cidr {
         var cidr = ka_cidr()
-        let mask = Self.mask(prefix)
-        withUnsafeMutableBytes(of: &cidr.addr) { $0.copyBytes(from: network) }
-        withUnsafeMutableBytes(of: &cidr.mask) { $0.copyBytes(from: mask) }
+        withUnsafeMutableBytes(of: &cidr.network) { $0.copyBytes(from: network) }
+        cidr.prefix = UInt8(prefix)
         return cidr
+    }
+
+    /// The addresses of the block as numbers (the 16 bytes big-endian).
+    var addresses: ClosedRange<UInt128> {
+        let first = network.reduce(UInt128(0)) { $0 << 8 | UInt128($1) }
+        return first...(first | UInt128.max >> prefix)  // a smart shift: by 128 it leaves 0
     }
 
     /// Whether a remote address (16 bytes, IPv4 v4-mapped) is in the block.

@@ -288,7 +288,15 @@ final class PinnedKernel: StateKernel, Sendable {
         // The cgroup at that path must still be the one meant (ids are never reused).
         guard fstat(fd.raw, &st) == 0 else { throw CgroupAccessError(path: cgroup.display, errno: errno) }
         guard UInt64(st.st_ino) == cgroup.id else { throw CgroupAccessError(path: cgroup.display, errno: ENOENT) }
-        let link = try programs[kind].program.attach(cgroup: fd, type: kind.attachType, cgroupPath: directory.displayString)
+        let link: BPFLink
+        do {
+            link = try programs[kind].program.attach(cgroup: fd, type: kind.attachType, cgroupPath: directory.displayString)
+        } catch {
+            // Removed between the open and the attach: the kernel refuses a
+            // cgroup that is no longer online. Gone on proof, so no failure.
+            guard error.errno == ENOENT, state.cgroups.presence(of: cgroup.path, id: cgroup.id) == .gone else { throw error }
+            throw CgroupAccessError(path: cgroup.display, errno: ENOENT)
+        }
         try link.pin(at: state.linksDirectory(kind) + "/\(cgroup.id)")
     }
 

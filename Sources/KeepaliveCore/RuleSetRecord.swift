@@ -9,6 +9,10 @@ enum RuleSetRecord {
         var set = ka_rule_set()
         set.count = UInt32(rules.count)
         set.slot = slot
+        set.unrestricted = rules.indices.reduce(0) { rules[$1].remote.isEmpty ? $0 | 1 << $1 : $0 }
+        let bounds = RemoteBounds(rules)
+        store(bounds.starts.map(\.encoded), into: &set.bounds)
+        store(bounds.covered, into: &set.covered)
         store(rules.map { encode($0, under: policy) }, into: &set.rules)
         return set
     }
@@ -66,5 +70,35 @@ enum RuleSetRecord {
         let nameBytes = load(UInt8.self, count: Int(KA_RULE_NAME_MAX), from: record.name).prefix { $0 != 0 }
         rule.name = nameBytes.isEmpty ? nil : String(decoding: nameBytes, as: UTF8.self)
         return rule
+    }
+}
+
+/// The intervals that the rules' CIDRs cut the address space into, each
+/// covered by the same rules, as `ka_rule_set.bounds` and `.covered` hold
+/// them: where each starts, ascending, padded to KA_RULE_BOUNDS by repeating
+/// the last (the highest address, covered by none, when there is none).
+struct RemoteBounds {
+    private(set) var starts: [UInt128] = []
+    /// Bit r: rule r's remote holds the interval.
+    private(set) var covered: [UInt16] = []
+
+    init(_ rules: [Rule]) {
+        let blocks = rules.enumerated().flatMap { index, rule in rule.remote.map { (index, $0.addresses) } }
+        // A block starts an interval, and the address after its last starts the next.
+        let cuts = blocks.flatMap { _, range in [range.lowerBound] + (range.upperBound == .max ? [] : [range.upperBound + 1]) }
+        starts = Array(Set(cuts)).sorted()
+        covered = starts.map { start in
+            blocks.reduce(0) { bits, block in block.1.contains(start) ? bits | 1 << block.0 : bits }
+        }
+        let padding = Int(KA_RULE_BOUNDS) - starts.count
+        starts += repeatElement(starts.last ?? .max, count: padding)
+        covered += repeatElement(covered.last ?? 0, count: padding)
+    }
+}
+
+extension UInt128 {
+    /// As the BPF program compares addresses: high half, low half.
+    var encoded: ka_address {
+        ka_address(high: UInt64(truncatingIfNeeded: self >> 64), low: UInt64(truncatingIfNeeded: self))
     }
 }

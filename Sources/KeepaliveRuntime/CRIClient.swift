@@ -88,7 +88,7 @@ public final class CRIClient: Sendable {
         do {
             return try await body()
         } catch let error as RPCError {
-            throw .unreachable(.cri, endpoint: endpoint.description, "\(what): \(error.code): \(error.message)")
+            throw .unreachable(.cri, endpoint: endpoint.description, "\(what): \(error.described)")
         } catch {
             throw .unreachable(.cri, endpoint: endpoint.description, "\(what): \(error)")
         }
@@ -131,7 +131,7 @@ public final class CRIClient: Sendable {
         } catch let error as RPCError where error.code == .notFound {
             return nil
         } catch let error as RPCError {
-            throw .unreachable(.cri, endpoint: endpoint.description, "PodSandboxStatus: \(error.code): \(error.message)")
+            throw .unreachable(.cri, endpoint: endpoint.description, "PodSandboxStatus: \(error.described)")
         } catch {
             throw .unreachable(.cri, endpoint: endpoint.description, "PodSandboxStatus: \(error)")
         }
@@ -170,5 +170,12 @@ public final class CRIClient: Sendable {
         }
         guard let json = reply.info["info"] else { return (nil, nil) }
         return try read { () throws(ReplyError) in try RuntimeReplies.container(verboseInfo: json) }
+    }
+}
+
+extension RPCError {
+    /// Its code and message, and what the transport threw, where it says.
+    var described: String {
+        "\(code): \(message)" + (cause.map { " (\($0))" } ?? "")
     }
 }

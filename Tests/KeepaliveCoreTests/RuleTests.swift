@@ -71,4 +71,73 @@ import Testing
         #expect(first("198.51.100.1", 40000, 8443) == 2)
         #expect(first("198.51.100.1", 40000, 80) == nil)
     }
+
+    /// The bounds the program searches say, for every address, which rules'
+    /// remotes hold it: checked against each block's own test, at every
+    /// block's edges and beyond, for nested, overlapping and disjoint blocks
+    /// of both families, up to the most a record holds.
+    @Test(arguments: 0..<40)
+    func theBoundsHoldEveryAddressInTheRulesThatCoverIt(seed: UInt64) throws {
+        var random = SplitMix(seed)
+        let edges: [String] = ["0.0.0.0/0", "::/0", "::ffff:0:0/96", "255.255.255.255/32",
+                               "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "::/128"]
+        let rules = try (0..<(seed == 0 ? 16 : 1 + random.below(16))).map { _ in
+            let blocks = try (0..<(seed == 0 ? 8 : random.below(9))).map { _ -> CIDR in
+                if random.below(8) == 0 { return try CIDR(parsing: edges[random.below(edges.count)]) }
+                let v4 = random.below(3) > 0
+                let prefix = v4 ? 8 + random.below(25) : 16 + random.below(113)
+                let bytes = (0..<16).map { _ in UInt8(random.below(256)) }
+                let mapped = [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + bytes[12...]
+                let width = v4 ? 96 + prefix : prefix
+                return CIDR(network: CIDR.masked(v4 ? mapped : bytes, width), prefix: width, isIPv4: v4)
+            }
+            return Rule(remote: blocks, options: [.keepidle: 5])
+        }
+        let bounds = RemoteBounds(rules)
+        #expect(bounds.starts.count == Int(KA_RULE_BOUNDS) && bounds.covered.count == Int(KA_RULE_BOUNDS))
+        #expect(bounds.starts == bounds.starts.sorted())
+        var probes: [UInt128] = [0, .max]
+        for rule in rules {
+            for block in rule.remote {
+                let range = block.addresses
+                probes += [range.lowerBound, range.lowerBound &- 1, range.upperBound, range.upperBound &+ 1,
+                           range.lowerBound + (range.upperBound - range.lowerBound) / 2]
+            }
+        }
+        probes += (0..<200).map { _ in UInt128(random.next()) << 64 | UInt128(random.next()) }
+        probes += (0..<200).map { _ in UInt128(0xffff) << 32 | UInt128(random.next() & 0xffff_ffff) }
+        for address in probes {
+            let bytes = (0..<16).map { UInt8(truncatingIfNeeded: address >> (120 - 8 * $0)) }
+            let expected = rules.indices.reduce(UInt16(0)) { bits, index in
+                rules[index].remote.contains { $0.contains(bytes) } ? bits | 1 << index : bits
+            }
+            #expect(Self.search(bounds, address) == expected, "address \(String(address, radix: 16))")
+        }
+    }
+
+    /// The program's search (rules_covering in bpf/keepalive_common.bpf.h),
+    /// step for step: the last bound at most the address.
+    static func search(_ bounds: RemoteBounds, _ address: UInt128) -> UInt16 {
+        guard bounds.starts[0] <= address else { return 0 }
+        var at = 0, step = Int(KA_RULE_BOUNDS) / 2
+        while step > 0 {
+            if bounds.starts[at + step] <= address { at += step }
+            step >>= 1
+        }
+        return bounds.covered[at]
+    }
+}
+
+/// A seeded generator: the same cases on every run.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(_ seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
 }

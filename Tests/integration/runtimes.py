@@ -228,15 +228,22 @@ class Containerd:
 
     # --- kubelet's calls ---
 
-    def run_pod(self, name, namespace="default", labels=None, annotations=None, qos="besteffort"):
+    @staticmethod
+    def make_pod_cgroup(uid, qos="besteffort"):
+        """The pod's cgroup, as kubelet's pod container manager makes it before
+        RunPodSandbox (below the cgroup2 mount)."""
+        from support import cgroup2_mount
+        cgroup = f"/{KUBEPODS}/{qos}/pod{uid}" if qos != "guaranteed" else f"/{KUBEPODS}/pod{uid}"
+        os.makedirs(cgroup2_mount() + cgroup, exist_ok=True)
+        return cgroup
+
+    def run_pod(self, name, namespace="default", labels=None, annotations=None, qos="besteffort", uid=None):
         """RunPodSandbox as kubelet makes it (host network, cgroupfs driver): the
-        pod's cgroup is made first, as kubelet's pod container manager does.
+        pod's cgroup is made first (unless its uid says it was made already).
         Returns the pod: its sandbox id, uid and cgroup (below the cgroup2 mount)."""
         api, _ = cri_modules()
-        uid = str(uuid.uuid4())
-        cgroup = f"/{KUBEPODS}/{qos}/pod{uid}" if qos != "guaranteed" else f"/{KUBEPODS}/pod{uid}"
-        from support import cgroup2_mount
-        os.makedirs(cgroup2_mount() + cgroup, exist_ok=True)
+        uid = uid or str(uuid.uuid4())
+        cgroup = self.make_pod_cgroup(uid, qos)
         labels = {**(labels or {}), "io.kubernetes.pod.name": name, "io.kubernetes.pod.namespace": namespace,
                   "io.kubernetes.pod.uid": uid}
         config = api.PodSandboxConfig(

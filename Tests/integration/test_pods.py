@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import time
+import uuid
 
 import pytest
 
@@ -197,6 +198,25 @@ def test_a_runtime_stopped_and_restarted_under_the_agent_loses_nothing(container
     second = containerd.run_pod("db-1", "shop", labels={"tier": "db"})
     wait_until(lambda: {rel(first), rel(second)} <= set(in_force(keepalive)), what="both pods' policies")
     assert [line for line in process.lines if "detached" in line] == []
+
+
+def test_a_pod_the_runtime_could_not_be_asked_about_is_asked_again_by_its_own_task(containerd, agent, keepalive):
+    """kubelet makes a pod's cgroup while the runtime is away: the first ask
+    fails, is said, and the pod's task asks again (every 2 s at most), so the
+    pod has its policy soon after RunPodSandbox, not at a full pass (10 s)."""
+    process, _ = agent(policy_file(containerd, "  - pods: { labels: { tier: db } }\n    keepidle: 31\n"))
+    containerd.stop()
+    uid = str(uuid.uuid4())
+    containerd.make_pod_cgroup(uid)
+    process.wait_for(rf"cannot identify the workload of \S*pod{uid}: .*; asked again")
+    containerd.start()
+    pod = containerd.run_pod("db-0", "shop", labels={"tier": "db"}, uid=uid)
+    returned = time.monotonic()
+    wait_until(lambda: rel(pod) in in_force(keepalive), timeout=30, interval=0.1, what="the pod's policy")
+    took = time.monotonic() - returned
+    print(f"policy in force {took:.2f} s after RunPodSandbox returned")
+    assert took < 5, took
+    process.wait_for(rf"resolved: identify \S*pod{uid}")
 
 
 def test_the_first_connect_of_a_new_pod_is_configured_by_the_program(containerd, agent, keepalive):

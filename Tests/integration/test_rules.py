@@ -16,6 +16,7 @@ from support import PYTHON, SOCKPROBE, in_cgroup, keepalive_values, metric, run,
 
 NEAR_V6, FAR_V6 = "2001:db8::1", "2001:db8::2"
 DB_V4, DB_V6, OFF_V6 = "198.51.100.2", "2001:db8:1::2", "2001:db8:2::2"  # on the far end's loopback
+UPPER_V4 = "198.51.100.130"  # also there: in the /24, not in its lower /25
 UNTOUCHED = {"keepalive": 0, "keepidle": 7200, "keepintvl": 75, "keepcnt": 9, "user_timeout": 0}
 
 DB = "name=db,remote=198.51.100.0/24,remote=2001:db8:1::/48,remote_ports=5432,keepidle=5,keepintvl=2,keepcnt=3,user_timeout=20000"
@@ -31,7 +32,7 @@ def routed(netns_pair):
     for ns, addr in ((pair.near, NEAR_V6), (pair.far, FAR_V6)):
         dev = run(["ip", "-n", ns, "-o", "link", "show", "type", "veth"]).stdout.split(":")[1].strip().split("@")[0]
         run(["ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad"])
-    for addr in (f"{DB_V4}/32", f"{DB_V6}/128", f"{OFF_V6}/128"):
+    for addr in (f"{DB_V4}/32", f"{UPPER_V4}/32", f"{DB_V6}/128", f"{OFF_V6}/128"):
         run(["ip", "-n", pair.far, "addr", "add", addr, "dev", "lo"])
     run(["ip", "-n", pair.near, "route", "add", "198.51.100.0/24", "via", PEER_ADDR])
     run(["ip", "-n", pair.near, "-6", "route", "add", "2001:db8::/32", "via", FAR_V6])
@@ -91,6 +92,30 @@ def test_each_destination_gets_its_rules_values(routed, keepalive, cgroups):
     text = keepalive("status").stdout
     assert (f"rule 1 (db) of {cgroups.rel(cg)}: remote=198.51.100.0/24,2001:db8:1::/48 remote_ports=5432 -> "
             "keepidle=5 keepintvl=2 keepcnt=3 user_timeout=20000; 3 sockets matched, 0 reaped") in text, text
+
+
+def test_nested_and_overlapping_blocks_give_the_first_rule_that_holds_the_address(routed, keepalive, cgroups):
+    """The program finds the rules whose blocks hold an address by the
+    intervals all blocks cut the address space into: a block inside
+    another, one that a port narrows, the IPv4 all that is no IPv6 address,
+    and a lone address at the edge of a block."""
+    cg = cgroups.make()
+    rules = [f"remote={DB_V4}/32,remote_ports=80,keepidle=11",     # inside the next two, one port only
+             "remote=198.51.100.0/25,keepidle=12",                  # the lower half
+             "remote=198.51.100.0/24,remote=2001:db8:1::/48,keepidle=13",
+             "remote=2001:db8:1::3/128,remote=198.51.100.131,keepidle=14",  # edges no peer uses
+             "remote=0.0.0.0/0,keepidle=15"]                       # every IPv4 peer, no IPv6 one
+    keepalive("attach", cg, "--keepidle", "60", *[a for rule in rules for a in ("--rule", rule)])
+    server = serve(routed.far, [5432, 80])
+    try:
+        seen = {(host, port): connect(routed.near, host, port, cg)["keepidle"]
+                for host, port in ((DB_V4, 80), (DB_V4, 5432), (f"::ffff:{DB_V4}", 5432), (UPPER_V4, 5432),
+                                   (DB_V6, 5432), (PEER_ADDR, 80), (FAR_V6, 80))}
+    finally:
+        server.kill()
+        server.wait()
+    assert seen == {(DB_V4, 80): 11, (DB_V4, 5432): 12, (f"::ffff:{DB_V4}", 5432): 12, (UPPER_V4, 5432): 13,
+                    (DB_V6, 5432): 13, (PEER_ADDR, 80): 15, (FAR_V6, 80): 60}, seen
 
 
 def test_an_accepted_socket_gets_the_rule_of_its_local_port_and_the_listener_the_policys(routed, keepalive, cgroups):

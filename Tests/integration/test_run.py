@@ -4,7 +4,8 @@ runs in a cgroup of its own with the policy attached (any binary: a Python
 client, a static busybox, a static Go binary); without privilege through
 libkeepalive_socket.so. Values are read back from the kernel; the run's
 cgroup and policy are gone after a normal exit, after SIGKILL of the
-command, and (at the next keepalive command) after SIGKILL of keepalive.
+command, and (at the next keepalive command or the agent's next full pass)
+after SIGKILL of keepalive.
 """
 import json
 import os
@@ -69,13 +70,34 @@ def test_exit_status_streams_and_environment_pass_through(keepalive, no_runs_lef
     # A signal the command dies of is the status keepalive ends with.
     result = subprocess.run([KEEPALIVE, "run", "--quiet", "--", "sh", "-c", "kill -USR1 $$"], env=env, timeout=60)
     assert result.returncode == -signal.SIGUSR1
-    # A signal keepalive gets is passed on.
-    proc = subprocess.Popen([KEEPALIVE, "run", "--quiet", "--", "sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"],
-                            env=env)
-    wait_until(lambda: runs_present() != [], what="the run's cgroup")
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 42
+    # The signals keepalive gets are passed on, each of them.
+    proc = subprocess.Popen([KEEPALIVE, "run", "--quiet", "--", PYTHON, "-c", SIGNAL_RECORDER],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        for sig in FORWARDED:
+            proc.send_signal(sig)
+            assert proc.stdout.readline() == f"{sig.name}\n"
+        assert proc.wait(timeout=10) == 42  # its handler of the last, SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+FORWARDED = [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT, signal.SIGTERM]
+# Says each signal it gets, one line each; exits 42 on SIGTERM.
+SIGNAL_RECORDER = f"""
+import signal, sys
+def got(number, frame):
+    print(signal.Signals(number).name, flush=True)
+    if number == signal.SIGTERM:
+        sys.exit(42)
+for number in {[int(s) for s in FORWARDED]}:
+    signal.signal(number, got)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
 
 
 def test_a_static_busybox_client_is_covered(keepalive, no_runs_left):
@@ -130,8 +152,14 @@ def test_sigkill_of_the_command_still_cleans_up(keepalive, no_runs_left):
     assert keepalive.status() == [] and runs_present() == []
 
 
-def test_sigkill_of_keepalive_leaves_the_command_covered_until_the_next_command_reaps_it(keepalive, no_runs_left):
+@pytest.mark.parametrize("reaper", ["command", "agent"])
+def test_sigkill_of_keepalive_leaves_the_command_covered_until_the_next_command_reaps_it(keepalive, agent, no_runs_left,
+                                                                                         reaper):
+    """Reaped by the next keepalive command, or by a running agent's next
+    full pass (its periodic check, every 5 minutes; here a reload's)."""
     env = {**os.environ, "KEEPALIVE_PIN_PATH": keepalive.pin_path}
+    if reaper == "agent":
+        process, _ = agent('policies:\n  - cgroup: "ka-test-nothing-here/*"\n')
     proc = subprocess.Popen([KEEPALIVE, "run", "--quiet", "--keepidle", "7", "--keepintvl", "3", "--keepcnt", "2", "--",
                              PYTHON, "-c", "import sys; sys.stdin.readline(); print(open('/proc/self/cgroup').read())"],
                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -148,6 +176,12 @@ def test_sigkill_of_keepalive_leaves_the_command_covered_until_the_next_command_
     os.kill(command[0], signal.SIGKILL)
     wait_until(lambda: open(os.path.join(cgroup2_mount(), RUNS, name, "cgroup.events")).read().find("populated 0") >= 0,
                what="the run's cgroup empty")
+    if reaper == "agent":
+        # No keepalive command here: any would reap the run itself.
+        process.signal(signal.SIGHUP)
+        process.wait_for(rf"repaired: removed the finished run {RUNS}/{name} and its policy")
+        assert keepalive.status() == [] and runs_present() == []
+        return
     report = keepalive.report()
     assert f"removed the finished run {RUNS}/{name} and its policy" in report["repaired"], report
     assert report["policies"] == [] and runs_present() == []

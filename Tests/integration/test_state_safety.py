@@ -164,7 +164,7 @@ def test_cgroups_coming_and_going_fast_are_no_error(agent, keepalive, cgroups):
     keep = cgroups.make(cgroups.rel(base) + "/keep")
     process, _ = agent(f'policies:\n  - cgroup: "{cgroups.rel(base)}/*"\n    keepidle: 27\n')
     mark = process.mark()
-    for i in range(300):
+    for i in range(3000):
         path = os.path.join(base, f"churn{i}")
         os.mkdir(path)
         os.rmdir(path)
