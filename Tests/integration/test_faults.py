@@ -17,7 +17,12 @@ ENOSPC, EINTR, taken in turn). After each:
 - the same command, run again without a fault, makes the state exactly what
   it means (policies, links from the kernel, pins; real sockets at the end
   of each operation and every tenth point).
+
+The points are independent, so two workers (this machine's two cores) take
+every other point, each with a pin path and cgroups of its own: most of a
+point is loading programs and making maps, which one core does at a time.
 """
+import concurrent.futures
 import json
 import os
 import re
@@ -25,8 +30,8 @@ import subprocess
 
 import pytest
 
-from conftest import require_tool
-from support import BPFFS, bpffs_mounted, run
+from conftest import require_privilege, require_tool
+from support import BPFFS, Keepalive, bpffs_mounted, run, unique
 from test_crash import NEXT_OBJECT, Scenario
 
 ERRNOS = {
@@ -73,7 +78,7 @@ def failing_at(argv, env, call, n, errno):
 def kernel_links(scenario):
     """Every cgroup link the kernel has on the scenario's cgroups, with its pins."""
     ids = {os.stat(path).st_ino for path in scenario.paths.values()}
-    for _ in range(5):  # bpftool fails when a link of another process goes while it lists them
+    for _ in range(20):  # bpftool fails when a link of another process (the other worker's) goes while it lists them
         listed = run(["bpftool", "-j", "-f", "link", "show"], check=False)
         if listed.returncode == 0:
             return [link for link in json.loads(listed.stdout)
@@ -98,119 +103,154 @@ def check_status(scenario, expected, env):
     assert all(p["covered"] for p in report["policies"]), report
 
 
-def inject_everywhere(scenario, setup, command, expected, env=None):
-    """Every fault point of `command` (from the state `setup` makes), each with an errno in turn."""
+WORKERS = 2
+
+
+def inject_everywhere(scenarios, case, expected, env=None):
+    """Every fault point of the command `case(scenario)` gives (from the state
+    its setup makes), each with an errno in turn; the workers' scenarios take
+    every other point."""
+    first = scenarios[0]
+    setup, command = case(first)
     setup()
-    paths = [scenario.keepalive.pin_path] + list(scenario.paths.values())
-    points = fault_points(command, env, paths)
+    points = fault_points(command, env, [first.keepalive.pin_path] + list(first.paths.values()))
     assert points, "the command touched nothing"
-    turn = {}
-    for index, (call, n) in enumerate(points):
-        errno = ERRNOS[call][turn.get(call, 0) % len(ERRNOS[call])]
+    errnos, turn = [], {}
+    for call, _ in points:
+        errnos.append(ERRNOS[call][turn.get(call, 0) % len(ERRNOS[call])])
         turn[call] = turn.get(call, 0) + 1
-        scenario.reset()
-        setup()
-        failed = failing_at(command, env, call, n, errno)
-        where = f"{call} #{n} failing with {errno} ({index + 1} of {len(points)})"
-        if failed.returncode != 0:
-            # One line: the whole of a command's stderr, the last of the agent's log.
-            lines = failed.stderr.strip().splitlines()
-            assert lines and lines[-1].startswith("keepalive: error: "), f"{where}: {failed.stderr}"
-            assert len(lines) == 1 or "agent" in command, f"{where}: {failed.stderr}"
-        try:
-            check_nothing_orphaned(scenario)
-            # Exit 0 means done: the state must be what the command meant now.
-            # A failure is finished by the same command run again.
-            if failed.returncode != 0:
-                run(command, env=env)
-            if index % 10 == 0 or index == len(points) - 1:
-                scenario.check(expected, env=env)  # the kernel's attachments, pins and real sockets too
-            else:
-                check_status(scenario, expected, env)
-        except AssertionError as failure:
-            raise AssertionError(f"{where}: {failure}") from None
+    first.reset()
+
+    def worker(number):
+        scenario = scenarios[number]
+        setup, command = case(scenario)
+        for index in range(number, len(points), len(scenarios)):
+            inject_one(scenario, setup, command, points[index], errnos[index], expected, env,
+                       f"({index + 1} of {len(points)})", thorough=index % 10 == 0 or index == len(points) - 1)
+
+    with concurrent.futures.ThreadPoolExecutor(len(scenarios)) as pool:
+        for done in [pool.submit(worker, number) for number in range(len(scenarios))]:
+            done.result()  # a worker's failure is the test's
     TOTALS.append(len(points))
     print(f"{len(points)} fault points")
     return len(points)
 
 
+def inject_one(scenario, setup, command, point, errno, expected, env, of, thorough):
+    """One fault point: the command from setup's state with that call failing, then the checks."""
+    call, n = point
+    scenario.reset()
+    setup()
+    failed = failing_at(command, env, call, n, errno)
+    where = f"{call} #{n} failing with {errno} {of}"
+    if failed.returncode != 0:
+        # One line: the whole of a command's stderr, the last of the agent's log.
+        lines = failed.stderr.strip().splitlines()
+        assert lines and lines[-1].startswith("keepalive: error: "), f"{where}: {failed.stderr}"
+        assert len(lines) == 1 or "agent" in command, f"{where}: {failed.stderr}"
+    try:
+        check_nothing_orphaned(scenario)
+        # Exit 0 means done: the state must be what the command meant now.
+        # A failure is finished by the same command run again.
+        if failed.returncode != 0:
+            run(command, env=env)
+        if thorough:
+            scenario.check(expected, env=env)  # the kernel's attachments, pins and real sockets too
+        else:
+            check_status(scenario, expected, env)
+    except AssertionError as failure:
+        raise AssertionError(f"{where}: {failure}") from None
+
+
 @pytest.fixture
-def scenario(keepalive, cgroups, tmp_path):
+def scenarios(cgroups, tmp_path):
+    """A scenario for each worker: a pin path, cgroups and files of its own."""
+    require_privilege()
     require_tool("strace", "bpftool")
     if not bpffs_mounted():
         run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", BPFFS])
-    return Scenario(keepalive, cgroups, tmp_path)
+    tools = [Keepalive(os.path.join(BPFFS, unique("pin"))) for _ in range(WORKERS)]
+    try:
+        made = []
+        for number, tool in enumerate(tools):
+            directory = tmp_path / f"worker{number}"
+            directory.mkdir()
+            made.append(Scenario(tool, cgroups, directory))
+        yield made
+    finally:
+        for tool in tools:
+            tool.cleanup()
 
 
-def test_first_attach(scenario):
-    s = scenario
-    inject_everywhere(s, lambda: None, s.argv("attach", s.paths["q"], "--keepidle", "11"), {"q": (11, "application")})
+def test_first_attach(scenarios):
+    inject_everywhere(scenarios, lambda s: (lambda: None, s.argv("attach", s.paths["q"], "--keepidle", "11")),
+                      {"q": (11, "application")})
 
 
-def test_attach_update(scenario):
-    s = scenario
-    inject_everywhere(s, lambda: s.attach("p/c1", "--keepidle", "11"),
-                      s.argv("attach", s.paths["p/c1"], "--keepidle", "12"), {"p/c1": (12, "application")})
+def test_attach_update(scenarios):
+    inject_everywhere(scenarios, lambda s: (lambda: s.attach("p/c1", "--keepidle", "11"),
+                                            s.argv("attach", s.paths["p/c1"], "--keepidle", "12")),
+                      {"p/c1": (12, "application")})
 
 
-def test_attach_a_parent_of_linked_children(scenario):
-    s = scenario
+def test_attach_a_parent_of_linked_children(scenarios):
+    def case(s):
+        def setup():
+            s.attach("p/c1", "--keepidle", "11")
+            s.attach("p/c2", "--keepidle", "12", "--precedence", "policy")
+        return setup, s.argv("attach", s.paths["p"], "--keepidle", "13")
 
-    def setup():
-        s.attach("p/c1", "--keepidle", "11")
-        s.attach("p/c2", "--keepidle", "12", "--precedence", "policy")
-
-    inject_everywhere(s, setup, s.argv("attach", s.paths["p"], "--keepidle", "13"),
+    inject_everywhere(scenarios, case,
                       {"p": (13, "application"), "p/c1": (11, "application"), "p/c2": (12, "policy")})
 
 
-def test_precedence_change(scenario):
-    s = scenario
+def test_precedence_change(scenarios):
+    def case(s):
+        def setup():
+            s.attach("p", "--keepidle", "13")
+            s.attach("p/c1", "--keepidle", "11", "--precedence", "policy")
+        return setup, s.argv("attach", s.paths["p"], "--keepidle", "13", "--precedence", "policy")
 
-    def setup():
-        s.attach("p", "--keepidle", "13")
-        s.attach("p/c1", "--keepidle", "11", "--precedence", "policy")
-
-    inject_everywhere(s, setup, s.argv("attach", s.paths["p"], "--keepidle", "13", "--precedence", "policy"),
-                      {"p": (13, "policy"), "p/c1": (11, "policy")})
-
-
-def test_detach_a_parent(scenario):
-    s = scenario
-
-    def setup():
-        s.attach("p", "--keepidle", "13", "--precedence", "policy")
-        s.attach("p/c1", "--keepidle", "11")
-
-    inject_everywhere(s, setup, s.argv("detach", s.paths["p"]), {"p/c1": (11, "application")})
+    inject_everywhere(scenarios, case, {"p": (13, "policy"), "p/c1": (11, "policy")})
 
 
-def test_detach_all(scenario):
-    s = scenario
+def test_detach_a_parent(scenarios):
+    def case(s):
+        def setup():
+            s.attach("p", "--keepidle", "13", "--precedence", "policy")
+            s.attach("p/c1", "--keepidle", "11")
+        return setup, s.argv("detach", s.paths["p"])
 
-    def setup():
-        s.attach("p", "--keepidle", "13")
-        s.attach("p/c1", "--keepidle", "11", "--precedence", "policy")
-
-    inject_everywhere(s, setup, s.argv("detach", "--all"), {})
-    assert not os.path.exists(s.keepalive.pin_path)
-
-
-def test_agent_pass(scenario):
-    s = scenario
-    before = s.agent_file("a.yaml", [("p", 14), ("p/c2", 17)])
-    after = s.agent_file("b.yaml", [("q", 15), ("p/c1", 16)])
-    inject_everywhere(s, lambda: run(s.argv("agent", "--config", before, "--once")),
-                      s.argv("agent", "--config", after, "--once"),
-                      {"q": (15, "application"), "p/c1": (16, "application")})
+    inject_everywhere(scenarios, case, {"p/c1": (11, "application")})
 
 
-def test_upgrade(scenario):
-    s = scenario
+def test_detach_all(scenarios):
+    def case(s):
+        def setup():
+            s.attach("p", "--keepidle", "13")
+            s.attach("p/c1", "--keepidle", "11", "--precedence", "policy")
+        return setup, s.argv("detach", "--all")
+
+    inject_everywhere(scenarios, case, {})
+    assert not any(os.path.exists(s.keepalive.pin_path) for s in scenarios)
+
+
+def test_agent_pass(scenarios):
+    def case(s):
+        before = s.agent_file("a.yaml", [("p", 14), ("p/c2", 17)])
+        after = s.agent_file("b.yaml", [("q", 15), ("p/c1", 16)])
+        return (lambda: run(s.argv("agent", "--config", before, "--once"))), s.argv("agent", "--config", after, "--once")
+
+    inject_everywhere(scenarios, case, {"q": (15, "application"), "p/c1": (16, "application")})
+
+
+def test_upgrade(scenarios):
     upgraded = {**os.environ, "KEEPALIVE_BPF_OBJECT": NEXT_OBJECT}
 
-    def setup():
-        s.attach("p", "--keepidle", "13")
-        s.attach("p/c1", "--keepidle", "11", "--precedence", "policy")
+    def case(s):
+        def setup():
+            s.attach("p", "--keepidle", "13")
+            s.attach("p/c1", "--keepidle", "11", "--precedence", "policy")
+        return setup, s.argv("status")
 
-    inject_everywhere(s, setup, s.argv("status"), {"p": (13, "application"), "p/c1": (11, "policy")}, env=upgraded)
+    inject_everywhere(scenarios, case, {"p": (13, "application"), "p/c1": (11, "policy")}, env=upgraded)
