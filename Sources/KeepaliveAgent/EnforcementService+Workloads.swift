@@ -30,11 +30,6 @@ extension Enforcer {
     /// returns: asked this often, for this long.
     static let sandboxPollInterval = Duration.milliseconds(5)
     static let sandboxPollFor = Duration.seconds(1)
-    /// A RunPodSandbox that takes longer (its network set up slowly): asked
-    /// less often, up to this long, so that its first container still finds
-    /// the policy in force.
-    static let slowSandboxPollInterval = Duration.milliseconds(25)
-    static let slowSandboxPollFor = Duration.seconds(10)
 
     func workloadAppeared(_ cgroup: Cgroup, _ watcher: CgroupWatcher) {
         guard !config.runtimesNeeded.isEmpty else { return }
@@ -92,16 +87,14 @@ extension Enforcer {
         guard pending[key] == nil else { return }
         let (workloads, config, report) = (workloads, config, resultsInput)
         pending[key] = Task.detached {
-            let start = ContinuousClock.now
-            while !Task.isCancelled && ContinuousClock.now < start + Self.slowSandboxPollFor {
+            let deadline = ContinuousClock.now + Self.sandboxPollFor
+            while !Task.isCancelled && ContinuousClock.now < deadline {
                 // Errors are the pod task's to report; this one only hurries it.
                 if let found = try? await workloads.identifySandbox(id: id, in: pod, config) {
                     report.yield(.identified(found))
                     return
                 }
-                let fast = ContinuousClock.now < start + Self.sandboxPollFor
-                // Cancelled: the loop's condition ends it.
-                try? await Task.sleep(for: fast ? Self.sandboxPollInterval : Self.slowSandboxPollInterval)
+                try? await Task.sleep(for: Self.sandboxPollInterval)  // cancelled: the loop's condition ends it
             }
         }
     }
