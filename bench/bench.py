@@ -60,9 +60,9 @@ LAST_RULE_MATCHING = MISSING_RULES[:15] + ["remote=127.0.0.0/8,keepidle=15"]
 LAST_RULE_OWN_VALUES = MISSING_RULES[:15] + ["remote=127.0.0.0/8,keepidle=5"]
 
 
-def connrate(cgroup, setup="plain", seconds=1.0):
-    """Connections per second of one mode alone, in `cgroup`."""
-    return connrate_modes({"alone": (cgroup, setup, "raw")}, seconds)[0][1]
+def connections_made(cgroup, setup="plain", seconds=1.0):
+    """Every connection one mode alone made in `cgroup` in about `seconds`."""
+    return connrate_modes({"alone": (cgroup, setup, "raw")}, seconds, made=True)[0]
 
 
 def without_reaped_hook(measure):
@@ -87,16 +87,17 @@ def remove_tree(path):
 
 # --- connection rate: every mode in one process, taking turns -----------------
 
-def connrate_modes(modes, seconds, env=None):
+def connrate_modes(modes, seconds, env=None, made=False):
     """Runs bench/connrate over `modes` ({name: (cgroup or None, setup, calls)}); its rows:
-    (name, conn/s, median overhead %, first quartile, third quartile)."""
+    (name, conn/s, median overhead %, first quartile, third quartile), or with
+    `made` each mode's count of connections, its warm-up's too."""
     specs = [f"{name}={cgroup or '-'},{setup},{calls}" for name, (cgroup, setup, calls) in modes.items()]
     out = sh(CONNRATE, str(seconds), str(BATCH_MS), *specs, env={**os.environ, **(env or {})})
     rows = []
     for line in out.splitlines():
-        name, rate, median, q1, q3, baseline = line.split("\t")
+        name, rate, median, q1, q3, baseline, count = line.split("\t")
         overhead = None if name == baseline else float(median)
-        rows.append((name, float(rate), overhead, float(q1), float(q3)))
+        rows.append(int(count) if made else (name, float(rate), overhead, float(q1), float(q3)))
     return rows
 
 
@@ -168,7 +169,7 @@ def cost_per_run(cgroup, setup="plain", pin=None):
     process in `cgroup` connects, and its runs per connection."""
     prog_id = program_id(pin or os.path.join(PIN, "keepalive_sockops"))
     t0, n0 = prog_stats(prog_id)
-    connections = connrate(cgroup, setup)
+    connections = connections_made(cgroup, setup)
     t1, n1 = prog_stats(prog_id)
     runs = n1 - n0
     return (t1 - t0) / runs if runs else float("nan"), runs / max(connections, 1)

@@ -21,8 +21,9 @@
  * mode: those are the baselines (programs that do nothing, and Go's dialer).
  *
  * Prints one line per mode: its name, connections per second over all its
- * batches, and its overhead against its baseline, as the median and
- * quartiles of the per-round ratios (percent).
+ * batches, its overhead against its baseline, as the median and quartiles of
+ * the per-round ratios (percent), its baseline's name, and every connection
+ * it made, the warm-up's too (what a BPF program's run count covers).
  *
  * The client closes with SO_LINGER 0 (RST): no TIME_WAIT, so a long run never
  * exhausts ephemeral ports and every batch starts from the same state.
@@ -53,7 +54,8 @@ struct mode {
 	int baseline;            /* index of the mode it is compared with */
 	int listener;
 	struct sockaddr_in addr;
-	long connections;
+	long connections;         /* in the measured batches */
+	long made;                /* in every batch, the warm-up too */
 	double seconds;
 	double rate[MAX_ROUNDS];  /* per round */
 };
@@ -173,6 +175,7 @@ static double batch(struct mode *m, double seconds)
 		elapsed = now() - start;
 	} while (elapsed < seconds);
 	m->connections += count;
+	m->made += count;
 	m->seconds += elapsed;
 	return (double)count / elapsed;
 }
@@ -248,8 +251,8 @@ int main(int argc, char **argv)
 		qsort(ratios, (size_t)rounds, sizeof(double), compare);
 		for (int k = 0; k < 3; k++)
 			q[k] = ratios[(rounds - 1) * (k + 1) / 4];
-		printf("%s\t%.1f\t%.2f\t%.2f\t%.2f\t%s\n", m->name, (double)m->connections / m->seconds, q[1], q[0], q[2],
-		       base->name);
+		printf("%s\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%ld\n", m->name, (double)m->connections / m->seconds, q[1], q[0],
+		       q[2], base->name, m->made);
 	}
 	return 0;
 }

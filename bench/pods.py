@@ -30,15 +30,18 @@ CHURN_PER_SECOND, CHURN_SECONDS = 5, 20
 POLICY = {"keepalive": 1, "keepidle": 31, "keepintvl": 5, "keepcnt": 3, "user_timeout": 46000}
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(cgroup):
+    """CPU time of everything in `cgroup`, to the microsecond: threads that
+    ended count too (a sum over /proc/PID/task would lose them: the
+    runtime's idle worker threads end after some seconds)."""
+    with open(os.path.join(cgroup, "cpu.stat")) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("usage_usec")) / 1e6
 
 
 class Agent:
-    """`keepalive agent` on a pods: entry; its log read as it comes, with the
-    wall-clock time of each "attached policy on pod" line."""
+    """`keepalive agent` on a pods: entry, in a cgroup of its own (for its CPU
+    time); its log read as it comes, with the wall-clock time of each
+    "attached policy on pod" line."""
 
     LINE = re.compile(r"^(\S+) info attached policy on pod (\S+) ")
 
@@ -48,11 +51,20 @@ class Agent:
             f.write(f"runtime:\n  cri: {endpoint}\npolicies:\n  - pods: {{ labels: {{ bench: new }} }}\n"
                     "    keepidle: 31\n    keepintvl: 5\n    keepcnt: 3\n    existing: false\n")
         self.attached, self.ready = {}, threading.Event()
-        self.process = subprocess.Popen([KEEPALIVE, "agent", "--config", self.config, "--pin-path", pin],
-                                        stderr=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(30):
-            sys.exit("bench: the agent did not start")
+        self.cgroup = os.path.join(cgroup2_mount(), f"keepalive-bench-agent-{os.getpid()}")
+        os.mkdir(self.cgroup)
+        self.process = None
+        try:
+            self.process = subprocess.Popen([KEEPALIVE, "agent", "--config", self.config, "--pin-path", pin],
+                                            stderr=subprocess.PIPE, text=True)
+            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(self.process.pid))
+            threading.Thread(target=self._read, daemon=True).start()
+            if not self.ready.wait(30):
+                raise RuntimeError("bench: the agent did not start")
+        except BaseException:
+            self.stop()
+            raise
 
     def _read(self):
         for line in self.process.stderr:
@@ -64,8 +76,10 @@ class Agent:
                 self.attached[match.group(2)] = at.replace(tzinfo=datetime.timezone.utc).timestamp()
 
     def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait()
+        if self.process:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait()
+        os.rmdir(self.cgroup)
 
 
 def new_pods(containerd, agent):
@@ -94,7 +108,7 @@ def new_pods(containerd, agent):
     return results
 
 
-def churn(containerd, pid):
+def churn(containerd, cgroup):
     """The agent's CPU (% of one core) while pods are created and removed,
     CHURN_PER_SECOND each, each living about a second."""
     made, stop, errors = [], threading.Event(), []
@@ -110,13 +124,13 @@ def churn(containerd, pid):
                 time.sleep(0.01)
 
     remover = threading.Thread(target=remove)
-    before, start = cpu_seconds(pid), time.monotonic()
+    before, start = cpu_seconds(cgroup), time.monotonic()
     remover.start()
     for index in range(CHURN_PER_SECOND * CHURN_SECONDS):
         time.sleep(max(0.0, start + index / CHURN_PER_SECOND - time.monotonic()))
         made.append((containerd.run_pod(f"churn-{index}", "bench", labels={"bench": "new"}), time.monotonic()))
     elapsed = time.monotonic() - start
-    used = cpu_seconds(pid) - before
+    used = cpu_seconds(cgroup) - before
     stop.set()
     remover.join()
     if errors:
@@ -124,19 +138,10 @@ def churn(containerd, pid):
     return used / elapsed * 100, CHURN_PER_SECOND * CHURN_SECONDS / elapsed
 
 
-def running_ns(pid):
-    """CPU time of the process's threads in nanoseconds (schedstat: /proc/PID/stat counts ticks)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total
-
-
-def idle(pid, seconds=30.0):
-    before, start = running_ns(pid), time.monotonic()
+def idle(cgroup, seconds=30.0):
+    before, start = cpu_seconds(cgroup), time.monotonic()
     time.sleep(seconds)
-    return (running_ns(pid) - before) / 1e9 / (time.monotonic() - start) * 100
+    return (cpu_seconds(cgroup) - before) / (time.monotonic() - start) * 100
 
 
 def pod_figures(pin):
@@ -147,9 +152,9 @@ def pod_figures(pin):
         for index in range(RUNNING):
             containerd.run_pod(f"running-{index}", "bench", labels={"bench": "old"})
         agent = Agent(containerd.endpoint, pin, containerd.dir)
-        idle_cpu = idle(agent.process.pid)
+        idle_cpu = idle(agent.cgroup)
         latencies = new_pods(containerd, agent)
-        churn_cpu, rate = churn(containerd, agent.process.pid)
+        churn_cpu, rate = churn(containerd, agent.cgroup)
         return {"latencies": latencies, "idle_cpu": idle_cpu, "churn_cpu": churn_cpu, "churn_rate": rate}
     finally:
         if agent:

@@ -39,8 +39,8 @@ final class CgroupWatcher: Sendable {
     }
 
     /// The raw events, until the channel is closed. NIO owns the descriptor from here.
-    func channel() async throws -> NIOAsyncChannel<ByteBuffer, Never> {
-        try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    func channel(on loop: any EventLoop) async throws -> NIOAsyncChannel<ByteBuffer, Never> {
+        try await NIOPipeBootstrap(group: loop)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 64 * 1024))
             .takingOwnershipOfDescriptor(input: fd) { channel in
                 channel.eventLoop.makeCompletedFuture {

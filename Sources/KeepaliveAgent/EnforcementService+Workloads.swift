@@ -15,6 +15,11 @@ enum WorkloadEvent: Sendable {
     case failed(FilePath, String)
     /// No runtime knew the cgroup within the time allowed: not a workload of theirs.
     case gaveUp(FilePath)
+    /// The runtime knew a hurried pod when asked `later` after it was
+    /// hurried, not when asked `earlier`.
+    case podKnown(Workloads.Identified, between: Duration, and: Duration)
+    /// The runtime did not know a hurried pod within hurriedFor: its own task asks on.
+    case podNotYetKnown(Cgroup, uid: String)
     /// A runtime answered (nil) or not, when probed.
     case probed(RuntimeKind, RuntimeError?)
 }
@@ -22,14 +27,15 @@ enum WorkloadEvent: Sendable {
 /// Pods and containers: a new cgroup is noticed by inotify, then identified
 /// through its runtime in a task of its own (kubelet makes a pod's cgroup
 /// before RunPodSandbox returns, so the runtime may not know it yet: asked
-/// again, and at once when the sandbox's own container appears in it).
+/// again, and in haste once a container's cgroup, at first the sandbox's
+/// own, appears in it).
 extension Enforcer {
     /// How long a new pod cgroup is asked about before it is left to the full passes.
     static let identifyFor = Duration.seconds(60)
-    /// The sandbox's own cgroup appears some 20 ms before RunPodSandbox
-    /// returns: asked this often, for this long.
-    static let sandboxPollInterval = Duration.milliseconds(5)
-    static let sandboxPollFor = Duration.seconds(1)
+    /// A pod is hurried (a container's cgroup appeared in it, at first its
+    /// sandbox's, some 30 ms before RunPodSandbox returns): asked this often, for this long.
+    static let hurriedEvery = Duration.milliseconds(5)
+    static let hurriedFor = Duration.seconds(1)
 
     func workloadAppeared(_ cgroup: Cgroup, _ watcher: CgroupWatcher) {
         guard !config.runtimesNeeded.isEmpty else { return }
@@ -57,9 +63,7 @@ extension Enforcer {
             }
         case .container(let id, let family):
             let parent = cgroup.path.removingLastComponent()
-            if pending[parent] != nil, family != .docker, let pod = state.cgroups.cgroup(at: parent) {
-                probeSandbox(id: id, in: pod)
-            }
+            if family != .docker, let pod = state.cgroups.cgroup(at: parent) { hurry(pod) }
             if config.selectsContainers { identifyContainer(id: id, family: family, at: cgroup) }
         default:
             break
@@ -73,29 +77,42 @@ extension Enforcer {
 
     private func identifyPod(uid: String, at directory: Cgroup) {
         // kubelet labels sandboxes with their pod's uid; now and then ask
-        // for every pod, for runtimes driven by something else.
+        // for every pod, for runtimes driven by something else. Not at once:
+        // kubelet makes the pod's cgroup before it asks for the sandbox, and
+        // the sandbox's cgroup hurries the pod when the runtime is about to
+        // know it; this task is for runtimes that show no such sign.
         let (workloads, config) = (workloads, config)
-        ask(about: directory, startingEvery: .milliseconds(20)) { attempt in
+        ask(about: directory, after: .milliseconds(100), startingEvery: .milliseconds(100)) { attempt in
             try await workloads.identifyPod(uid: uid, at: directory, config, fullList: attempt % 4 == 0)
         }
     }
 
-    /// Asks for the sandbox whose own container's cgroup just appeared in a
-    /// pod's directory, until the runtime knows it.
-    private func probeSandbox(id: String, in pod: Cgroup) {
-        let key = FilePath(pod.path.string + "#sandbox")
-        guard pending[key] == nil else { return }
-        let (workloads, config, report) = (workloads, config, resultsInput)
-        pending[key] = Task.detached {
-            let deadline = ContinuousClock.now + Self.sandboxPollFor
-            while !Task.isCancelled && ContinuousClock.now < deadline {
-                // Errors are the pod task's to report; this one only hurries it.
-                if let found = try? await workloads.identifySandbox(id: id, in: pod, config) {
-                    report.yield(.identified(found))
+    /// A container's cgroup appeared in the directory of a pod the runtime
+    /// did not know yet (at first its sandbox's, some 30 ms before
+    /// RunPodSandbox returns): the runtime is about to know it. Asked first
+    /// when it knew the latest pods (sandboxTiming), then every 5 ms, for a
+    /// second; meanwhile the pod's own task rests, and starts again if the
+    /// second passes. Errors are the pod's own task's to report.
+    private func hurry(_ pod: Cgroup) {
+        let key = FilePath(pod.path.string + "#hurried")
+        guard pending[pod.path] != nil, pending[key] == nil,
+              case .pod(let uid) = CgroupNaming.kind(of: pod.path.lastComponent?.string ?? "") else { return }
+        pending.removeValue(forKey: pod.path)?.cancel()
+        let (workloads, config, report, firstAsk) = (workloads, config, input, sandboxTiming.firstAsk)
+        pending[key] = Task.detached(executorPreference: EventLoopTaskExecutor.runtimes) {
+            let hurried = ContinuousClock.now
+            var asked = Duration.zero
+            try? await Task.sleep(for: firstAsk)  // cancelled: the loop's condition ends it
+            while !Task.isCancelled && ContinuousClock.now - hurried < Self.hurriedFor {
+                let asking = ContinuousClock.now - hurried
+                if let found = try? await workloads.identifyPod(uid: uid, at: pod, config, fullList: false) {
+                    report.yield(.workload(.podKnown(found, between: asked, and: asking)))
                     return
                 }
-                try? await Task.sleep(for: Self.sandboxPollInterval)  // cancelled: the loop's condition ends it
+                asked = asking
+                try? await Task.sleep(for: Self.hurriedEvery)  // cancelled: the loop's condition ends it
             }
+            if !Task.isCancelled { report.yield(.workload(.podNotYetKnown(pod, uid: uid))) }
         }
     }
 
@@ -106,33 +123,35 @@ extension Enforcer {
         }
     }
 
-    /// Asks `identify` about a new cgroup in a task of its own, more rarely
-    /// each time, until it answers or identifyFor has passed. A failed call
-    /// (the runtime's connection dropped, a restart) is said and asked again
-    /// like an unknown cgroup: a pod whose first ask fails still gets its
-    /// policy before its first container starts, not at the next full pass.
-    private func ask(about directory: Cgroup, startingEvery first: Duration,
+    /// Asks `identify` about a new cgroup in a task of its own, first after
+    /// `firstAsk`, then more rarely each time, until it answers or
+    /// identifyFor has passed. A failed call (the runtime's connection
+    /// dropped, a restart) is said and asked again like an unknown cgroup: a
+    /// pod whose first ask fails still gets its policy before its first
+    /// container starts, not at the next full pass.
+    private func ask(about directory: Cgroup, after firstAsk: Duration = .zero, startingEvery first: Duration,
                      _ identify: @escaping @Sendable (_ attempt: Int) async throws -> Workloads.Identified?) {
         guard pending[directory.path] == nil else { return }
-        let report = resultsInput
-        pending[directory.path] = Task.detached {
+        let report = input
+        pending[directory.path] = Task.detached(executorPreference: EventLoopTaskExecutor.runtimes) {
             var delay = first, attempt = 0, failure: String?
             let deadline = ContinuousClock.now + Self.identifyFor
+            try? await Task.sleep(for: firstAsk)  // cancelled: the loop's condition ends it
             while !Task.isCancelled {
                 attempt += 1
                 do {
                     if let found = try await identify(attempt) {
-                        report.yield(.identified(found))
+                        report.yield(.workload(.identified(found)))
                         return
                     }
                     failure = nil
                 } catch {
-                    if Task.isCancelled { return }  // answered meanwhile (by the sandbox's probe): nothing to say
+                    if Task.isCancelled { return }  // hurried or answered meanwhile: nothing to say
                     failure = "\(error)"
-                    report.yield(.retrying(directory.path, "\(error)"))
+                    report.yield(.workload(.retrying(directory.path, "\(error)")))
                 }
                 guard ContinuousClock.now < deadline else {
-                    report.yield(failure.map { .failed(directory.path, $0) } ?? .gaveUp(directory.path))
+                    report.yield(.workload(failure.map { .failed(directory.path, $0) } ?? .gaveUp(directory.path)))
                     return
                 }
                 try? await Task.sleep(for: delay)  // cancelled: the loop's condition ends it
@@ -149,7 +168,7 @@ extension Enforcer {
     }
 
     private func stopPending(_ path: FilePath) {
-        for key in [path, FilePath(path.string + "#sandbox")] { pending.removeValue(forKey: key)?.cancel() }
+        for key in [path, FilePath(path.string + "#hurried")] { pending.removeValue(forKey: key)?.cancel() }
     }
 
     func stopWorkloadTasks() {
@@ -161,6 +180,12 @@ extension Enforcer {
 
     func handle(_ event: WorkloadEvent, _ watcher: CgroupWatcher) async {
         switch event {
+        case .podKnown(let found, let earlier, let later):
+            sandboxTiming.known(between: earlier, and: later)
+            await handle(.identified(found), watcher)
+        case .podNotYetKnown(let pod, let uid):
+            pending[FilePath(pod.path.string + "#hurried")] = nil
+            identifyPod(uid: uid, at: pod)
         case .identified(.pod(let pod, let cgroup, let entry)):
             settled(cgroup.path)
             guard let entry else { return }
@@ -203,8 +228,10 @@ extension Enforcer {
     /// Asks each runtime in use whether it answers, in tasks of their own.
     func probeRuntimes() {
         for kind in workloads.inUse(by: config) where probing.insert(kind).inserted {
-            let (workloads, report) = (workloads, resultsInput)
-            Task.detached { report.yield(.probed(kind, await workloads.probe(kind))) }
+            let (workloads, report) = (workloads, input)
+            Task.detached(executorPreference: EventLoopTaskExecutor.runtimes) {
+                report.yield(.workload(.probed(kind, await workloads.probe(kind))))
+            }
         }
     }
 

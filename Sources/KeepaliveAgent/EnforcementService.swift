@@ -1,5 +1,4 @@
 // SPDX-License-Identifier: MIT
-import AsyncAlgorithms
 import Glibc
 import KeepaliveCore
 import KeepaliveRuntime
@@ -70,14 +69,21 @@ actor Enforcer {
     /// Its thread: flock, bpf(2) and readdir over thousands of cgroups block
     /// it, never one of Swift's shared cooperative threads.
     nonisolated let unownedExecutor: UnownedSerialExecutor
-    /// Identifications and probes running in tasks of their own report here.
-    let (results, resultsInput) = AsyncStream.makeStream(of: WorkloadEvent.self)
+    /// What the loop handles, one at a time: inotify's records, SIGHUP, the
+    /// heartbeat, and what identifications and probes running in tasks of
+    /// their own report.
+    let (inputs, input) = AsyncStream.makeStream(of: Input.self)
+    /// Its thread, an event loop.
+    let loop: any EventLoop
 
     var desired = Selection()
     /// The state as the last transaction left it, for the next small one.
     var cache: PinnedState.CachedView?
-    /// Pod cgroups seen but not yet identified (RunPodSandbox still running), and the tasks asking.
+    /// Pod cgroups seen but not yet identified (RunPodSandbox still running), and the tasks asking
+    /// (a hurried pod's under its path + "#hurried").
     var pending: [FilePath: Task<Void, Never>] = [:]
+    /// How soon the runtime knew the latest hurried pods.
+    var sandboxTiming = SandboxTiming()
     var probing: Set<RuntimeKind> = []
     var runtimeUp: [RuntimeKind: Bool] = [:]
     /// Ignored pod annotations already logged ("namespace/name annotation ...").
@@ -110,6 +116,7 @@ actor Enforcer {
         notifier = service.notifier
         reaped = ReapedLog(state: service.state, logger: service.logger)
         unownedExecutor = thread.executor.asUnownedSerialExecutor()
+        loop = thread
     }
 
     /// One full pass, then done: `agent --once`.
@@ -125,27 +132,50 @@ actor Enforcer {
         logger.info("enforced \(config.policies.count) policy entries from \(configPath) on \(desired.count) cgroups")
     }
 
-    private enum Input: Sendable {
-        case watcher(ByteBuffer), hangup, tick, workload(WorkloadEvent)
+    enum Input: Sendable {
+        case watcher(ByteBuffer), watchEnded((any Error)?), hangup, tick, workload(WorkloadEvent)
     }
 
     func run() async throws {
         defer { stopWorkloadTasks() }
         let watcher = try CgroupWatcher(cgroups: state.cgroups)
-        let channel = try await watcher.channel()
+        let channel = try await watcher.channel(on: loop)
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         // Anything that stops enforcement at start ends the agent, so its supervisor sees it.
         try await fullPass(watcher)
         health.passSucceeded()
         notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies")
         logger.info("ready: \(config.policies.count) policy entries from \(configPath), \(desired.count) cgroups covered, watching \(watcher.watchedCount) cgroup directories")
+        // Everything arrives on this loop's thread: inotify's reads, the
+        // heartbeat, and the tasks below. At rest a second's heartbeat wakes
+        // one thread, not a chain of Swift's shared ones.
         try await channel.executeThenClose { inbound in
-            let inputs = merge(
-                merge(inbound.map { Input.watcher($0) }, results.map { Input.workload($0) }),
-                hangups.map { _ in Input.hangup },
-                AsyncTimerSequence(interval: .seconds(1), clock: .continuous).map { _ in Input.tick })
-            for try await input in inputs.cancelOnGracefulShutdown() {
-                try await handle(input, watcher)
+            try await withTaskExecutorPreference(EventLoopTaskExecutor(loop)) {
+                try await withThrowingDiscardingTaskGroup { group in
+                    let input = self.input
+                    group.addTask {
+                        do {
+                            for try await buffer in inbound { input.yield(.watcher(buffer)) }
+                            input.yield(.watchEnded(nil))
+                        } catch {
+                            input.yield(.watchEnded(error))
+                        }
+                    }
+                    group.addTask {
+                        for await _ in hangups { input.yield(.hangup) }
+                    }
+                    let heartbeat = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                        input.yield(.tick)
+                    }
+                    defer { heartbeat.cancel() }
+                    // Shutdown ends the inputs; what is being handled is finished first.
+                    try await withGracefulShutdownHandler {
+                        for await next in inputs { try await handle(next, watcher) }
+                    } onGracefulShutdown: {
+                        input.finish()
+                    }
+                    group.cancelAll()
+                }
             }
         }
         notifier.notify("STOPPING=1")
@@ -163,6 +193,8 @@ actor Enforcer {
                 case .overflow: await recoverablePass(watcher, because: "inotify lost events")
                 }
             }
+        case .watchEnded(let error):
+            throw AgentError("the watch on the cgroup tree ended: \(error.map { "\($0)" } ?? "inotify closed")")
         case .hangup:
             await reload(watcher)
         case .tick:

@@ -102,7 +102,8 @@ final class Workloads: Sendable {
                 throw .unreachable(.cri, endpoint: endpoint.description, "\(error)")
             }
             state.clients[endpoint] = client
-            Task { try? await client.run() }  // its connections, until shutdown(); a failed run shows in every call
+            // Its connections, until shutdown(); a failed run shows in every call.
+            Task(executorPreference: EventLoopTaskExecutor.runtimes) { try? await client.run() }
             return client
         }
     }
@@ -141,11 +142,13 @@ final class Workloads: Sendable {
 
     /// Every workload the runtimes list, placed and matched against the file.
     func resolve(_ config: AgentConfig) async -> WorkloadResolution {
-        var resolution = WorkloadResolution()
-        let needed = inUse(by: config)
-        if needed.contains(.cri) { await resolveCRI(config, into: &resolution) }
-        if needed.contains(.docker) { await resolveDocker(config, into: &resolution) }
-        return resolution
+        await withTaskExecutorPreference(EventLoopTaskExecutor.runtimes) {
+            var resolution = WorkloadResolution()
+            let needed = inUse(by: config)
+            if needed.contains(.cri) { await resolveCRI(config, into: &resolution) }
+            if needed.contains(.docker) { await resolveDocker(config, into: &resolution) }
+            return resolution
+        }
     }
 
     private func resolveCRI(_ config: AgentConfig, into resolution: inout WorkloadResolution) async {
@@ -237,15 +240,6 @@ final class Workloads: Sendable {
         guard let pod = pods.first(where: { $0.uid == uid }) else { return nil }
         state.withLock { $0.placed[pod.sandboxID] = directory.path }
         return .pod(pod, directory, config.entry(for: pod))
-    }
-
-    /// The pod of a sandbox whose own container's cgroup just appeared in
-    /// `podDirectory`; nil while the runtime does not know it yet.
-    func identifySandbox(id: String, in podDirectory: Cgroup, _ config: AgentConfig) async throws -> Identified? {
-        guard let (pod, cgroup) = try await criClient().pod(sandboxID: id) else { return nil }
-        guard cgroup == nil || cgroup == podDirectory.path else { return nil }  // not this pod's sandbox
-        state.withLock { $0.placed[pod.sandboxID] = podDirectory.path }
-        return .pod(pod, podDirectory, config.entry(for: pod))
     }
 
     /// A container whose cgroup just appeared, through the runtime its name points at.

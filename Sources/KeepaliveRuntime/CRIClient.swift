@@ -55,7 +55,8 @@ public final class CRIClient: Sendable {
         // A runtime restarting comes back in seconds: try again soon, not after minutes.
         config.backoff = .init(initial: .milliseconds(100), max: .seconds(2), multiplier: 1.6, jitter: 0.2)
         let transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: endpoint.path),
-                                                       transportSecurity: .plaintext, config: config)
+                                                       transportSecurity: .plaintext, config: config,
+                                                       eventLoopGroup: EventLoopTaskExecutor.runtimes.loop)
         grpc = GRPCClient(transport: transport)
         runtime = Runtime_V1_RuntimeService.Client(wrapping: grpc)
     }

@@ -20,7 +20,7 @@ struct UnixHTTPClient: Sendable {
 
     func get(_ target: String, timeout: Duration) async throws -> Reply {
         try await withDeadline(timeout) {
-            let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            let connection = try await ClientBootstrap(group: EventLoopTaskExecutor.runtimes.loop)
                 .connectTimeout(.init(timeout))
                 .connect(unixDomainSocketPath: socketPath) { channel in
                     channel.eventLoop.makeCompletedFuture {
