@@ -37,6 +37,9 @@ extension Enforcer {
     static let hurriedEvery = Duration.milliseconds(5)
     static let hurriedFor = Duration.seconds(1)
 
+    /// Where a hurried pod's task is kept in `pending`, beside its own task's.
+    static func hurriedKey(_ pod: FilePath) -> FilePath { FilePath(pod.string + "#hurried") }
+
     func workloadAppeared(_ cgroup: Cgroup, _ watcher: CgroupWatcher) {
         guard !config.runtimesNeeded.isEmpty else { return }
         if Workloads.isParent(cgroup.path) {
@@ -94,7 +97,7 @@ extension Enforcer {
     /// second; meanwhile the pod's own task rests, and starts again if the
     /// second passes. Errors are the pod's own task's to report.
     private func hurry(_ pod: Cgroup) {
-        let key = FilePath(pod.path.string + "#hurried")
+        let key = Self.hurriedKey(pod.path)
         guard pending[pod.path] != nil, pending[key] == nil,
               case .pod(let uid) = CgroupNaming.kind(of: pod.path.lastComponent?.string ?? "") else { return }
         pending.removeValue(forKey: pod.path)?.cancel()
@@ -168,7 +171,7 @@ extension Enforcer {
     }
 
     private func stopPending(_ path: FilePath) {
-        for key in [path, FilePath(path.string + "#hurried")] { pending.removeValue(forKey: key)?.cancel() }
+        for key in [path, Self.hurriedKey(path)] { pending.removeValue(forKey: key)?.cancel() }
     }
 
     func stopWorkloadTasks() {
@@ -184,7 +187,7 @@ extension Enforcer {
             sandboxTiming.known(between: earlier, and: later)
             await handle(.identified(found), watcher)
         case .podNotYetKnown(let pod, let uid):
-            pending[FilePath(pod.path.string + "#hurried")] = nil
+            pending[Self.hurriedKey(pod.path)] = nil
             identifyPod(uid: uid, at: pod)
         case .identified(.pod(let pod, let cgroup, let entry)):
             settled(cgroup.path)

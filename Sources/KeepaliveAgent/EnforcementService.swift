@@ -80,7 +80,7 @@ actor Enforcer {
     /// The state as the last transaction left it, for the next small one.
     var cache: PinnedState.CachedView?
     /// Pod cgroups seen but not yet identified (RunPodSandbox still running), and the tasks asking
-    /// (a hurried pod's under its path + "#hurried").
+    /// (a hurried pod's under hurriedKey).
     var pending: [FilePath: Task<Void, Never>] = [:]
     /// How soon the runtime knew the latest hurried pods.
     var sandboxTiming = SandboxTiming()
