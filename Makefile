@@ -26,7 +26,8 @@ ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 DEBIAN_PACKAGES := clang-14 llvm-14 libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev \
                    gcc make binutils busybox-static iproute2 nftables procps systemd util-linux strace \
                    debootstrap systemd-container podman runc prometheus redis-server redis-tools \
-                   containerd protobuf-compiler libc6-dev dpkg-dev lintian go-md2man golang-go
+                   containerd protobuf-compiler libc6-dev dpkg-dev lintian go-md2man golang-go \
+                   qemu-system-x86 cpio kmod e2fsprogs
 PYTHON_PACKAGES := pytest pyyaml kubernetes-validate grpcio grpcio-tools reuse
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
@@ -38,7 +39,7 @@ PRELOAD_LIBS := $(BUILD)/lib/libkeepalive.so $(BUILD)/lib/libkeepalive_listen.so
                 $(BUILD)/lib/libkeepalive_socket.so
 PRELOAD_SHARED := preload/keepalive_options.c preload/keepalive_options.h bpf/keepalive_policy.h
 
-BPF_OBJECTS   := keepalive keepalive_iter
+BPF_OBJECTS   := keepalive keepalive_iter keepalive_probes
 BPF_SKELETONS := $(BPF_OBJECTS:%=Sources/CLibBPF/generated/%.skel.h)
 BPF_HEADERS   := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h
 BPF_CFLAGS    := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror -I$(BUILD)/bpf -Ibpf \
@@ -47,7 +48,7 @@ SWIFT_SOURCES := $(shell find Sources -path '*/generated' -prune -o \( -name '*.
 
 .SECONDARY:  # keep intermediate objects
 FORCE:
-.PHONY: FORCE all deps preload bpf swift proto previous deb image run bench fuzz test test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration clean
+.PHONY: FORCE all deps preload bpf swift proto previous deb image run bench fuzz test test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration test-kernels kernels clean
 
 all: deps preload swift
 
@@ -372,6 +373,14 @@ TESTS ?= Tests/integration
 test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) \
                   $(PREVIOUS_DEB)
 	$(PYTHON) -m pytest -p no:cacheprovider --durations=8 $(TESTS)
+
+# Debian's kernels (5.10, 6.1, 6.12) under QEMU, each running the kernel
+# suite (Tests/kernels/guest.py); part of test-integration, alone here.
+kernels: $(ROOTFS)/.complete | $(BUILD)/.deps
+	$(PYTHON) Tests/kernels/guest.py
+
+test-kernels: $(BUILD)/bin/keepalive $(PRELOAD_LIBS) $(BUILD)/test/keepalive-next.bpf.o $(ROOTFS)/.complete
+	$(PYTHON) -m pytest -p no:cacheprovider -s Tests/integration/test_kernels.py
 
 clean:
 	rm -rf $(BUILD) .build Sources/CLibBPF/generated Sources/KeepaliveCore/generated

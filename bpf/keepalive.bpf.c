@@ -14,6 +14,10 @@
  * keepalive_reaped runs only when a socket reports an error, never on connect,
  * accept or data: it counts and records the covered connections the kernel
  * ended because the peer stopped answering.
+ *
+ * Each is compiled in three builds (enum ka_build: keepalive_sockops,
+ * keepalive_sockops_bounded, keepalive_sockops_basic, ...); userspace loads
+ * one, the first this kernel can run.
  */
 #include "keepalive_common.bpf.h"
 #include <bpf/bpf_tracing.h>
@@ -83,8 +87,7 @@ static __always_inline void forget_values(void *ctx, struct tcp_sock *tp, const 
 		set_opt(ctx, KA_OPT_USER_TIMEOUT, SOL_TCP, TCP_USER_TIMEOUT, 0);
 }
 
-SEC("sockops")
-int keepalive_sockops(struct bpf_sock_ops *skops)
+static __always_inline int on_sockops(struct bpf_sock_ops *skops, enum ka_build build)
 {
 	struct ka_counters *counters, *rule_counters = NULL;
 	const struct ka_values *values;
@@ -105,12 +108,12 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 1;
-	policy = nearest_policy(tp, &policy_cgroup_id);
+	policy = nearest_policy(tp, &policy_cgroup_id, build);
 	if (!policy)
 		return 1;
 	/* A listener keeps the policy's own values; its connections may match a rule. */
 	values = op == BPF_SOCK_OPS_TCP_LISTEN_CB ? &policy->values :
-		 values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters);
+		 values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters, build);
 	if (rule_counters)
 		rule_counters->configured += 1;
 	if (!values) {  /* keepalive: off */
@@ -127,6 +130,13 @@ int keepalive_sockops(struct bpf_sock_ops *skops)
 		counters->configured += 1;
 	return 1;
 }
+
+SEC("sockops")
+int keepalive_sockops(struct bpf_sock_ops *skops) { return on_sockops(skops, KA_BUILD_FULL); }
+SEC("sockops")
+int keepalive_sockops_bounded(struct bpf_sock_ops *skops) { return on_sockops(skops, KA_BUILD_BOUNDED); }
+SEC("sockops")
+int keepalive_sockops_basic(struct bpf_sock_ops *skops) { return on_sockops(skops, KA_BUILD_BASIC); }
 
 /* Which of the policy's options a program's setsockopt sets, or -1 for none of them. */
 static __always_inline int keepalive_option(int level, int optname)
@@ -164,15 +174,16 @@ static __always_inline int forced_value(const struct ka_values *v, int option)
  * the policy's, and connect gives it its rule's afterwards.
  */
 static __always_inline const struct ka_values *
-forced_values(const struct ka_policy *policy, __u64 policy_cgroup_id, struct bpf_sock *sk)
+forced_values(const struct ka_policy *policy, __u64 policy_cgroup_id, struct bpf_sock *sk, enum ka_build build)
 {
 	const struct ka_rule_set *set;
-	struct ka_peer peer = {};
-	const struct ka_rule *rule;
+	struct ka_counters *counters = NULL;
+	struct ka_peer peer;
+	__u32 rule;
 
-	if (!(policy->flags & KA_POLICY_HAS_RULES) || sk->state == BPF_TCP_CLOSE || sk->state == BPF_TCP_LISTEN)
+	if (sk->state == BPF_TCP_CLOSE || sk->state == BPF_TCP_LISTEN)
 		return &policy->values;
-	set = bpf_map_lookup_elem(&ka_rules, &policy_cgroup_id);
+	set = rules_of(policy, policy_cgroup_id, build);
 	if (!set)
 		return &policy->values;
 	/* Every field read unconditionally, each at its constant offset: read
@@ -180,19 +191,14 @@ forced_values(const struct ka_policy *policy, __u64 policy_cgroup_id, struct bpf
 	 * on a bpf_sock. */
 	__u32 family = sk->family, ip4 = sk->dst_ip4;
 	__u32 v6[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
-	__u32 mapped[4] = { 0, 0, bpf_htonl(0xffff), ip4 };
 
-	__builtin_memcpy(peer.addr, family == AF_INET ? mapped : v6, 16);
+	set_peer_address(&peer, family, ip4, v6);
 	peer.remote_port = bpf_ntohs(sk->dst_port);
 	peer.local_port = sk->src_port;
-	rule = rule_at(set, matching_rule(set, &peer));
-	if (!rule)
-		return &policy->values;
-	return rule->flags & KA_RULE_OFF ? NULL : &rule->values;
+	return values_for_peer(policy, set, &peer, &rule, &counters);
 }
 
-SEC("cgroup/setsockopt")
-int keepalive_setsockopt(struct bpf_sockopt *ctx)
+static __always_inline int on_setsockopt(struct bpf_sockopt *ctx, enum ka_build build)
 {
 	/* Context fields are read once, up front: the verifier refuses loads
 	 * through a ctx pointer the compiler has offset later on. */
@@ -213,10 +219,10 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	/* setsockopt runs in the calling process, so its cgroup is the one to
 	 * walk (bpf_skc_to_tcp_sock, used by sock_ops, is refused here). */
 	task = bpf_get_current_task_btf();
-	policy = nearest_policy_from(task->cgroups->dfl_cgrp, &policy_cgroup_id);
+	policy = nearest_policy_from(task->cgroups->dfl_cgrp, &policy_cgroup_id, build);
 	if (!policy || !(policy->flags & KA_POLICY_PRECEDENCE_POLICY))
 		return 1;
-	values = forced_values(policy, policy_cgroup_id, sk);
+	values = forced_values(policy, policy_cgroup_id, sk, build);
 	if (!values)  /* keepalive: off: the program's own calls stand */
 		return 1;
 	forced = forced_value(values, option);
@@ -233,6 +239,12 @@ int keepalive_setsockopt(struct bpf_sockopt *ctx)
 	return 1;
 }
 
+SEC("cgroup/setsockopt")
+int keepalive_setsockopt(struct bpf_sockopt *ctx) { return on_setsockopt(ctx, KA_BUILD_FULL); }
+SEC("cgroup/setsockopt")
+int keepalive_setsockopt_bounded(struct bpf_sockopt *ctx) { return on_setsockopt(ctx, KA_BUILD_BOUNDED); }
+SEC("cgroup/setsockopt")
+int keepalive_setsockopt_basic(struct bpf_sockopt *ctx) { return on_setsockopt(ctx, KA_BUILD_BASIC); }
 
 /* A keepalive time (jiffies) as the socket uses it: its own, or the namespace's default. */
 static __always_inline __u32 effective_jiffies(__u32 own, int netns_default)
@@ -282,8 +294,7 @@ static __always_inline void record_reaped(struct tcp_sock *tp, __u64 policy_cgro
  * (user timeout) on unacknowledged data. The write queue is purged by then,
  * but write_seq and snd_una still tell whether data was owed.
  */
-SEC("tp_btf/inet_sk_error_report")
-int BPF_PROG(keepalive_reaped, struct sock *sk)
+static __always_inline int on_error_report(struct sock *sk, enum ka_build build)
 {
 	struct ka_counters *counters, *rule_counters;
 	struct ka_policy *policy;
@@ -296,7 +307,7 @@ int BPF_PROG(keepalive_reaped, struct sock *sk)
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp || !tp->segs_in)  /* never established: a connect that timed out */
 		return 0;
-	policy = nearest_policy(tp, &policy_cgroup_id);
+	policy = nearest_policy(tp, &policy_cgroup_id, build);
 	if (!policy)
 		return 0;
 	reason = tp->write_seq != tp->snd_una ? KA_REAPED_USER_TIMEOUT : KA_REAPED_KEEPALIVE;
@@ -305,9 +316,16 @@ int BPF_PROG(keepalive_reaped, struct sock *sk)
 		counters->reaped[reason] += 1;
 	/* The rule is found again from the connection's addresses: the same
 	 * test gives the same rule while the policy's rules stay as they were. */
-	values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters);
+	values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters, build);
 	if (rule_counters)
 		rule_counters->reaped[reason] += 1;
 	record_reaped(tp, policy_cgroup_id, reason, rule < KA_MAX_RULES ? rule + 1 : 0);
 	return 0;
 }
+
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(keepalive_reaped, struct sock *sk) { return on_error_report(sk, KA_BUILD_FULL); }
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(keepalive_reaped_bounded, struct sock *sk) { return on_error_report(sk, KA_BUILD_BOUNDED); }
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(keepalive_reaped_basic, struct sock *sk) { return on_error_report(sk, KA_BUILD_BASIC); }

@@ -10,6 +10,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "keepalive_policy.h"
 
 /* What vmlinux.h cannot carry (preprocessor constants of the UAPI headers);
@@ -97,16 +98,78 @@ static __always_inline void set_opt(void *ctx, __u32 option, int level, int optn
 		count_error(option);
 }
 
-/* The socket's own cgroup (sk_cgrp_data, through BTF). */
+/*
+ * Which build of a program this is: each program is compiled once per build
+ * (a constant argument of its body, so the compiler keeps only that build's
+ * code), and userspace loads the first build this kernel can run
+ * (KernelFeatures.swift):
+ *
+ *   KA_BUILD_FULL     walks with bpf_loop (Linux 5.17): any depth; rules
+ *   KA_BUILD_BOUNDED  walks with a bounded loop of KA_BOUNDED_DEPTH steps; rules
+ *   KA_BUILD_BASIC    the bounded walk, no rules (their matching is two global
+ *                     functions with pointer arguments: Linux 5.12)
+ */
+enum ka_build {
+	KA_BUILD_FULL,
+	KA_BUILD_BOUNDED,
+	KA_BUILD_BASIC,
+};
+
+static __always_inline bool build_has_rules(enum ka_build build)
+{
+	return build != KA_BUILD_BASIC;
+}
+
+/*
+ * Before Linux 5.15, a socket's cgroup was not a member of its own but the
+ * value of sock_cgroup_data (a pointer, or net_prio/net_cls data when those
+ * cgroup v1 controllers are in use: the socket then counts as the root's);
+ * and a cgroup kept its ancestors' ids (ancestor_ids[level], its own last)
+ * until Linux 6.0. The walk reads them with bpf_probe_read_kernel there.
+ * CO-RE decides at load which of the two a kernel has; the other is dead code.
+ */
+struct sock_cgroup_data___legacy {
+	__u64 val;
+} __attribute__((preserve_access_index));
+
+struct cgroup___legacy {
+	int level;
+	__u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
+
+static __always_inline bool socket_cgroup_is_member(struct tcp_sock *tp)
+{
+	return bpf_core_field_exists(tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup);
+}
+
+/* The socket's own cgroup (sk_cgrp_data, through BTF), where it is a member. */
 static __always_inline struct cgroup *socket_cgroup(struct tcp_sock *tp)
 {
 	return tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
 }
 
+/* The socket's cgroup as the legacy value holds it; 0 for the root's. */
+static __always_inline __u64 legacy_socket_cgroup(struct tcp_sock *tp)
+{
+	struct sock_cgroup_data___legacy *data = (void *)&tp->inet_conn.icsk_inet.sk.sk_cgrp_data;
+	__u64 value = BPF_CORE_READ(data, val);
+
+	return value & 3 ? 0 : value;
+}
+
+/* The id of the ancestor at `level` of a legacy cgroup (its own at its level). */
+static __always_inline __u64 legacy_ancestor_id(__u64 cgrp, int level)
+{
+	struct cgroup___legacy *c = (void *)cgrp;
+	__u64 id = 0;
+
+	bpf_probe_read_kernel(&id, sizeof(id), &c->ancestor_ids[level]);
+	return id;
+}
+
 /*
  * A walk from a cgroup up to the root: it stops at the first cgroup that has
- * a policy, or, with `target` set, at the cgroup of that id. It takes at most
- * the cgroup's depth + 1 steps (bpf_loop), so no depth is out of reach.
+ * a policy, or, with `target` set, at the cgroup of that id.
  */
 struct ka_walk {
 	struct cgroup *cgrp;       /* the next cgroup to look at */
@@ -115,37 +178,63 @@ struct ka_walk {
 	struct ka_policy *policy;  /* its policy, for a nearest-policy walk */
 };
 
-static long walk_step(__u64 index, void *ctx)
+/* The walk's test at the cgroup `id`: true to stop there. */
+static __always_inline bool walk_stops_at(struct ka_walk *w, __u64 id)
 {
-	struct ka_walk *w = ctx;
+	if (w->target ? id != w->target : !(w->policy = bpf_map_lookup_elem(&ka_policies_v3, &id)))
+		return false;
+	w->found_id = id;
+	return true;
+}
+
+/* One step up: 1 when the walk is over. */
+static __always_inline long walk_visit(struct ka_walk *w)
+{
 	struct cgroup *cgrp = w->cgrp;
 	struct cgroup_subsys_state *parent;
-	__u64 id;
 
-	if (!cgrp)
+	if (!cgrp || walk_stops_at(w, cgrp->kn->id))
 		return 1;
-	id = cgrp->kn->id;
-	if (w->target) {
-		if (id == w->target) {
-			w->found_id = id;
-			return 1;
-		}
-	} else {
-		w->policy = bpf_map_lookup_elem(&ka_policies_v3, &id);
-		if (w->policy) {
-			w->found_id = id;
-			return 1;
-		}
-	}
 	parent = cgrp->self.parent;
 	w->cgrp = parent ? parent->cgroup : NULL;
 	return 0;
 }
 
-static __always_inline void walk_up(struct ka_walk *w)
+static long walk_step(__u64 index, void *ctx)
 {
-	if (w->cgrp)
+	return walk_visit(ctx);
+}
+
+/*
+ * The walk from w->cgrp: at most its depth + 1 steps with bpf_loop, so no
+ * depth is out of reach; else at most KA_BOUNDED_DEPTH (the callers look at
+ * the socket's own cgroup first: a policy up to KA_BOUNDED_DEPTH levels up).
+ */
+static __always_inline void walk_up(struct ka_walk *w, enum ka_build build)
+{
+	if (!w->cgrp)
+		return;
+	if (build == KA_BUILD_FULL) {
 		bpf_loop(w->cgrp->level + 1, walk_step, w, 0);
+		return;
+	}
+	for (int i = 0; i < KA_BOUNDED_DEPTH; i++)
+		if (walk_visit(w))
+			return;
+}
+
+/* The same walk over a legacy cgroup's ancestor ids, from its own up: its
+ * own and KA_BOUNDED_DEPTH levels up, as the walk above. */
+static __always_inline void walk_up_legacy(struct ka_walk *w, __u64 cgrp)
+{
+	int level;
+
+	if (!cgrp)
+		return;
+	level = BPF_CORE_READ((struct cgroup___legacy *)cgrp, level);
+	for (int i = 0; i <= KA_BOUNDED_DEPTH && i <= level; i++)
+		if (walk_stops_at(w, legacy_ancestor_id(cgrp, level - i)))
+			return;
 }
 
 /*
@@ -153,7 +242,8 @@ static __always_inline void walk_up(struct ka_walk *w)
  * The first step is taken before the loop: most sockets live in the very
  * cgroup that has the policy (a service's own), and need no more.
  */
-static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp, __u64 *policy_cgroup_id)
+static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp, __u64 *policy_cgroup_id,
+							     enum ka_build build)
 {
 	struct ka_walk w = { .cgrp = cgrp };
 
@@ -164,25 +254,48 @@ static __always_inline struct ka_policy *nearest_policy_from(struct cgroup *cgrp
 	if (!w.policy) {
 		w.found_id = 0;
 		w.cgrp = cgrp->self.parent ? cgrp->self.parent->cgroup : NULL;
-		walk_up(&w);
+		walk_up(&w, build);
 	}
 	*policy_cgroup_id = w.found_id;
 	return w.found_id ? w.policy : NULL;
 }
 
 /* Nearest policy for a socket, from its own cgroup (sk_cgrp_data) upwards. */
-static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp, __u64 *policy_cgroup_id)
+static __always_inline struct ka_policy *nearest_policy(struct tcp_sock *tp, __u64 *policy_cgroup_id,
+							enum ka_build build)
 {
-	return nearest_policy_from(socket_cgroup(tp), policy_cgroup_id);
+	struct ka_walk w = {};
+
+	if (socket_cgroup_is_member(tp))
+		return nearest_policy_from(socket_cgroup(tp), policy_cgroup_id, build);
+	walk_up_legacy(&w, legacy_socket_cgroup(tp));
+	*policy_cgroup_id = w.found_id;
+	return w.found_id ? w.policy : NULL;
 }
 
 /* Whether the socket's cgroup is `top` or below it. */
-static __always_inline bool in_subtree(struct tcp_sock *tp, __u64 top)
+static __always_inline bool in_subtree(struct tcp_sock *tp, __u64 top, enum ka_build build)
 {
-	struct ka_walk w = { .cgrp = socket_cgroup(tp), .target = top };
+	struct ka_walk w = { .target = top };
 
-	walk_up(&w);
+	if (socket_cgroup_is_member(tp)) {
+		w.cgrp = socket_cgroup(tp);
+		walk_up(&w, build);
+	} else {
+		walk_up_legacy(&w, legacy_socket_cgroup(tp));
+	}
 	return w.found_id != 0;
+}
+
+/* The id of the socket's own cgroup (the root's, 1, where it counts as the root's). */
+static __always_inline __u64 socket_cgroup_id(struct tcp_sock *tp)
+{
+	__u64 cgrp;
+
+	if (socket_cgroup_is_member(tp))
+		return socket_cgroup(tp)->kn->id;
+	cgrp = legacy_socket_cgroup(tp);
+	return cgrp ? legacy_ancestor_id(cgrp, BPF_CORE_READ((struct cgroup___legacy *)cgrp, level)) : 1;
 }
 
 /* The probe count a socket has now: its own, or its network namespace's default. */
@@ -232,17 +345,21 @@ struct ka_peer {
 	__u16 local_port;
 };
 
+/* The remote address as rules see it: IPv6, IPv4 as v4-mapped. */
+static __always_inline void set_peer_address(struct ka_peer *peer, __u32 family, __u32 v4, const __u32 *v6)
+{
+	__u32 mapped[4] = { 0, 0, bpf_htonl(0xffff), v4 };
+
+	__builtin_memcpy(peer->addr, family == AF_INET ? mapped : v6, 16);
+}
+
 static __always_inline void peer_of(struct ka_peer *peer, struct tcp_sock *tp)
 {
 	struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
+	__u32 v6[4];
 
-	if (skc->skc_family == AF_INET) {
-		__u32 mapped[4] = { 0, 0, bpf_htonl(0xffff), skc->skc_daddr };
-
-		__builtin_memcpy(peer->addr, mapped, 16);
-	} else {
-		__builtin_memcpy(peer->addr, &skc->skc_v6_daddr, 16);
-	}
+	__builtin_memcpy(v6, &skc->skc_v6_daddr, 16);
+	set_peer_address(peer, skc->skc_family, skc->skc_daddr, v6);
 	peer->remote_port = bpf_ntohs(skc->skc_dport);
 	peer->local_port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
 }
@@ -321,27 +438,27 @@ static __always_inline const struct ka_rule *rule_at(const struct ka_rule_set *s
 	return &set->rules[index & (KA_MAX_RULES - 1)];
 }
 
-/* What a connection of a policy's subtree gets: the rule that matches it
- * (its index in *rule, its counters in *counters), or the policy's own values
- * (*rule = KA_MAX_RULES). NULL for a rule that leaves the socket alone. */
-static __always_inline const struct ka_values *
-values_for(const struct ka_policy *policy, __u64 policy_cgroup_id, struct tcp_sock *tp, __u32 *rule,
-	   struct ka_counters **counters)
+/* The rules of a policy that has them, in a build that has rules; else NULL. */
+static __always_inline const struct ka_rule_set *rules_of(const struct ka_policy *policy, __u64 policy_cgroup_id,
+							   enum ka_build build)
 {
-	const struct ka_rule_set *set;
+	if (!build_has_rules(build) || !(policy->flags & KA_POLICY_HAS_RULES))
+		return NULL;
+	return bpf_map_lookup_elem(&ka_rules, &policy_cgroup_id);
+}
+
+/* What a connection to `peer` gets under a policy and its rules: the rule
+ * that matches it (its index in *rule, its counters in *counters), or the
+ * policy's own values (*rule = KA_MAX_RULES). NULL for a rule that leaves
+ * the socket alone. */
+static __always_inline const struct ka_values *
+values_for_peer(const struct ka_policy *policy, const struct ka_rule_set *set, const struct ka_peer *peer,
+		__u32 *rule, struct ka_counters **counters)
+{
 	const struct ka_rule *matched;
-	struct ka_peer peer;
 	__u32 index;
 
-	*rule = KA_MAX_RULES;
-	*counters = NULL;
-	if (!(policy->flags & KA_POLICY_HAS_RULES))
-		return &policy->values;
-	set = bpf_map_lookup_elem(&ka_rules, &policy_cgroup_id);
-	if (!set)
-		return &policy->values;
-	peer_of(&peer, tp);
-	*rule = matching_rule(set, &peer);
+	*rule = matching_rule(set, peer);
 	matched = rule_at(set, *rule);
 	if (!matched) {
 		*rule = KA_MAX_RULES;
@@ -352,6 +469,23 @@ values_for(const struct ka_policy *policy, __u64 policy_cgroup_id, struct tcp_so
 	return matched->flags & KA_RULE_OFF ? NULL : &matched->values;
 }
 
+/* The same for a connection of the policy's subtree (its peer made only
+ * where the policy has rules). */
+static __always_inline const struct ka_values *
+values_for(const struct ka_policy *policy, __u64 policy_cgroup_id, struct tcp_sock *tp, __u32 *rule,
+	   struct ka_counters **counters, enum ka_build build)
+{
+	const struct ka_rule_set *set = rules_of(policy, policy_cgroup_id, build);
+	struct ka_peer peer;
+
+	*rule = KA_MAX_RULES;
+	*counters = NULL;
+	if (!set)
+		return &policy->values;
+	peer_of(&peer, tp);
+	return values_for_peer(policy, set, &peer, rule, counters);
+}
+
 /* Names a socket for a record. The local port comes from inet_sport, not
  * skc_num: tcp_done releases the port (zeroes skc_num) before a dead
  * connection's error is reported. */
@@ -360,7 +494,7 @@ static __always_inline void identify(struct ka_socket_id *id, struct tcp_sock *t
 	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	struct sock_common *skc = &sk->__sk_common;
 
-	id->cgroup_id = socket_cgroup(tp)->kn->id;
+	id->cgroup_id = socket_cgroup_id(tp);
 	id->inode = sk->sk_socket && sk->sk_socket->file ? sk->sk_socket->file->f_inode->i_ino : 0;
 	id->family = skc->skc_family;
 	id->local_port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);

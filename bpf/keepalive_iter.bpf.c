@@ -5,7 +5,8 @@
  * sockets of one cgroup subtree it applies the nearest policy (`attach
  * --existing`) and/or reports the values in force (`inspect`).
  *
- * Needs iter/tcp with bpf_setsockopt/bpf_getsockopt (Linux 5.14 or later).
+ * Needs iter/tcp with bpf_setsockopt/bpf_getsockopt (Linux 5.15). Compiled in
+ * the three builds of keepalive.bpf.c (enum ka_build); userspace loads one.
  */
 #include "keepalive_common.bpf.h"
 
@@ -39,8 +40,7 @@ static __always_inline void read_back(struct ka_socket_record *r, struct tcp_soc
 	r->user_timeout = get_int(sk, SOL_TCP, TCP_USER_TIMEOUT);
 }
 
-SEC("iter/tcp")
-int keepalive_iter(struct bpf_iter__tcp *ctx)
+static __always_inline int on_tcp_socket(struct bpf_iter__tcp *ctx, enum ka_build build)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct ka_socket_record record = {};
@@ -57,9 +57,9 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 	if (!tp)
 		return 0;
 	config = bpf_map_lookup_elem(&ka_iter_config, &zero);
-	if (!config || !in_subtree(tp, config->cgroup_id))
+	if (!config || !in_subtree(tp, config->cgroup_id, build))
 		return 0;
-	policy = nearest_policy(tp, &policy_cgroup_id);
+	policy = nearest_policy(tp, &policy_cgroup_id, build);
 	if (policy) {
 		bool overrides = policy->flags & KA_POLICY_PRECEDENCE_POLICY;
 		struct ka_counters *rule_counters = NULL;
@@ -72,7 +72,7 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 			record.flags |= KA_SOCKET_PRECEDENCE_POLICY;
 		/* A listener keeps the policy's own values, as on listen. */
 		if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state != TCP_LISTEN) {
-			values = values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters);
+			values = values_for(policy, policy_cgroup_id, tp, &rule, &rule_counters, build);
 			record.rule = rule < KA_MAX_RULES ? rule + 1 : 0;
 		}
 		/* Under application precedence a socket whose program turned
@@ -94,3 +94,10 @@ int keepalive_iter(struct bpf_iter__tcp *ctx)
 	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
 	return 0;
 }
+
+SEC("iter/tcp")
+int keepalive_iter(struct bpf_iter__tcp *ctx) { return on_tcp_socket(ctx, KA_BUILD_FULL); }
+SEC("iter/tcp")
+int keepalive_iter_bounded(struct bpf_iter__tcp *ctx) { return on_tcp_socket(ctx, KA_BUILD_BOUNDED); }
+SEC("iter/tcp")
+int keepalive_iter_basic(struct bpf_iter__tcp *ctx) { return on_tcp_socket(ctx, KA_BUILD_BASIC); }

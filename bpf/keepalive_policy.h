@@ -105,6 +105,12 @@ enum ka_bpf_option {
 #define KA_MAX_POLICIES      65536
 /* A policy's cgroup path below the cgroup2 mount, its NUL included. */
 #define KA_CGROUP_PATH_MAX   512
+/*
+ * How far the programs walk up from a socket's cgroup to find its policy on a
+ * kernel without bpf_loop (Linux 5.17): a socket more than this many levels
+ * below its policy's cgroup is not covered there. With bpf_loop: no limit.
+ */
+#define KA_BOUNDED_DEPTH     32
 /* Reaped connections the kernel side keeps, newest overwriting oldest. */
 #define KA_EVENTS_MAX        1024
 

@@ -38,9 +38,10 @@ public final class BPFObject {
         return try SyscallError.check("open BPF object \(name)", opened)
     }
 
-    /// Loads the object (`load` is the skeleton's NAME__load). On failure the
-    /// probes are run: "this kernel lacks X" only when one of them says so.
-    public func load(_ object: OpaquePointer, _ load: () -> Int32, probes: [FeatureProbe]) throws(LoadError) {
+    /// Loads the object (`load` is the skeleton's NAME__load): what the
+    /// kernel lacks was probed before (KernelFeatures), so a refusal here is
+    /// the verifier's (or libbpf's) word, reported as such.
+    public func load(_ object: OpaquePointer, _ load: () -> Int32) throws(LoadError) {
         _ = Libbpf.takeLastWarning()
         let result = load()
         guard result < 0 else { return }
@@ -55,12 +56,12 @@ public final class BPFObject {
             program = bpf_object__next_program(object, current)
         }
         throw LoadError(object: name, program: failed, errno: -result, log: verifierLog,
-                        libbpfMessage: Libbpf.takeLastWarning(), unsupported: probes.first { !$0.holds() }?.feature)
+                        libbpfMessage: Libbpf.takeLastWarning())
     }
 
-    /// A loaded program of the object.
-    public static func program(_ program: OpaquePointer) throws(SyscallError) -> BPFProgram {
-        let name = String(cString: bpf_program__name(program))
+    /// A loaded program of the object, named `name` (its pin's) or as the object names it.
+    public static func program(_ program: OpaquePointer, name: String? = nil) throws(SyscallError) -> BPFProgram {
+        let name = name ?? String(cString: bpf_program__name(program))
         let fd = try SyscallError.check("program \(name) descriptor", bpf_program__fd(program))
         return BPFProgram(try FileDescriptor.duplicate(fd, what: "program \(name)"), name: name)
     }
@@ -83,35 +84,5 @@ public final class BPFObject {
     /// Makes libbpf create this map afresh instead of pinning or reusing one.
     public static func unpinned(_ map: OpaquePointer) throws(SyscallError) {
         try SyscallError.check("unpin map \(name(ofMap: map)) in the object", bpf_map__set_pin_path(map, nil))
-    }
-}
-
-/// A kernel feature an object needs, checked only to explain a load failure.
-public struct FeatureProbe: Sendable {
-    public let feature: String
-    public let holds: @Sendable () -> Bool
-
-    public init(_ feature: String, holds: @escaping @Sendable () -> Bool) {
-        self.feature = feature
-        self.holds = holds
-    }
-
-    public static let btf = FeatureProbe("BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)") {
-        access("/sys/kernel/btf/vmlinux", R_OK) == 0
-    }
-
-    public static func programType(_ type: bpf_prog_type, _ feature: String) -> FeatureProbe {
-        FeatureProbe(feature) { libbpf_probe_bpf_prog_type(type, nil) == 1 }
-    }
-
-    public static func helper(_ helper: bpf_func_id, in type: bpf_prog_type, _ feature: String) -> FeatureProbe {
-        FeatureProbe(feature) { libbpf_probe_bpf_helper(type, helper, nil) == 1 }
-    }
-
-    /// Whether the kernel's BTF has a type of this name (e.g. a tracepoint's btf_trace_ typedef).
-    public static func kernelType(_ name: String, kind: Int32) -> Bool {
-        guard let btf = btf__load_vmlinux_btf() else { return false }
-        defer { btf__free(btf) }
-        return btf__find_by_name_kind(btf, name, UInt32(kind)) >= 0
     }
 }

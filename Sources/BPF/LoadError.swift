@@ -3,24 +3,20 @@ import Glibc
 
 /// A BPF object the kernel did not accept: which object and program, the
 /// errno, the verifier's log, and libbpf's own last word when there is no log
-/// (a pinned map it could not reuse, say). `unsupported` is set only when a
-/// feature probe found the kernel lacking something the object needs.
+/// (a pinned map it could not reuse, say).
 public struct LoadError: Error, CustomStringConvertible, Sendable {
     public let object: String
     public let program: String?
     public let errno: Int32
     public let log: String
     public let libbpfMessage: String?
-    public let unsupported: String?
 
-    public init(object: String, program: String?, errno: Int32, log: String, libbpfMessage: String? = nil,
-                unsupported: String?) {
+    public init(object: String, program: String?, errno: Int32, log: String, libbpfMessage: String? = nil) {
         self.object = object
         self.program = program
         self.errno = errno
         self.log = log
         self.libbpfMessage = libbpfMessage
-        self.unsupported = unsupported
     }
 
     /// The verifier's verdict (its last line that is not statistics), else
@@ -34,7 +30,6 @@ public struct LoadError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         let what = "load BPF object \(object)" + (program.map { ", program \($0)" } ?? "")
-        if let unsupported { return "\(what): this kernel lacks \(unsupported)" }
         return "\(what): \(summary) (errno \(errno))"
     }
 }

@@ -8,6 +8,7 @@
 #include <sys/file.h>     /* flock */
 #include <sys/syscall.h>
 #include <sys/inotify.h>
+#include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>    /* inet_ntop */
 #include <bpf/bpf.h>
@@ -18,11 +19,67 @@
  * maps and programs as named fields, and the object itself, embedded. */
 #include "generated/keepalive.skel.h"
 #include "generated/keepalive_iter.skel.h"
+#include "generated/keepalive_probes.skel.h"
 
 /* setns(2) into a network namespace (glibc declares setns only with _GNU_SOURCE). */
 static inline int ka_setns_net(int fd)
 {
 	return (int)syscall(SYS_setns, fd, 0x40000000 /* CLONE_NEWNET */);
+}
+
+/*
+ * Probes of what the kernel accepts, as libbpf's libbpf_probe_bpf_prog_type
+ * and libbpf_probe_bpf_helper, but for any program type (a tracing program
+ * names its attach point: attach type and BTF id) and telling a probe that
+ * could not run apart from an answer: 1 yes, 0 no, -errno cannot tell
+ * (EPERM, ENOMEM, ...). The program is `r0 = 0; exit`, or a call of the
+ * helper with whatever the registers hold: the verifier names an unknown
+ * helper ("invalid func", "unknown func") before it checks arguments.
+ */
+static inline int ka_probe_load(enum bpf_prog_type type, enum bpf_attach_type attach, __u32 attach_btf_id,
+				int helper, char *log, size_t log_size)
+{
+	struct bpf_insn insns[3] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = attach, .attach_btf_id = attach_btf_id,
+		    .log_buf = log, .log_size = (__u32)log_size, .log_level = 1);
+	int fd;
+
+	if (helper >= 0) {
+		insns[0] = (struct bpf_insn){ .code = BPF_JMP | BPF_CALL, .imm = helper };
+		insns[1] = (struct bpf_insn){ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0 };
+		insns[2] = (struct bpf_insn){ .code = BPF_JMP | BPF_EXIT };
+	}
+	log[0] = 0;
+	fd = bpf_prog_load(type, NULL, "GPL", insns, helper >= 0 ? 3 : 2, &opts);
+	if (fd >= 0) {
+		close(fd);
+		return 1;
+	}
+	return -errno;
+}
+
+static inline int ka_probe_program_type(enum bpf_prog_type type, enum bpf_attach_type attach, __u32 attach_btf_id)
+{
+	char log[4096];
+	int result = ka_probe_load(type, attach, attach_btf_id, -1, log, sizeof(log));
+
+	return result == -EINVAL ? 0 : result;  /* EINVAL before any verifier word: no such type */
+}
+
+static inline int ka_probe_helper(enum bpf_prog_type type, enum bpf_attach_type attach, __u32 attach_btf_id,
+				  enum bpf_func_id helper)
+{
+	char log[4096];
+	int result = ka_probe_load(type, attach, attach_btf_id, (int)helper, log, sizeof(log));
+
+	if (result != -EINVAL && result != -EACCES)
+		return result;
+	if (strstr(log, "invalid func ") || strstr(log, "unknown func "))
+		return 0;
+	return log[0] ? 1 : result;  /* refused for its arguments: the helper is there */
 }
 
 /*

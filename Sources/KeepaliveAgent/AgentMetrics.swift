@@ -43,6 +43,8 @@ final class AgentMetrics: Sendable {
         static var runtimeUp: MetricNameDescriptor { named(nil, "runtime_up", "",
             "1 while the container runtime answers (CRI, or the Docker-compatible API), else 0; asked every 10 s.") }
         static var buildInfo: MetricNameDescriptor { named(nil, "build_info", "", "Always 1; the labels say which keepalive this is.") }
+        static var kernelFeature: MetricNameDescriptor { named(nil, "kernel_feature", "",
+            "1 if this kernel gives the feature, else 0 (probed at start; docs/kernels.md says what each needs).") }
     }
 
     init() {
@@ -54,6 +56,14 @@ final class AgentMetrics: Sendable {
         agentPolicies = registry.makeGauge(descriptor: Family.selectedCgroups)
         policies = registry.makeGauge(descriptor: Family.policies)
         registry.makeGauge(descriptor: Family.buildInfo, labels: [("version", KeepaliveVersion.string)]).set(Int64(1))
+    }
+
+    /// What the kernel gives, once probed.
+    func setKernelFeatures(_ features: KernelFeatures) {
+        for feature in KernelFeatures.Feature.allCases {
+            registry.makeGauge(descriptor: Family.kernelFeature, labels: [("feature", feature.key)])
+                .set(Int64(features.has(feature) ? 1 : 0))
+        }
     }
 
     func recordReload(success: Bool) {

@@ -213,8 +213,8 @@ extension Enforcer {
         }
     }
 
-    private func select(_ choice: Choice) {
-        guard (desired[choice.cgroup.id]?.spec ?? -1) <= choice.spec else { return }  // a later entry has it
+    private func select(_ choice: Choice?) {
+        guard let choice, (desired[choice.cgroup.id]?.spec ?? -1) <= choice.spec else { return }  // a later entry has it
         desired.insertIfLater(choice)
         passOnly([choice.cgroup.id])
     }

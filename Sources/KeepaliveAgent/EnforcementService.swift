@@ -35,12 +35,24 @@ struct EnforcementService: Service {
     private func onItsOwnThread(_ body: (Enforcer) async throws -> Void) async throws {
         let thread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         do {
-            try await body(Enforcer(self, on: thread.next()))
+            // Probed on this thread too: every bpf(2) call of the agent's is made on it.
+            let features = try await thread.next().submit { try state.kernelFeatures() }.get()
+            logFeatures(features)
+            metrics.setKernelFeatures(features)
+            try await body(Enforcer(self, features: features, on: thread.next()))
         } catch {
             try? await thread.shutdownGracefully()  // the error is what matters
             throw error
         }
         try await thread.shutdownGracefully()
+    }
+
+    /// What this kernel gives, said once at start: the build of the programs
+    /// and one line per feature that is off.
+    private func logFeatures(_ features: KernelFeatures) {
+        let off = KernelFeatures.Feature.allCases.compactMap(features.offLine)
+        logger.info("kernel \(KernelRelease.current): the programs' \(features.build.rawValue) build\(off.isEmpty ? "; every feature on" : "")")
+        for line in off { logger.warning("\(line)") }
     }
 }
 
@@ -63,6 +75,8 @@ actor Enforcer {
     let health: Health
     let metrics: AgentMetrics
     let notifier: SystemdNotifier
+    /// What the kernel gives: entries that ask for more are left out, and said so.
+    let features: KernelFeatures
     var claim: AgentClaim
     var workloads: Workloads
     private let agent: Agent
@@ -102,7 +116,7 @@ actor Enforcer {
     /// call): keepalive_runtime_up turns 0 within this and a call's timeout.
     static let probeEveryTicks = 10
 
-    init(_ service: EnforcementService, on thread: any EventLoop) {
+    init(_ service: EnforcementService, features: KernelFeatures, on thread: any EventLoop) {
         configPath = service.configPath
         config = service.config
         state = service.state
@@ -114,6 +128,7 @@ actor Enforcer {
         health = service.health
         metrics = service.metrics
         notifier = service.notifier
+        self.features = features
         reaped = ReapedLog(state: service.state, logger: service.logger)
         unownedExecutor = thread.executor.asUnownedSerialExecutor()
         loop = thread
@@ -213,9 +228,11 @@ actor Enforcer {
         lastFullPass = .now
         let resolution = resolver.resolve(config)
         let found = await workloads.resolve(config)
-        desired = Selection(resolution.matches.values.map { choice($0.cgroup, spec: $0.spec) })
+        desired = Selection(resolution.matches.values.compactMap { choice($0.cgroup, spec: $0.spec) })
         for workload in found.selected.values {
-            desired.insertIfLater(choice(workload.cgroup, spec: workload.spec, policy: workload.policy, origin: workload.origin))
+            if let choice = choice(workload.cgroup, spec: workload.spec, policy: workload.policy, origin: workload.origin) {
+                desired.insertIfLater(choice)
+            }
         }
         report("unreadable", resolution.unreadable.first.map { "\($0): cgroups there are not covered until it can be read" })
         reportRuntimes(found)
@@ -261,7 +278,9 @@ actor Enforcer {
         watchEverything(resolution.watch, watcher)
         workloadAppeared(cgroup, watcher)
         guard !resolution.matches.isEmpty else { return }
-        for match in resolution.matches.values { desired.insertIfLater(choice(match.cgroup, spec: match.spec)) }
+        for match in resolution.matches.values {
+            if let choice = choice(match.cgroup, spec: match.spec) { desired.insertIfLater(choice) }
+        }
         passOnly(resolution.matches.values.map(\.cgroup.id))
     }
 
@@ -304,6 +323,7 @@ actor Enforcer {
         }
         metrics.recordReload(success: true)
         logger.info("reloaded \(configPath): \(config.policies.count) policy entries")
+        for key in reported.keys where key.hasPrefix(Self.unsupportedKey) { report(key, nil) }  // said again if still so
         stopWorkloadTasks()  // what they would find is matched against the old file
         await recoverablePass(watcher, because: "reload")
     }
@@ -347,11 +367,24 @@ actor Enforcer {
 
     // MARK: helpers
 
-    /// What entry `spec` asks for this cgroup (its own values unless a pod chose others).
-    func choice(_ cgroup: Cgroup, spec: Int, policy: Policy? = nil, origin: Origin = .none) -> Choice {
+    /// What entry `spec` asks for this cgroup (its own values unless a pod
+    /// chose others); nil, and said once, when it asks for what the kernel
+    /// lacks: the rest of the file is enforced.
+    func choice(_ cgroup: Cgroup, spec: Int, policy: Policy? = nil, origin: Origin = .none) -> Choice? {
         let entry = config.policies[spec]
-        return Choice(cgroup: cgroup, spec: spec, policy: policy ?? entry.policy, origin: origin, source: entry.source)
+        let policy = policy ?? entry.policy
+        let who = origin.display.map { " for \($0)" } ?? ""
+        let key = Self.unsupportedKey + entry.source + who
+        if let lacking = features.unsupported(by: policy) {
+            report(key, "the policy entry at \(entry.source)\(who) is not enforced: \(lacking)")
+            return nil
+        }
+        report(key, nil)
+        return Choice(cgroup: cgroup, spec: spec, policy: policy, origin: origin, source: entry.source)
     }
+
+    /// Problems of entries the kernel cannot enforce are reported under this prefix.
+    static let unsupportedKey = "unsupported "
 
     private func inTransaction<T: Sendable>(fullCheck: Bool, _ body: (PinnedState.Session) throws -> T) throws -> T {
         guard let result = try state.transaction(create: true, fullCheck: fullCheck, cache: &cache, body) else {
@@ -395,11 +428,14 @@ actor Enforcer {
         if let stateFailure { throw AgentError("cannot write the pinned state at \(state.root): \(stateFailure)") }
     }
 
+    /// (A kernel without the iterator was named at start: nothing to say here.)
     private func coverExistingSockets(_ match: Choice) {
-        guard config.policies[match.spec].existing, !iteratorUnavailable else { return }
+        guard config.policies[match.spec].existing, !iteratorUnavailable, features.has(.existingSockets) else { return }
         let path = match.cgroup.path
         do {
-            if iterator == nil { iterator = try SocketIterator(pinRoot: state.root, cgroups: state.cgroups) }
+            if iterator == nil {
+                iterator = try SocketIterator(pinRoot: state.root, cgroups: state.cgroups, for: .existingSockets)
+            }
             guard let iterator, let result = try iterator.runIfPopulated(match.cgroup) else { return }
             if result.applied > 0 || result.keptOwn > 0 {
                 logger.info("existing sockets on \(path.cgroupDisplay): \(result.applied) updated, \(result.keptOwn) kept their program's own keepalive")

@@ -15,7 +15,7 @@ public enum FailureScope: Sendable, Equatable {
         switch error {
         case let failure as LinkFailure: self = failure.scope
         case let access as CgroupAccessError: self = access.errno == ENOENT ? .vanished : .cgroup
-        case is PolicyError: self = .cgroup
+        case is PolicyError, is KernelLacks: self = .cgroup
         case StateError.full, StateError.rulesFull: self = .cgroup
         default: self = .state
         }

@@ -20,6 +20,8 @@ public struct ProgramIdentity: Equatable, Sendable, CustomStringConvertible {
 
 /// keepalive.bpf.o (bpf/keepalive.bpf.c), opened through its generated
 /// skeleton: the maps and programs are its fields, not names in strings.
+/// Each program is there in three builds (ProgramBuild); the object loads
+/// the one the kernel runs, and only the programs whose feature it has.
 /// KEEPALIVE_BPF_OBJECT names another build of the object to use instead of
 /// the embedded one (development: try a program without rebuilding the binary).
 final class MainObject {
@@ -27,6 +29,7 @@ final class MainObject {
 
     let skeleton: UnsafeMutablePointer<keepalive_bpf>
     let identity: ProgramIdentity
+    let features: KernelFeatures
     let maps: Maps
     let programs: Programs
     private let loader = BPFObject(name: "keepalive")
@@ -40,9 +43,17 @@ final class MainObject {
         var all: [OpaquePointer] { [policies, counters, errors, meta, events, eventsHead, rules, ruleCounters] }
     }
 
-    /// The skeleton's programs, likewise.
+    /// The programs of the kernel's build, each pinned under its role's name
+    /// (the full build's) whichever build it is: a pin names what a program
+    /// does, and the build follows the kernel.
     struct Programs {
         let sockops, setsockopt, reaped: OpaquePointer
+        /// Whether the kernel runs them: the setsockopt hook needs `precedence`, reaped counting its tracepoint.
+        let hasSetsockopt, hasReaped: Bool
+
+        static let sockopsPin = "keepalive_sockops"
+        static let setsockoptPin = "keepalive_setsockopt"
+        static let reapedPin = "keepalive_reaped"
 
         /// The program linked to cgroups for each kind.
         subscript(kind: Attachment) -> OpaquePointer {
@@ -52,10 +63,17 @@ final class MainObject {
             }
         }
 
-        var all: [OpaquePointer] { [sockops, setsockopt, reaped] }
+        static func pin(_ kind: Attachment) -> String {
+            switch kind {
+            case .sockops: sockopsPin
+            case .setsockopt: setsockoptPin
+            }
+        }
+
+        static let pins = [sockopsPin, setsockoptPin, reapedPin]
     }
 
-    init(pinRoot: String?) throws {
+    init(pinRoot: String?, features: KernelFeatures) throws {
         let overridePath = getenv(Self.overrideVariable).map { String(cString: $0) }
         override = try overridePath.map { path throws(SyscallError) in try readFileBytes(FilePath(path)) }
         var embeddedSize = 0
@@ -66,17 +84,24 @@ final class MainObject {
             ka_open_keepalive(opts, overridePath == nil ? nil : bytes.baseAddress, bytes.count)
         }
         let (m, p) = (skeleton.pointee.maps, skeleton.pointee.progs)
+        let chosen: (OpaquePointer?, OpaquePointer?, OpaquePointer?) = switch features.build {
+        case .full: (p.keepalive_sockops, p.keepalive_setsockopt, p.keepalive_reaped)
+        case .bounded: (p.keepalive_sockops_bounded, p.keepalive_setsockopt_bounded, p.keepalive_reaped_bounded)
+        case .basic: (p.keepalive_sockops_basic, p.keepalive_setsockopt_basic, p.keepalive_reaped_basic)
+        }
         guard let policies = m.ka_policies_v3, let counters = m.ka_counters, let errors = m.ka_errors,
               let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
               let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters,
-              let sockops = p.keepalive_sockops, let setsockopt = p.keepalive_setsockopt, let reaped = p.keepalive_reaped
+              let sockops = chosen.0, let setsockopt = chosen.1, let reaped = chosen.2
         else {
             keepalive_bpf__destroy(skeleton)
             throw SyscallError("open BPF object keepalive: its skeleton lacks a map or program", errno: EINVAL)
         }
         maps = Maps(policies: policies, counters: counters, errors: errors, meta: meta, events: events,
                     eventsHead: eventsHead, rules: rules, ruleCounters: ruleCounters)
-        programs = Programs(sockops: sockops, setsockopt: setsockopt, reaped: reaped)
+        programs = Programs(sockops: sockops, setsockopt: setsockopt, reaped: reaped,
+                            hasSetsockopt: features.has(.precedence), hasReaped: features.has(.reapedCounting))
+        self.features = features
         identity = ProgramIdentity(version: skeleton.pointee.rodata.pointee.ka_program_version,
                                    hash: ProgramIdentity.hash(bytes))
     }
@@ -92,35 +117,63 @@ final class MainObject {
         return path
     }
 
-    /// Whether this kernel has the tracepoint the reaped-connection counter hooks.
-    static var kernelReportsSocketErrors: Bool {
-        FeatureProbe.kernelType("btf_trace_inet_sk_error_report", kind: Int32(BTF_KIND_TYPEDEF))
-    }
-
-    func load(countingReaped: Bool) throws(LoadError) {
-        bpf_program__set_autoload(programs.reaped, countingReaped)
+    /// Loads the programs this kernel runs, and no other.
+    func load() throws {
+        let wanted = [programs.sockops] + (programs.hasSetsockopt ? [programs.setsockopt] : [])
+            + (programs.hasReaped ? [programs.reaped] : [])
+        var program = bpf_object__next_program(skeleton.pointee.obj, nil)
+        while let current = program {
+            bpf_program__set_autoload(current, wanted.contains(current))
+            program = bpf_object__next_program(skeleton.pointee.obj, current)
+        }
         skeleton.pointee.rodata.pointee.ka_hz = KernelClock.ticksPerSecond
-        try loader.load(skeleton.pointee.obj, { keepalive_bpf__load(skeleton) }, probes: [
-            .btf,
-            .programType(BPF_PROG_TYPE_SOCK_OPS, "sock_ops programs (Linux 4.13)"),
-            .programType(BPF_PROG_TYPE_CGROUP_SOCKOPT, "cgroup sockopt programs (Linux 5.3)"),
-            .helper(BPF_FUNC_skc_to_tcp_sock, in: BPF_PROG_TYPE_SOCK_OPS, "bpf_skc_to_tcp_sock (Linux 5.9)"),
-            .helper(BPF_FUNC_loop, in: BPF_PROG_TYPE_SOCK_OPS, "bpf_loop (Linux 5.17)"),
-            .helper(BPF_FUNC_get_current_task_btf, in: BPF_PROG_TYPE_CGROUP_SOCKOPT,
-                    "bpf_get_current_task_btf in sockopt programs (Linux 5.11)"),
-        ])
+        let result = Result { () throws(LoadError) in try loader.load(skeleton.pointee.obj) { keepalive_bpf__load(skeleton) } }
+        if case .failure(let error) = result, error.errno == EPERM { throw MemlockLimited.explaining(error) }
+        try result.get()
     }
 }
 
-/// keepalive_iter.bpf.o: the TCP iterator behind `--existing` and `inspect`.
+/// A load refused with EPERM while RLIMIT_MEMLOCK is finite: kernels before
+/// 5.11 charge BPF maps to it, and libbpf raises it only with
+/// CAP_SYS_RESOURCE (seen on Debian's 5.10 with four CPUs and systemd's 8 MB).
+struct MemlockLimited: Error, CustomStringConvertible {
+    let load: LoadError
+    let limitKB: UInt64
+
+    static func explaining(_ error: LoadError) -> any Error {
+        var limit = rlimit()
+        guard getrlimit(Int32(__RLIMIT_MEMLOCK.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return error }  // RLIM_INFINITY
+        return MemlockLimited(load: error, limitKB: UInt64(limit.rlim_cur) / 1024)
+    }
+
+    var description: String {
+        "\(load); RLIMIT_MEMLOCK is \(limitKB) kB, and kernels before 5.11 charge BPF maps to it: raise it "
+            + "(LimitMEMLOCK=infinity in a unit, ulimit -l unlimited) or give CAP_SYS_RESOURCE"
+    }
+}
+
+/// keepalive_iter.bpf.o: the TCP iterator behind `--existing` and `inspect`,
+/// in the kernel's build.
 final class IteratorObject {
     let skeleton: UnsafeMutablePointer<keepalive_iter_bpf>
+    let program: OpaquePointer
     private let loader = BPFObject(name: "keepalive_iter")
 
     /// With `pinRoot`, the iterator shares the state's pinned maps (libbpf
     /// reuses them by name); without, it gets empty ones of its own.
-    init(pinRoot: String?) throws {
+    init(pinRoot: String?, build: ProgramBuild) throws {
         skeleton = try loader.open(pinRoot: pinRoot) { keepalive_iter_bpf__open_opts($0) }
+        let p = skeleton.pointee.progs
+        let chosen = switch build {
+        case .full: p.keepalive_iter
+        case .bounded: p.keepalive_iter_bounded
+        case .basic: p.keepalive_iter_basic
+        }
+        guard let chosen else {
+            keepalive_iter_bpf__destroy(skeleton)
+            throw SyscallError("open BPF object keepalive_iter: its skeleton lacks a program", errno: EINVAL)
+        }
+        program = chosen
         if pinRoot == nil {
             let maps = skeleton.pointee.maps
             for map in [maps.ka_policies_v3, maps.ka_counters, maps.ka_errors, maps.ka_rules,
@@ -133,11 +186,31 @@ final class IteratorObject {
     deinit { keepalive_iter_bpf__destroy(skeleton) }
 
     func load() throws(LoadError) {
-        try loader.load(skeleton.pointee.obj, { keepalive_iter_bpf__load(skeleton) }, probes: [
-            .btf,
-            .programType(BPF_PROG_TYPE_TRACING, "BPF tracing programs (Linux 5.5)"),
-            .helper(BPF_FUNC_setsockopt, in: BPF_PROG_TYPE_TRACING, "bpf_setsockopt in TCP iterators (Linux 5.14)"),
-            .helper(BPF_FUNC_loop, in: BPF_PROG_TYPE_TRACING, "bpf_loop (Linux 5.17)"),
-        ])
+        var current = bpf_object__next_program(skeleton.pointee.obj, nil)
+        while let each = current {
+            bpf_program__set_autoload(each, each == program)
+            current = bpf_object__next_program(skeleton.pointee.obj, each)
+        }
+        try loader.load(skeleton.pointee.obj) { keepalive_iter_bpf__load(skeleton) }
+    }
+}
+
+/// keepalive_probes.bpf.o: programs that only ask the kernel what it accepts
+/// where a raw probe cannot (KernelFeatures).
+enum ProbeObject {
+    /// Whether the kernel verifies global functions with pointer arguments
+    /// (rules' matching is two). Refused, the verifier says "Arg#0 type PTR
+    /// in ...() is not supported yet"; any other refusal is no answer.
+    static func globalFunctionPointerArguments() throws -> Bool {
+        let loader = BPFObject(name: "keepalive_probes")
+        let skeleton = try loader.open(pinRoot: nil) { keepalive_probes_bpf__open_opts($0) }
+        defer { keepalive_probes_bpf__destroy(skeleton) }
+        do {
+            try loader.load(skeleton.pointee.obj) { keepalive_probes_bpf__load(skeleton) }
+            return true
+        } catch {
+            if error.errno == EINVAL, error.log.contains("Arg#0 type PTR in ") { return false }
+            throw error
+        }
     }
 }

@@ -22,12 +22,13 @@ public struct PolicyCounters: Equatable, Sendable {
     public var reaped: UInt64 { reapedKeepalive + reapedUserTimeout }
 }
 
-/// The programs linked to cgroups, by kind, with their kernel ids.
+/// The programs linked to cgroups, by kind, with their kernel ids; nil for a
+/// kind the kernel cannot run (setsockopt without `precedence`).
 struct LinkedPrograms: Sendable {
     let sockops: (program: BPFProgram, id: UInt32)
-    let setsockopt: (program: BPFProgram, id: UInt32)
+    let setsockopt: (program: BPFProgram, id: UInt32)?
 
-    subscript(kind: Attachment) -> (program: BPFProgram, id: UInt32) {
+    subscript(kind: Attachment) -> (program: BPFProgram, id: UInt32)? {
         switch kind {
         case .sockops: sockops
         case .setsockopt: setsockopt
@@ -41,6 +42,7 @@ struct LinkedPrograms: Sendable {
 final class PinnedKernel: StateKernel, Sendable {
     unowned let state: PinnedState
     let identity: ProgramIdentity
+    let features: KernelFeatures
     let policies: BPFMap<UInt64, ka_policy>
     let counters: BPFPerCPUMap<UInt32, ka_counters>
     let rules: BPFMap<UInt64, ka_rule_set>
@@ -51,46 +53,43 @@ final class PinnedKernel: StateKernel, Sendable {
     let eventsHead: BPFMap<UInt32, UInt64>
     let programs: LinkedPrograms
     let reapedProgram: BPFProgram?
-    /// Its name (its pin's), whether or not the kernel can run it.
-    let reapedProgramName: String
     /// Programs of ours that links may still run: an upgrade in progress.
     let staleProgramIDs: Set<UInt32>
     private let rootInode: ino_t
 
     var countingReaped: Bool { reapedProgram != nil }
     var allPrograms: [BPFProgram] {
-        [programs.sockops.program, programs.setsockopt.program] + [reapedProgram].compactMap { $0 }
+        [programs.sockops.program] + [programs.setsockopt?.program, reapedProgram].compactMap { $0 }
     }
 
     /// The state as pinned, when it holds this binary's programs. A pin that
     /// is missing throws its ENOENT (an install repairs that); any other error too.
     convenience init(pinned object: MainObject, state: PinnedState) throws {
-        let reaped = BPFObject.name(ofProgram: object.programs.reaped)
-        let reapedProgram = try BPFFS.openIfPresent(pinned: state.root + "/" + reaped, as: .program)
-            .map { BPFProgram($0, name: reaped) }
-        try self.init(object, state: state, pinned: true, staleProgramIDs: [], reapedProgram: reapedProgram)
+        try self.init(object, state: state, pinned: true, staleProgramIDs: [])
     }
 
     /// The state as `object` just loaded it (its maps pinned or reused by libbpf).
-    convenience init(loaded object: MainObject, state: PinnedState, staleProgramIDs: Set<UInt32>, countingReaped: Bool) throws {
-        try self.init(object, state: state, pinned: false, staleProgramIDs: staleProgramIDs,
-                      reapedProgram: countingReaped ? try BPFObject.program(object.programs.reaped) : nil)
+    convenience init(loaded object: MainObject, state: PinnedState, staleProgramIDs: Set<UInt32>) throws {
+        try self.init(object, state: state, pinned: false, staleProgramIDs: staleProgramIDs)
     }
 
-    private init(_ object: MainObject, state: PinnedState, pinned: Bool, staleProgramIDs: Set<UInt32>,
-                 reapedProgram: BPFProgram?) throws {
+    /// Each program the kernel runs, from its pin or from the object, under its pin's name.
+    private init(_ object: MainObject, state: PinnedState, pinned: Bool, staleProgramIDs: Set<UInt32>) throws {
         func map<M>(_ map: OpaquePointer, _ make: (FileDescriptor, String, bpf_map_type) throws -> M) throws -> M {
             let fd = pinned ? try BPFFS.open(pinned: try object.pinPath(map), as: .map) : try BPFObject.mapDescriptor(map)
             return try make(fd, BPFObject.name(ofMap: map), bpf_map__type(map))
         }
-        func program(_ kind: Attachment) throws -> (program: BPFProgram, id: UInt32) {
-            let name = BPFObject.name(ofProgram: object.programs[kind])
-            let program = pinned ? try BPFProgram.pinned(at: state.root + "/" + name, name: name)
-                : try BPFObject.program(object.programs[kind])
+        func program(_ loaded: OpaquePointer, pin name: String) throws -> BPFProgram {
+            pinned ? try BPFProgram.pinned(at: state.root + "/" + name, name: name)
+                : try BPFObject.program(loaded, name: name)
+        }
+        func linked(_ kind: Attachment) throws -> (program: BPFProgram, id: UInt32) {
+            let program = try program(object.programs[kind], pin: MainObject.Programs.pin(kind))
             return (program, try program.id())
         }
         self.state = state
         identity = object.identity
+        features = object.features
         let maps = object.maps
         policies = try map(maps.policies) { try BPFMap($0, name: $1, type: $2) }
         counters = try map(maps.counters) { try BPFPerCPUMap($0, name: $1, type: $2) }
@@ -100,9 +99,10 @@ final class PinnedKernel: StateKernel, Sendable {
         meta = try map(maps.meta) { try BPFMap($0, name: $1, type: $2) }
         events = try map(maps.events) { try BPFMap($0, name: $1, type: $2) }
         eventsHead = try map(maps.eventsHead) { try BPFMap($0, name: $1, type: $2) }
-        programs = LinkedPrograms(sockops: try program(.sockops), setsockopt: try program(.setsockopt))
-        self.reapedProgram = reapedProgram
-        reapedProgramName = BPFObject.name(ofProgram: object.programs.reaped)
+        programs = LinkedPrograms(sockops: try linked(.sockops),
+                                  setsockopt: object.programs.hasSetsockopt ? try linked(.setsockopt) : nil)
+        reapedProgram = object.programs.hasReaped
+            ? try program(object.programs.reaped, pin: MainObject.Programs.reapedPin) : nil
         self.staleProgramIDs = staleProgramIDs
         guard let st = FilePath(state.root).status() else { throw SyscallError("inspect \(state.root)", errno: errno) }
         rootInode = st.st_ino
@@ -267,7 +267,7 @@ final class PinnedKernel: StateKernel, Sendable {
         guard info.type == BPF_LINK_TYPE_CGROUP, info.attachType == kind.attachType else {
             return .foreign("not a \(kind) cgroup link")
         }
-        let current = info.programID == programs[kind].id
+        let current = info.programID == programs[kind]?.id
         guard current || staleProgramIDs.contains(info.programID) else {
             return .foreign("runs program \(info.programID), not keepalive's")
         }
@@ -277,6 +277,7 @@ final class PinnedKernel: StateKernel, Sendable {
     }
 
     func createLink(_ kind: Attachment, at cgroup: Cgroup) throws {
+        let program = try runs(kind)
         let directory = state.cgroups.absolute(cgroup.path)
         let fd: FileDescriptor
         do {
@@ -290,7 +291,7 @@ final class PinnedKernel: StateKernel, Sendable {
         guard UInt64(st.st_ino) == cgroup.id else { throw CgroupAccessError(path: cgroup.display, errno: ENOENT) }
         let link: BPFLink
         do {
-            link = try programs[kind].program.attach(cgroup: fd, type: kind.attachType, cgroupPath: directory.displayString)
+            link = try program.attach(cgroup: fd, type: kind.attachType, cgroupPath: directory.displayString)
         } catch {
             // Removed between the open and the attach: the kernel refuses a
             // cgroup that is no longer online. Gone on proof, so no failure.
@@ -305,7 +306,16 @@ final class PinnedKernel: StateKernel, Sendable {
     }
 
     func updateLink(_ kind: Attachment, pin: String) throws {
-        try BPFLink.pinned(at: state.linksDirectory(kind) + "/" + pin).update(to: programs[kind].program)
+        try BPFLink.pinned(at: state.linksDirectory(kind) + "/" + pin).update(to: try runs(kind))
+    }
+
+    /// The program linked for `kind`; a kind this kernel cannot run is refused
+    /// (the Transaction refuses the policies that would want it first).
+    private func runs(_ kind: Attachment) throws -> BPFProgram {
+        guard let program = programs[kind]?.program else {
+            throw KernelLacks(feature: .precedence, requirement: features.lacking(.precedence) ?? .currentTaskInSockopt)
+        }
+        return program
     }
 
     /// Makes sure the reaped-connection tracepoint has its link (after an

@@ -80,7 +80,7 @@ extension PinnedState {
     /// binary's, else by loading the object (libbpf reuses or pins the maps)
     /// and installing its programs in place.
     private func openKernel() throws -> PinnedKernel {
-        let object = try MainObject(pinRoot: root)
+        let object = try MainObject(pinRoot: root, features: try kernelFeatures())
         let meta = try pinnedMeta(object)
         if let meta, meta.layout > KA_STATE_LAYOUT {
             throw StateError.newerLayout(path: root, found: meta.layout, known: UInt32(KA_STATE_LAYOUT))
@@ -120,13 +120,9 @@ extension PinnedState {
     /// being killed: until the identity is written last, the next opening
     /// runs this again, knowing every program a link may still run.
     private func install(_ object: MainObject, meta: ka_meta?, older: OlderLayouts) throws -> PinnedKernel {
-        let countingReaped = MainObject.kernelReportsSocketErrors
-        if !countingReaped {
-            logger.warning("reaped-connection counting is off: this kernel has no tracepoint inet_sk_error_report (Linux 5.13 or later with BTF)")
-        }
         let known = try pinnedProgramIDs(object).union(try older.programIDs())
-        try object.load(countingReaped: countingReaped)
-        let kernel = try PinnedKernel(loaded: object, state: self, staleProgramIDs: known, countingReaped: countingReaped)
+        try object.load()
+        let kernel = try PinnedKernel(loaded: object, state: self, staleProgramIDs: known)
         try older.migrate(into: kernel, from: meta?.layout ?? 0, cgroups: cgroups)
         // 1. The new programs pinned under names of their own: no program a
         //    link may run is ever unpinned before the link runs another.
@@ -176,10 +172,10 @@ extension PinnedState {
         try directoryNames(root).filter { $0.contains(Self.stagedMark) }
     }
 
-    /// Ids of every program pinned under one of the object's program names
-    /// (in place or staged): links may run any of them.
+    /// Ids of every program pinned under one of the programs' pin names (in
+    /// place or staged): links may run any of them.
     func pinnedProgramIDs(_ object: MainObject) throws -> Set<UInt32> {
-        let names = object.programs.all.map(BPFObject.name(ofProgram:))
+        let names = MainObject.Programs.pins
         var ids: Set<UInt32> = []
         for pin in try directoryNames(root) where names.contains(where: { pin == $0 || pin.hasPrefix($0 + Self.stagedMark) }) {
             ids.insert(try BPFProgram.pinned(at: root + "/" + pin, name: pin).id())
@@ -193,9 +189,7 @@ extension PinnedState {
         let maps = [kernel.policies.handle, kernel.counters.handle, kernel.errors.handle, kernel.meta.handle,
                     kernel.events.handle, kernel.eventsHead.handle, kernel.rules.handle,
                     kernel.ruleCounters.handle].map(\.name)
-        let programs = [kernel.programs.sockops.program.name, kernel.programs.setsockopt.program.name,
-                        kernel.reapedProgramName]
-        let known = Set(maps + programs + Attachment.allCases.map(\.linksDirectory) + OlderLayouts.pins
+        let known = Set(maps + MainObject.Programs.pins + Attachment.allCases.map(\.linksDirectory) + OlderLayouts.pins
                         + [Self.agentLock, Self.reapedLinkName])
         return try directoryNames(root).filter { !known.contains($0) && !$0.contains(Self.stagedMark) }.sorted()
     }

@@ -18,7 +18,7 @@ extension PinnedState {
             let rootFD = try FileDescriptor.open(root, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
             guard flock(rootFD.raw, LOCK_EX) == 0 else { throw SyscallError("lock \(root)", errno: errno) }
             defer { flock(rootFD.raw, LOCK_UN) }
-            let object = try MainObject(pinRoot: root)
+            let object = try MainObject(pinRoot: root, features: try KernelFeatures.probe())
             let older = OlderLayouts(root: root)
             let ours = try pinnedProgramIDs(object).union(try older.programIDs())
             var kept: [String] = []

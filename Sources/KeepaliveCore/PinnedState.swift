@@ -58,6 +58,13 @@ public final class PinnedState: Sendable {
         self.logger = logger
     }
 
+    /// The running kernel's features; privileged work needs their base.
+    public func kernelFeatures() throws -> KernelFeatures {
+        let features = try KernelFeatures.probe()
+        try features.requireBase()
+        return features
+    }
+
     static let reapedLinkName = "link-reaped"
     var reapedLinkPath: String { root + "/" + Self.reapedLinkName }
     var agentLockPath: String { root + "/" + Self.agentLock }
@@ -78,6 +85,8 @@ public final class PinnedState: Sendable {
         public let report: Transaction.Report
         public let programs: ProgramIdentity
         public let countingReaped: Bool
+        /// What the kernel the programs run on gives.
+        public let features: KernelFeatures
         let kernel: PinnedKernel
 
         init(_ transaction: Transaction, report: Transaction.Report = Transaction.Report(), kernel: PinnedKernel) {
@@ -85,6 +94,7 @@ public final class PinnedState: Sendable {
             self.report = report
             programs = kernel.identity
             countingReaped = kernel.countingReaped
+            features = kernel.features
             self.kernel = kernel
         }
 
@@ -223,7 +233,7 @@ public final class PinnedState: Sendable {
         if let kernel = opened.withLock({ $0?.kernel }), kernel.pinning() == .intact { return kernel }
         guard try BPFFS.isPresent(root) else { return nil }
         do {
-            return try PinnedKernel(pinned: try MainObject(pinRoot: root), state: self)
+            return try PinnedKernel(pinned: try MainObject(pinRoot: root, features: try kernelFeatures()), state: self)
         } catch let error as SyscallError where error.errno == ENOENT {
             throw StateError.incomplete(path: root, "\(error)")
         }

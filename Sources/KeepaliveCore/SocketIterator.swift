@@ -13,12 +13,16 @@ public final class SocketIterator {
     private let config: BPFMap<UInt32, ka_iter_config>
     private let cgroups: CgroupFS
 
-    /// Loads the iterator; with `pinRoot` (a state exists) it shares the state's maps.
-    public init(pinRoot: String?, cgroups: CgroupFS) throws {
-        object = try IteratorObject(pinRoot: pinRoot)
+    /// Loads the iterator in the kernel's build; with `pinRoot` (a state
+    /// exists) it shares the state's maps. A kernel without it (the features
+    /// `existing sockets` and `inspect`) is refused by name.
+    public init(pinRoot: String?, cgroups: CgroupFS, for feature: KernelFeatures.Feature) throws {
+        let features = try KernelFeatures.probe()
+        try features.require(feature)
+        object = try IteratorObject(pinRoot: pinRoot, build: features.build)
         try object.load()
         let skeleton = object.skeleton.pointee
-        program = try BPFObject.program(skeleton.progs.keepalive_iter)
+        program = try BPFObject.program(object.program, name: "keepalive_iter")
         let map = skeleton.maps.ka_iter_config!
         config = try BPFMap(try BPFObject.mapDescriptor(map), name: BPFObject.name(ofMap: map), type: bpf_map__type(map))
         self.cgroups = cgroups

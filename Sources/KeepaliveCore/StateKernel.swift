@@ -18,6 +18,8 @@ public enum LinkState: Equatable, Sendable {
 /// The kernel operations a Transaction needs: the policy map, the links and
 /// the cgroups. PinnedState is the real one; `swift test` uses an in-memory one.
 public protocol StateKernel: AnyObject {
+    /// What the kernel the programs run on gives: a policy that needs more is refused.
+    var features: KernelFeatures { get }
     /// The policies, each with its rules.
     func readPolicies() throws -> [UInt64: PolicyRecord]
     /// The ids under which rules are kept (with or without their policy).

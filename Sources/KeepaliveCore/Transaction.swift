@@ -145,6 +145,7 @@ public final class Transaction {
     /// one updated in place. On failure what was in force is restored.
     @discardableResult
     public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli, origin: Origin = .none) throws -> Change {
+        if let lacking = kernel.features.unsupported(by: policy) { throw lacking }  // before anything changes
         let previous = records[cgroup.id]
         let keepsRuleSlot = !(previous?.policy.rules.isEmpty ?? true)
         let ruleSlot = policy.rules.isEmpty ? 0 : keepsRuleSlot ? previous!.ruleSlot : try freeRuleSlot()

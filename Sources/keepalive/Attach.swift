@@ -26,15 +26,20 @@ struct Attach: AsyncParsableCommand, StateCommand {
     func run() async throws {
         let policy = values.policy
         let cgroups = try options.cgroups()
-        let (cgroup, origin) = try await target.resolve(cgroups)  // before anything is made
         let state = options.state(cgroups)
+        // What this kernel cannot do is said before anything is resolved or made.
+        let features = try state.kernelFeatures()
+        if let lacking = features.unsupported(by: policy) { throw lacking }
+        if existing { try features.require(.existingSockets) }
+        let (cgroup, origin) = try await target.resolve(cgroups)
         guard let change = try state.transaction(create: true, { session in
             report(session.report)
             return try session.transaction.apply(policy, to: cgroup, origin: origin)
         }) else { throw CommandError("no pinned state at \(state.root)") }  // create: true makes one
         print("\(change.rawValue) policy on \(origin.display.map { "\($0) (\(cgroup.display))" } ?? cgroup.display): \(policy.summary)")
         if existing {
-            let result = try SocketIterator(pinRoot: state.root, cgroups: cgroups).run(cgroup, applying: true, owners: false)
+            let result = try SocketIterator(pinRoot: state.root, cgroups: cgroups, for: .existingSockets)
+                .run(cgroup, applying: true, owners: false)
             for failure in result.unreachable { printError("keepalive: warning: \(failure)") }
             print("updated \(result.applied) existing sockets in \(result.namespaces) network namespaces"
                   + (result.keptOwn > 0 ? "; \(result.keptOwn) kept the keepalive their program set" : ""))

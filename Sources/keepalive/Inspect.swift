@@ -20,11 +20,12 @@ struct Inspect: AsyncParsableCommand, JSONOutputCommand, StateCommand {
 
     func run() async throws {
         let cgroups = try options.cgroups()
-        let cgroup = try await target.resolve(cgroups).cgroup
         let state = options.state(cgroups)
+        try state.kernelFeatures().require(.inspect)
+        let cgroup = try await target.resolve(cgroups).cgroup
         // The iterator shares the state's maps when there is one; it needs no lock to read.
         let policies = try state.transaction(create: false) { $0.transaction.records }
-        let result = try SocketIterator(pinRoot: policies == nil ? nil : state.root, cgroups: cgroups)
+        let result = try SocketIterator(pinRoot: policies == nil ? nil : state.root, cgroups: cgroups, for: .inspect)
             .run(cgroup, applying: false)
         for failure in result.unreachable { printError("keepalive: warning: \(failure)") }
         let rows = result.sockets.map { socket in

@@ -75,6 +75,7 @@ struct Run: ParsableCommand, StateCommand {
         let policy = values.policy
         let cgroups = try options.cgroups()
         let state = options.state(cgroups)
+        if let lacking = try state.kernelFeatures().unsupported(by: policy) { throw lacking }  // before the cgroup is made
         let run = try RunCgroup.enter(cgroups, description: "keepalive run: \(command.joined(separator: " "))")
         let child: pid_t
         do {

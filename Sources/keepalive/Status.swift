@@ -16,14 +16,50 @@ struct Status: ParsableCommand, JSONOutputCommand, StateCommand {
     func run() throws {
         let cgroups = try options.cgroups()
         let state = options.state(cgroups)
-        let output = try state.transaction(create: false) { try StatusOutput(state.root, $0) } ?? StatusOutput(state.root)
+        let kernel = KernelReport(try state.kernelFeatures())
+        let output = try state.transaction(create: false) { try StatusOutput(state.root, kernel, $0) }
+            ?? StatusOutput(state.root, kernel)
         if json { try printJSON(output) } else { output.printText() }
     }
+}
+
+/// What this kernel gives: the build of the programs it runs, and each
+/// feature on or off (one line each in the text, an object in JSON).
+struct KernelReport: Encodable, Sendable {
+    let release: String
+    let build: String
+    let features: [String: Feature]
+    /// One line per feature that is off, in the features' order.
+    let offLines: [String]
+
+    struct Feature: Encodable, Sendable {
+        let on: Bool
+        let lacking: String?
+        let since: String?
+    }
+
+    init(_ features: KernelFeatures) {
+        release = KernelRelease.current
+        build = features.build.rawValue
+        self.features = Dictionary(uniqueKeysWithValues: KernelFeatures.Feature.allCases.map { feature in
+            let lacking = features.lacking(feature)
+            return (feature.key, Feature(on: lacking == nil, lacking: lacking?.what, since: lacking?.since))
+        })
+        offLines = KernelFeatures.Feature.allCases.compactMap(features.offLine)
+    }
+
+    func printText() {
+        print("kernel \(release): the programs' \(build) build" + (offLines.isEmpty ? "; every feature on" : ""))
+        for line in offLines { print(line) }
+    }
+
+    enum CodingKeys: String, CodingKey { case release, build, features }
 }
 
 /// `status`: one model for both printers.
 struct StatusOutput: Encodable, Sendable {
     let pinPath: String
+    let kernel: KernelReport
     let programs: Programs?
     let policies: [Row]
     let repaired: [String]
@@ -39,14 +75,16 @@ struct StatusOutput: Encodable, Sendable {
         let countingReaped: Bool
     }
 
-    init(_ pinPath: String) {
+    init(_ pinPath: String, _ kernel: KernelReport) {
         self.pinPath = pinPath
+        self.kernel = kernel
         programs = nil
         (policies, repaired, dropped, keptUnknown, failed) = ([], [], [], [], [])
     }
 
-    init(_ pinPath: String, _ session: PinnedState.Session) throws {
+    init(_ pinPath: String, _ kernel: KernelReport, _ session: PinnedState.Session) throws {
         self.pinPath = pinPath
+        self.kernel = kernel
         programs = Programs(version: session.programs.version, hash: String(session.programs.hash, radix: 16),
                             countingReaped: session.countingReaped)
         var rows: [Row] = []
@@ -127,11 +165,12 @@ struct StatusOutput: Encodable, Sendable {
     }
 
     func printText() {
+        kernel.printText()
         guard let programs else {
             print("no policies")
             return
         }
-        print("programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath); reaped-connection counting \(programs.countingReaped ? "on" : "off (the kernel lacks the tracepoint)")")
+        print("programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath)")
         if policies.isEmpty { print("no policies") } else { printTable(policies) }
         for line in ruleLines { print(line) }
         for line in repaired { print("repaired: \(line)") }
@@ -141,7 +180,7 @@ struct StatusOutput: Encodable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case pinPath = "pin_path", programs, policies, repaired, dropped, keptUnknown = "kept_unknown", failed
+        case pinPath = "pin_path", kernel, programs, policies, repaired, dropped, keptUnknown = "kept_unknown", failed
     }
 }
 

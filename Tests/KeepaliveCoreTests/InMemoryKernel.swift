@@ -7,6 +7,7 @@ import struct SystemPackage.FilePath
 /// map, and each kind's links as the kernel would report them. Faults can
 /// be injected where the real kernel would fail.
 final class InMemoryKernel: StateKernel {
+    var features = KernelFeatures.everything
     /// path -> id of every cgroup that exists.
     var cgroups: [FilePath: UInt64] = [FilePath(): 1]
     var policies: [UInt64: PolicyRecord] = [:]
