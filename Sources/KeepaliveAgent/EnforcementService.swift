@@ -373,13 +373,15 @@ actor Enforcer {
     func choice(_ cgroup: Cgroup, spec: Int, policy: Policy? = nil, origin: Origin = .none) -> Choice? {
         let entry = config.policies[spec]
         let policy = policy ?? entry.policy
-        let who = origin.display.map { " for \($0)" } ?? ""
-        let key = Self.unsupportedKey + entry.source + who
-        if let lacking = features.unsupported(by: policy) {
-            report(key, "the policy entry at \(entry.source)\(who) is not enforced: \(lacking)")
-            return nil
+        let lacking = features.unsupported(by: policy)
+        // An entry's own policy changes only with the file (a reload forgets what was said);
+        // a workload's annotations may change it at any time.
+        if lacking != nil || !origin.isEmpty {
+            let who = origin.display.map { " for \($0)" } ?? ""
+            report(Self.unsupportedKey + entry.source + who,
+                   lacking.map { "the policy entry at \(entry.source)\(who) is not enforced: \($0)" })
         }
-        report(key, nil)
+        guard lacking == nil else { return nil }
         return Choice(cgroup: cgroup, spec: spec, policy: policy, origin: origin, source: entry.source)
     }
 
