@@ -351,13 +351,14 @@ $(PREVIOUS): | $(BUILD)/.deps
 
 previous: $(PREVIOUS)
 
+# Each part's start is stamped, so that a CI log says where the time went.
 test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) $(PREVIOUS_DEB)
 	@rc=0; \
-	$(MAKE) --no-print-directory test-licensing || rc=1; \
-	$(MAKE) --no-print-directory test-swift || rc=1; \
-	$(MAKE) --no-print-directory test-fuzz-replay || rc=1; \
-	$(MAKE) --no-print-directory test-preload-sanitized || rc=1; \
-	$(MAKE) --no-print-directory test-integration || rc=1; \
+	for part in test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration; do \
+	    echo "== $$part at $$(date +%T)"; \
+	    $(MAKE) --no-print-directory $$part || rc=1; \
+	done; \
+	echo "== done at $$(date +%T)"; \
 	exit $$rc
 
 # Every file names its licence (an SPDX line, or REUSE.toml for data files).

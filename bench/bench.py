@@ -21,6 +21,7 @@ import uuid
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
 from support import KEEPALIVE, PREVIOUS_KEEPALIVE, bpffs_mounted, cgroup2_mount  # noqa: E402  (the tests' helpers)
+import memory  # noqa: E402  (bench/memory.py)
 import pods  # noqa: E402  (bench/pods.py)
 
 CONNRATE = os.path.join(ROOT, "build", "bench", "connrate")
@@ -307,6 +308,7 @@ def main():
         keepalive("detach", "--all")
         scale, agent = scale_rows()
         pod_figures = pods.pod_figures(PIN + "-pods")
+        memory_figures = memory.in_guests(KEEPALIVE)
     finally:
         sh("sysctl", "-q", f"kernel.bpf_stats_enabled={stats_before}")
         subprocess.run([KEEPALIVE, "detach", "--all", "--pin-path", PIN], capture_output=True)
@@ -321,10 +323,10 @@ def main():
             remove_tree(BASE)
         if not bpffs_before and bpffs_mounted():
             subprocess.run(["umount", "/sys/fs/bpf"], capture_output=True)
-    report(rates, costs, scale, agent, pod_figures)
+    report(rates, costs, scale, agent, pod_figures, memory_figures)
 
 
-def report(rates, costs, scale, agent, pod_figures):
+def report(rates, costs, scale, agent, pod_figures, memory_figures):
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
     print(f"keepalive benchmark: {os.uname().release}, {os.cpu_count()} CPUs ({cpu}), "
           f"modes taking turns in {BATCH_MS} ms batches for {SECONDS:.0f} s, each against its baseline in the same round\n")
@@ -347,6 +349,7 @@ def report(rates, costs, scale, agent, pod_figures):
               f"90th percentile {agent['latency_p90_ms']:.1f} ms")
         print(f"churn of 100 cgroups/s made and 100/s removed, 10 s: agent CPU {agent['churn_cpu']:.1f}% of one core")
     pod_targets = pods.report(pod_figures)
+    memory_targets = memory.report(*memory_figures)
     overhead = {name: o for name, _, o, q1, q3 in rates if o is not None}
     spread = {name: q3 - q1 for name, _, o, q1, q3 in rates if o is not None}
     ns_per_conn = costs[0][1] * costs[0][2]
@@ -384,7 +387,7 @@ def report(rates, costs, scale, agent, pod_figures):
              agent["latency_ms"] <= 50),
             (f"agent CPU under 10% of a core under churn ({agent['churn_cpu']:.1f}%)", agent["churn_cpu"] < 10),
         ]
-    for text, met in targets + pod_targets:
+    for text, met in targets + pod_targets + memory_targets:
         print(f"  {'PASS' if met else 'FAIL'}  {text}")
 
 

@@ -38,16 +38,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ka_policies_v3 SEC(".maps");
 
-/* policy's slot -> its counters, one copy per CPU: no cache line is shared
- * between CPUs. An array: the verifier inlines the lookup (no hashing, no
- * helper call), and nothing is ever allocated. */
-struct {
+/*
+ * Counters, one copy per CPU (no cache line is shared between CPUs), in
+ * chunks of KA_COUNTER_CHUNK slots: a per-CPU array that userspace makes
+ * when a slot in it is first taken and puts in an array of maps, so that
+ * their memory grows with the policies in force, not with KA_MAX_POLICIES
+ * times the CPUs. Both lookups are of arrays, which the verifier inlines;
+ * a grace period is paid per chunk made, not per policy.
+ */
+struct ka_counter_chunk {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KA_MAX_POLICIES);
+	__uint(max_entries, KA_COUNTER_CHUNK);
 	__type(key, __u32);
-	__type(value, struct ka_counters);
+	__uint(value_size, sizeof(struct ka_counters));  /* clang leaves a type named only here undefined in BTF */
+};
+
+/* policy's slot -> its counters, in the chunk at slot / KA_COUNTER_CHUNK. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, KA_MAX_POLICIES / KA_COUNTER_CHUNK);
+	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ka_counters SEC(".maps");
+	__array(values, struct ka_counter_chunk);
+} ka_counters_v4 SEC(".maps");
 
 /* option -> failed bpf_setsockopt calls, per CPU. */
 struct {
@@ -69,14 +82,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ka_rules SEC(".maps");
 
-/* rule set slot * KA_MAX_RULES + rule -> its counters, per CPU, as ka_counters. */
+/* rule set slot * KA_MAX_RULES + rule -> its counters, in chunks as ka_counters_v4. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KA_MAX_RULE_SETS * KA_MAX_RULES);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, KA_MAX_RULE_SETS * KA_MAX_RULES / KA_COUNTER_CHUNK);
 	__type(key, __u32);
-	__type(value, struct ka_counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ka_rule_counters SEC(".maps");
+	__array(values, struct ka_counter_chunk);
+} ka_rule_counters_v4 SEC(".maps");
+
+_Static_assert(KA_MAX_POLICIES % KA_COUNTER_CHUNK == 0 && (KA_MAX_RULE_SETS * KA_MAX_RULES) % KA_COUNTER_CHUNK == 0,
+	       "whole chunks");
 
 static __always_inline void count_error(__u32 option)
 {
@@ -86,9 +102,18 @@ static __always_inline void count_error(__u32 option)
 		*errors += 1;
 }
 
+/* The counters at `slot` of a map of chunks; NULL while its chunk is not there. */
+static __always_inline struct ka_counters *counter_at(void *chunks, __u32 slot)
+{
+	__u32 chunk = slot / KA_COUNTER_CHUNK, index = slot % KA_COUNTER_CHUNK;
+	void *counters = bpf_map_lookup_elem(chunks, &chunk);
+
+	return counters ? bpf_map_lookup_elem(counters, &index) : NULL;
+}
+
 static __always_inline struct ka_counters *counters_of(const struct ka_policy *policy)
 {
-	return bpf_map_lookup_elem(&ka_counters, &policy->slot);
+	return counter_at(&ka_counters_v4, policy->slot);
 }
 
 /* `ctx` is what bpf_setsockopt takes in the calling program: sock_ops or a socket. */
@@ -456,7 +481,6 @@ values_for_peer(const struct ka_policy *policy, const struct ka_rule_set *set, c
 		__u32 *rule, struct ka_counters **counters)
 {
 	const struct ka_rule *matched;
-	__u32 index;
 
 	*rule = matching_rule(set, peer);
 	matched = rule_at(set, *rule);
@@ -464,8 +488,7 @@ values_for_peer(const struct ka_policy *policy, const struct ka_rule_set *set, c
 		*rule = KA_MAX_RULES;
 		return &policy->values;
 	}
-	index = set->slot * KA_MAX_RULES + *rule;
-	*counters = bpf_map_lookup_elem(&ka_rule_counters, &index);
+	*counters = counter_at(&ka_rule_counters_v4, set->slot * KA_MAX_RULES + *rule);
 	return matched->flags & KA_RULE_OFF ? NULL : &matched->values;
 }
 

@@ -97,9 +97,16 @@ enum ka_bpf_option {
  * Layout 1 is keepalive 0.1.0's (no ka_meta, policies in "ka_policies"),
  * layout 2 added ka_meta and the path ("ka_policies_v2"), layout 3 the
  * origin ("ka_policies_v3") and rules by destination (ka_rules,
- * ka_rule_counters).
+ * ka_rule_counters), layout 4 counters in chunks made as slots are taken
+ * ("ka_counters_v4", "ka_rule_counters_v4") instead of per-CPU arrays of
+ * every slot.
  */
-#define KA_STATE_LAYOUT      3
+#define KA_STATE_LAYOUT      4
+
+/* Counters are kept in chunks of this many slots, per CPU, each made when
+ * a slot in it is first taken: their memory follows the policies in force
+ * (rounded up to a chunk), not the maximum times the CPUs. */
+#define KA_COUNTER_CHUNK     256
 
 /* Capacity of the pinned maps: policies in force at once. */
 #define KA_MAX_POLICIES      65536
@@ -223,8 +230,8 @@ struct ka_rule {
 /* A policy's rules, in "ka_rules" under the policy's cgroup id. */
 struct ka_rule_set {
 	__u32 count;
-	/* their counters: ka_rule_counters[slot * KA_MAX_RULES + rule], slot
-	 * unique among the rule sets (userspace gives it, zeroed) */
+	/* their counters: at slot * KA_MAX_RULES + rule in ka_rule_counters_v4,
+	 * slot unique among the rule sets (userspace gives it, zeroed) */
 	__u32 slot;
 	/* The rules without a remote list: bit r for rule r. */
 	__u32 unrestricted;
@@ -251,8 +258,9 @@ _Static_assert((KA_RULE_BOUNDS & (KA_RULE_BOUNDS - 1)) == 0, "the search halves 
 #define KA_POLICY_LAYOUT2_FIELDS                                               \
 	struct ka_values values;                                               \
 	__u32 flags;                                                           \
-	/* its counters: the index in ka_counters, unique among the policies  \
-	 * (userspace gives it, zeroed, with the policy) */                    \
+	/* its counters: at this index in ka_counters_v4 (layouts 2 and 3: \
+	 * in ka_counters), unique among the policies (userspace gives it,   \
+	 * zeroed, with the policy) */                                        \
 	__u32 slot;                                                            \
 	/* Userspace only: the cgroup's path below the cgroup2 mount. cgroup2 \
 	 * directories cannot be renamed, so it proves the cgroup gone        \

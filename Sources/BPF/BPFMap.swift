@@ -52,6 +52,23 @@ public struct MapHandle: Sendable {
         capacity = Int(info.max_entries)
     }
 
+    /// The kernel memory the map takes, by the kernel's own account (memlock
+    /// in its fdinfo: exact from Linux 6.4, an estimate before).
+    public func memory() throws(SyscallError) -> UInt64 {
+        let path = "/proc/self/fdinfo/\(fd.raw)"
+        guard let file = fopen(path, "r") else { throw SyscallError("read \(path)", errno: errno) }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0, let text = line.map({ String(cString: $0) }) {
+            if text.hasPrefix("memlock:"), let bytes = UInt64(String(text.dropFirst(8).filter(\.isNumber))) {
+                return bytes
+            }
+        }
+        throw SyscallError("read the memlock of map \(name) in \(path)", errno: ENODATA)
+    }
+
     public func keys<Key: BitwiseCopyable>(_: Key.Type = Key.self) throws(SyscallError) -> [Key] {
         var keys: [Key] = []
         let current = UnsafeMutablePointer<Key>.allocate(capacity: 1)

@@ -11,7 +11,7 @@ import Synchronization
 final class AgentMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
     private let reloadSuccess, reloadFailure: Counter
-    private let ready, failingCgroups, unwatchedDirectories, agentPolicies, policies: Gauge
+    private let ready, failingCgroups, unwatchedDirectories, agentPolicies, policies, kernelMemory: Gauge
     /// The per-cgroup and per-option series the kernel's maps had at the last
     /// scrape, so that series of removed policies go away.
     private let kernelSeries = Mutex<[String: Counter]>([:])
@@ -32,6 +32,8 @@ final class AgentMetrics: Sendable {
         static var setsockoptErrors: MetricNameDescriptor { named(nil, "setsockopt_errors", "total",
             "bpf_setsockopt calls that failed, by option, since the pinned state was made.") }
         static var policies: MetricNameDescriptor { named(nil, "policies", "", "Policies in force (set by the agent or the CLI), read from the kernel.") }
+        static var kernelMemory: MetricNameDescriptor { named(nil, "kernel_memory", "bytes",
+            "Kernel memory the pinned state's maps take (policies, rules, counters, events), by the kernel's account of each map.") }
         static var reloads: MetricNameDescriptor { named(nil, "reloads", "total", "Reloads of the policy file (SIGHUP), by result.") }
         static var ready: MetricNameDescriptor { named("agent", "ready", "",
             "1 once the agent's first enforcement pass is done and its last pass succeeded, else 0.") }
@@ -55,6 +57,7 @@ final class AgentMetrics: Sendable {
         unwatchedDirectories = registry.makeGauge(descriptor: Family.unwatchedDirectories)
         agentPolicies = registry.makeGauge(descriptor: Family.selectedCgroups)
         policies = registry.makeGauge(descriptor: Family.policies)
+        kernelMemory = registry.makeGauge(descriptor: Family.kernelMemory)
         registry.makeGauge(descriptor: Family.buildInfo, labels: [("version", KeepaliveVersion.string)]).set(Int64(1))
     }
 
@@ -121,6 +124,7 @@ final class AgentMetrics: Sendable {
                 series[key] = nil
             }
             policies.set(Int64(snapshot.policies.count))
+            kernelMemory.set(Int64(clamping: snapshot.kernelMemory))
         }
         return registry.emitToBuffer()
     }

@@ -89,9 +89,9 @@ final class MainObject {
         case .bounded: (p.keepalive_sockops_bounded, p.keepalive_setsockopt_bounded, p.keepalive_reaped_bounded)
         case .basic: (p.keepalive_sockops_basic, p.keepalive_setsockopt_basic, p.keepalive_reaped_basic)
         }
-        guard let policies = m.ka_policies_v3, let counters = m.ka_counters, let errors = m.ka_errors,
+        guard let policies = m.ka_policies_v3, let counters = m.ka_counters_v4, let errors = m.ka_errors,
               let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
-              let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters,
+              let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters_v4,
               let sockops = chosen.0, let setsockopt = chosen.1, let reaped = chosen.2
         else {
             keepalive_bpf__destroy(skeleton)
@@ -176,8 +176,8 @@ final class IteratorObject {
         program = chosen
         if pinRoot == nil {
             let maps = skeleton.pointee.maps
-            for map in [maps.ka_policies_v3, maps.ka_counters, maps.ka_errors, maps.ka_rules,
-                        maps.ka_rule_counters].compactMap({ $0 }) {
+            for map in [maps.ka_policies_v3, maps.ka_counters_v4, maps.ka_errors, maps.ka_rules,
+                        maps.ka_rule_counters_v4].compactMap({ $0 }) {
                 try BPFObject.unpinned(map)
             }
         }

@@ -10,7 +10,9 @@ import struct SystemPackage.FilePath
 ///
 /// Layout 1 (keepalive 0.1.0, no ka_meta) recorded no path, so the cgroup
 /// tree is walked once to find its policies; layout 2's record is layout 3's
-/// without the origin. keepalive 0.1.0 knew nothing of versions: it would
+/// without the origin. Layouts 2 and 3 kept counters in per-CPU arrays sized
+/// for every slot (ka_counters, ka_rule_counters); layout 4 keeps them in
+/// chunks made as slots are taken, and takes their counts over. keepalive 0.1.0 knew nothing of versions: it would
 /// reuse its maps by name over any state. So this state pins, under the
 /// names of 0.1.0's own maps, guards of another shape: libbpf refuses to
 /// reuse them and 0.1.0's load fails, changing nothing.
@@ -25,7 +27,11 @@ struct OlderLayouts {
     static let policiesPin = "ka_policies"
     static let socketsPin = "ka_sockets"
     static let layout2PoliciesPin = "ka_policies_v2"
-    static var pins: [String] { programPins + [policiesPin, socketsPin, layout2PoliciesPin] }
+    static let layout3CountersPin = "ka_counters"
+    static let layout3RuleCountersPin = "ka_rule_counters"
+    /// Pins of older layouts that this one removes once it took them over.
+    static let replacedPins = programPins + [layout2PoliciesPin, layout3CountersPin, layout3RuleCountersPin]
+    static var pins: [String] { replacedPins + [policiesPin, socketsPin] }
 
     /// The guard's shape: nothing 0.1.0 could reuse in place of its maps.
     static let guardShape = MapShape(type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: 4)
@@ -48,7 +54,7 @@ struct OlderLayouts {
 
     /// Whether some older layout's pin is still there (a guard is not one).
     func isPresent() throws -> Bool {
-        for name in Self.programPins + [Self.layout2PoliciesPin] where try BPFFS.isPresent(root + "/" + name) {
+        for name in Self.replacedPins where try BPFFS.isPresent(root + "/" + name) {
             return true
         }
         return try Self.guardedPins.contains { try layout1Pin($0) == .layout1 }
@@ -93,10 +99,39 @@ struct OlderLayouts {
                 try kernel.counters.update(record.slot, perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) })
                 try kernel.policies.update(id, try record.encoded())
             }
-        case 2:
-            for (id, record) in try layout2Policies() { try kernel.policies.update(id, record) }
+        case 2, 3:
+            if layout == 2 { for (id, record) in try layout2Policies() { try kernel.policies.update(id, record) } }
+            try takeCountersOver(into: kernel)
         default:
             break
+        }
+    }
+
+    /// Each policy's (and rule set's) counts, CPU by CPU, from layout 2's and
+    /// 3's per-CPU arrays of every slot into chunks of the slots in use; a
+    /// crash half-way takes them over again from the start (the old arrays
+    /// go only when all is done).
+    private func takeCountersOver(into kernel: PinnedKernel) throws {
+        let records = try kernel.readPolicies().values
+        if let old = try layout3Counters(Self.layout3CountersPin) {
+            for record in records { try copy(record.slot, from: old, to: kernel.counters) }
+        }
+        if let old = try layout3Counters(Self.layout3RuleCountersPin) {
+            for record in records where !record.policy.rules.isEmpty {
+                for key in PinnedKernel.ruleCounterKeys(record.ruleSlot) { try copy(key, from: old, to: kernel.ruleCounters) }
+            }
+        }
+    }
+
+    private func copy(_ key: UInt32, from old: BPFPerCPUMap<UInt32, ka_counters>,
+                      to new: PerCPUChunks<ka_counters>) throws {
+        let counts = try old.lookup(key) ?? []
+        try new.update(key, perCPU: { counts.indices.contains($0) ? counts[$0] : ka_counters() })
+    }
+
+    private func layout3Counters(_ name: String) throws -> BPFPerCPUMap<UInt32, ka_counters>? {
+        try BPFFS.openIfPresent(pinned: root + "/" + name, as: .map).map {
+            try BPFPerCPUMap($0, name: name, type: BPF_MAP_TYPE_PERCPU_ARRAY)
         }
     }
 
@@ -148,7 +183,7 @@ struct OlderLayouts {
 
     /// Unpins what older layouts pinned (never the guards).
     func remove() throws {
-        for name in Self.programPins + [Self.layout2PoliciesPin] { try BPFFS.unpin(root + "/" + name) }
+        for name in Self.replacedPins { try BPFFS.unpin(root + "/" + name) }
         for name in Self.guardedPins where try layout1Pin(name) == .layout1 { try BPFFS.unpin(root + "/" + name) }
     }
 }

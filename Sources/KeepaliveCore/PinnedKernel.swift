@@ -44,9 +44,11 @@ final class PinnedKernel: StateKernel, Sendable {
     let identity: ProgramIdentity
     let features: KernelFeatures
     let policies: BPFMap<UInt64, ka_policy>
-    let counters: BPFPerCPUMap<UInt32, ka_counters>
+    /// Each policy's counters, at its slot, in chunks made as slots are taken.
+    let counters: PerCPUChunks<ka_counters>
     let rules: BPFMap<UInt64, ka_rule_set>
-    let ruleCounters: BPFPerCPUMap<UInt32, ka_counters>
+    /// Each rule set's counters, KA_MAX_RULES from its slot * KA_MAX_RULES, likewise.
+    let ruleCounters: PerCPUChunks<ka_counters>
     let errors: BPFPerCPUMap<UInt32, UInt64>
     let meta: BPFMap<UInt32, ka_meta>
     let events: BPFMap<UInt32, ka_event>
@@ -92,9 +94,11 @@ final class PinnedKernel: StateKernel, Sendable {
         features = object.features
         let maps = object.maps
         policies = try map(maps.policies) { try BPFMap($0, name: $1, type: $2) }
-        counters = try map(maps.counters) { try BPFPerCPUMap($0, name: $1, type: $2) }
+        counters = try map(maps.counters) { fd, name, _ in try PerCPUChunks(fd, name: name, chunkSize: Int(KA_COUNTER_CHUNK)) }
         rules = try map(maps.rules) { try BPFMap($0, name: $1, type: $2) }
-        ruleCounters = try map(maps.ruleCounters) { try BPFPerCPUMap($0, name: $1, type: $2) }
+        ruleCounters = try map(maps.ruleCounters) { fd, name, _ in
+            try PerCPUChunks(fd, name: name, chunkSize: Int(KA_COUNTER_CHUNK))
+        }
         errors = try map(maps.errors) { try BPFPerCPUMap($0, name: $1, type: $2) }
         meta = try map(maps.meta) { try BPFMap($0, name: $1, type: $2) }
         events = try map(maps.events) { try BPFMap($0, name: $1, type: $2) }
@@ -179,12 +183,10 @@ final class PinnedKernel: StateKernel, Sendable {
     /// the Transaction's: deleteRules.)
     func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool, freshRuleCounters: Bool) throws {
         let encoded = try record.encoded()
-        if freshCounters { try counters.update(record.slot, ka_counters()) }
+        if freshCounters { try counters.update(record.slot, perCPU: { _ in ka_counters() }) }
         if let ruleSet = record.encodedRules {
             if freshRuleCounters {
-                for rule in 0..<UInt32(KA_MAX_RULES) {
-                    try ruleCounters.update(record.ruleSlot * UInt32(KA_MAX_RULES) + rule, ka_counters())
-                }
+                for key in Self.ruleCounterKeys(record.ruleSlot) { try ruleCounters.update(key, perCPU: { _ in ka_counters() }) }
             }
             try insert(ruleSet, into: rules, at: id, whenFull: .rulesFull(capacity: ruleSetCapacity))
         }
@@ -207,6 +209,8 @@ final class PinnedKernel: StateKernel, Sendable {
         }
     }
 
+    /// (Its counters stay in their chunk, zeroed when the slot is taken
+    /// again; a chunk no slot uses goes with releaseCounterChunk.)
     func deletePolicy(_ id: UInt64) throws {
         try policies.delete(id)
     }
@@ -216,6 +220,22 @@ final class PinnedKernel: StateKernel, Sendable {
         try rules.delete(id)
     }
 
+    /// Forgets the counters' chunks opened for writing (see PerCPUChunks).
+    func forgetOpenedChunks() {
+        counters.forgetOpened()
+        ruleCounters.forgetOpened()
+    }
+
+    var counterChunk: (slots: Int, ruleSlots: Int) { (Int(KA_COUNTER_CHUNK), Int(KA_COUNTER_CHUNK / KA_MAX_RULES)) }
+
+    func releaseCounterChunk(slot: UInt32) throws {
+        try counters.removeChunk(holding: slot)
+    }
+
+    func releaseCounterChunk(ruleSlot: UInt32) throws {
+        try ruleCounters.removeChunk(holding: ruleSlot * UInt32(KA_MAX_RULES))
+    }
+
     /// A policy's counters; a slot that is not there counts nothing yet.
     func counters(of record: PolicyRecord) throws -> PolicyCounters {
         sum(try counters.lookup(record.slot) ?? [])
@@ -223,9 +243,15 @@ final class PinnedKernel: StateKernel, Sendable {
 
     /// Each rule's counters, in order.
     func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] {
-        try record.policy.rules.indices.map { rule in
-            sum(try ruleCounters.lookup(record.ruleSlot * UInt32(KA_MAX_RULES) + UInt32(rule)) ?? [])
-        }
+        let keys = Self.ruleCounterKeys(record.ruleSlot)
+        return try record.policy.rules.indices.map { sum(try ruleCounters.lookup(keys[$0]) ?? []) }
+    }
+
+    /// Where a rule set's counters are, rule by rule: every rule a set may
+    /// have, so that a set whose rules change keeps counting.
+    static func ruleCounterKeys(_ slot: UInt32) -> [UInt32] {
+        let first = slot * UInt32(KA_MAX_RULES)
+        return Array(first..<first + UInt32(KA_MAX_RULES))
     }
 
     private func sum(_ perCPU: [ka_counters]) -> PolicyCounters {
@@ -234,6 +260,14 @@ final class PinnedKernel: StateKernel, Sendable {
             sum.reapedKeepalive &+= cpu.reaped.0
             sum.reapedUserTimeout &+= cpu.reaped.1
         }
+    }
+
+    /// The kernel memory the state's maps take, by the kernel's account
+    /// (the counters' chunks included).
+    func kernelMemory() throws -> UInt64 {
+        try [policies.handle, counters.handle, rules.handle, ruleCounters.handle, errors.handle, meta.handle,
+             events.handle, eventsHead.handle].reduce(0) { $0 &+ (try $1.memory()) }
+            &+ (try counters.chunksMemory()) &+ (try ruleCounters.chunksMemory())
     }
 
     func setsockoptErrors() throws -> [(option: String, count: UInt64)] {

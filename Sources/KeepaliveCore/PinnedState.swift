@@ -7,8 +7,9 @@ import Synchronization
 
 /// keepalive's kernel state, pinned in bpffs so that it outlives every process:
 ///
-///     <root>/ka_meta, ka_policies_v3, ka_counters,   maps, pinned by libbpf under
-///            ka_errors, ka_events, ka_events_head    their names (bpf/*.bpf.c)
+///     <root>/ka_meta, ka_policies_v3, ka_rules,      maps, pinned by libbpf under
+///            ka_counters_v4, ka_rule_counters_v4,    their names (bpf/*.bpf.c)
+///            ka_errors, ka_events, ka_events_head
 ///     <root>/keepalive_sockops, keepalive_setsockopt,
 ///            keepalive_reaped                        the programs
 ///     <root>/links/<cgroup id>                       sock_ops: one link per covered subtree
@@ -104,6 +105,8 @@ public final class PinnedState: Sendable {
         public func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] { try kernel.ruleCounters(of: record) }
         /// Failed bpf_setsockopt calls since the state was made, by option key.
         public func setsockoptErrors() throws -> [(option: String, count: UInt64)] { try kernel.setsockoptErrors() }
+        /// The kernel memory the state's maps take (bytes).
+        public func kernelMemory() throws -> UInt64 { try kernel.kernelMemory() }
         public func reapedEvents() throws -> [ReapedEvent] { try kernel.reapedEvents() }
     }
 
@@ -140,7 +143,13 @@ public final class PinnedState: Sendable {
                 }
                 open = state
             }
-            defer { if let fd = state.rootFD { flock(fd.raw, LOCK_UN) } }
+            // Chunks of counters opened are kept only while the lock is held:
+            // another process may remove or replace one when it has it.
+            state.kernel.forgetOpenedChunks()
+            defer {
+                state.kernel.forgetOpenedChunks()
+                if let fd = state.rootFD { flock(fd.raw, LOCK_UN) }
+            }
             let kernel = state.kernel
             let seq = try kernel.changeSequence()
             let session: Session
@@ -200,6 +209,7 @@ public final class PinnedState: Sendable {
         /// Each policy's rules' counters, in the rules' order, by policy id.
         public var ruleCounters: [UInt64: [PolicyCounters]] = [:]
         public var setsockoptErrors: [(option: String, count: UInt64)] = []
+        public var kernelMemory: UInt64 = 0
     }
 
     /// The policies in force and their counters, read from the maps pinned
@@ -214,6 +224,7 @@ public final class PinnedState: Sendable {
             snapshot.ruleCounters[id] = try kernel.ruleCounters(of: record)
         }
         snapshot.setsockoptErrors = try kernel.setsockoptErrors()
+        snapshot.kernelMemory = try kernel.kernelMemory()
         return snapshot
     }
 

@@ -138,11 +138,11 @@ public struct PolicyRecord: Equatable, Sendable {
     public var owner: PolicyOwner
     /// The cgroup's path below the cgroup2 mount.
     public var path: FilePath
-    /// Where its counters are (ka_counters): unique among the policies.
+    /// Where its counters are (its key in ka_counters_v4): unique among the policies.
     public var slot: UInt32
     /// The pod or container it was set for, if it was.
     public var origin: Origin
-    /// Where its rules' counters are (ka_rule_counters), when it has rules: unique among them.
+    /// Where its rules' counters are (ka_rule_counters_v4), when it has rules: unique among them.
     public var ruleSlot: UInt32
     /// The record says it has rules, but ka_rules holds none for it (an outside hand).
     public var rulesMissing = false

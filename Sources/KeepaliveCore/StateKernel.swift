@@ -37,6 +37,12 @@ public protocol StateKernel: AnyObject {
     func deletePolicy(_ id: UInt64) throws
     /// Removes rules kept under an id (none there: nothing to do).
     func deleteRules(_ id: UInt64) throws
+    /// Counters are kept in chunks of this many policy slots (and rule slots).
+    var counterChunk: (slots: Int, ruleSlots: Int) { get }
+    /// Frees the chunk of counters that holds a policy slot: no policy uses any slot in it.
+    func releaseCounterChunk(slot: UInt32) throws
+    /// Likewise for a rule slot's chunk of rule counters.
+    func releaseCounterChunk(ruleSlot: UInt32) throws
     /// Every pin in a kind's links directory, by name (a cgroup id for ours).
     func readLinks(_ kind: Attachment) throws -> [String: LinkState]
     /// Attaches the kind's program to the cgroup and pins the link under its id.

@@ -423,7 +423,8 @@ public final class Transaction {
     }
 
     private func remember(_ record: PolicyRecord, for id: UInt64) {
-        if let old = records[id] {
+        let previous = records[id]
+        if let old = previous {
             if old.path != record.path { index.remove(old.path) }
             release(old)
         }
@@ -431,6 +432,7 @@ public final class Transaction {
         index.insert(record.path, id: id)
         take(record)
         if record.policy.rules.isEmpty { ruleSetIDs.remove(id) } else { ruleSetIDs.insert(id) }
+        if let old = previous { freeCountersIfUnused(old) }
     }
 
     private func forget(_ id: UInt64) {
@@ -438,6 +440,21 @@ public final class Transaction {
         index.remove(record.path)
         release(record)
         ruleSetIDs.remove(id)
+        freeCountersIfUnused(record)
+    }
+
+    /// The chunk of counters that held a policy's slot (or its rule slot)
+    /// gives its memory back once no policy uses a slot in it. Called after
+    /// the kernel no longer points there. Best effort: a chunk left is only
+    /// memory, zeroed and used again by the next policy given a slot in it.
+    private func freeCountersIfUnused(_ old: PolicyRecord) {
+        let chunk = kernel.counterChunk
+        if slots.noneInUse(chunkOf: old.slot, size: chunk.slots) {
+            try? kernel.releaseCounterChunk(slot: old.slot)
+        }
+        if !old.policy.rules.isEmpty && ruleSlots.noneInUse(chunkOf: old.ruleSlot, size: chunk.ruleSlots) {
+            try? kernel.releaseCounterChunk(ruleSlot: old.ruleSlot)
+        }
     }
 
     private func take(_ record: PolicyRecord) {
@@ -521,6 +538,12 @@ struct SlotPool {
             inUse[slot] = nil
             lowestFree = min(lowestFree, slot)
         }
+    }
+
+    /// Whether no slot of the chunk of `size` slots that holds `slot` is in use.
+    func noneInUse(chunkOf slot: UInt32, size: Int) -> Bool {
+        let first = slot / UInt32(size) * UInt32(size)
+        return !(first..<first + UInt32(size)).contains { inUse[$0] != nil }
     }
 
     /// The lowest slot in use by none (nor in `also`) below `capacity`; nil when there is none.

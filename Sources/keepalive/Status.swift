@@ -73,6 +73,8 @@ struct StatusOutput: Encodable, Sendable {
         let version: UInt32
         let hash: String
         let countingReaped: Bool
+        /// What the state's maps take of the kernel's memory, by its account.
+        let kernelMemoryBytes: UInt64
     }
 
     init(_ pinPath: String, _ kernel: KernelReport) {
@@ -86,7 +88,7 @@ struct StatusOutput: Encodable, Sendable {
         self.pinPath = pinPath
         self.kernel = kernel
         programs = Programs(version: session.programs.version, hash: String(session.programs.hash, radix: 16),
-                            countingReaped: session.countingReaped)
+                            countingReaped: session.countingReaped, kernelMemoryBytes: try session.kernelMemory())
         var rows: [Row] = []
         for entry in session.transaction.entries() {
             let rules = try session.ruleCounters(of: entry.record)
@@ -170,7 +172,8 @@ struct StatusOutput: Encodable, Sendable {
             print("no policies")
             return
         }
-        print("programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath)")
+        print("programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath); "
+              + "its maps take \(kibibytes(programs.kernelMemoryBytes)) KiB of kernel memory")
         if policies.isEmpty { print("no policies") } else { printTable(policies) }
         for line in ruleLines { print(line) }
         for line in repaired { print("repaired: \(line)") }
@@ -186,7 +189,7 @@ struct StatusOutput: Encodable, Sendable {
 
 extension StatusOutput.Programs {
     enum CodingKeys: String, CodingKey {
-        case version, hash, countingReaped = "counting_reaped"
+        case version, hash, countingReaped = "counting_reaped", kernelMemoryBytes = "kernel_memory_bytes"
     }
 }
 
@@ -204,3 +207,6 @@ extension PolicyOption {
         }
     }
 }
+
+/// Bytes as KiB, rounded up: what a line of text says.
+func kibibytes(_ bytes: UInt64) -> UInt64 { (bytes + 1023) / 1024 }

@@ -70,6 +70,9 @@ final class InMemoryKernel: StateKernel {
         }
     }
 
+    /// The counters' chunks released, in order.
+    var releasedChunks: [String] = []
+
     func readRuleSetIDs() throws -> Set<UInt64> { Set(ruleSets.keys) }
 
     var policyCapacity: Int { capacity }
@@ -100,6 +103,17 @@ final class InMemoryKernel: StateKernel {
     func deleteRules(_ id: UInt64) throws {
         ruleSets[id] = nil
         operations.append("delete rules \(id)")
+    }
+
+    /// Small chunks, so that tests can fill one.
+    var counterChunk: (slots: Int, ruleSlots: Int) { (4, 2) }
+
+    func releaseCounterChunk(slot: UInt32) throws {
+        releasedChunks.append("slots \(slot / 4 * 4)...")
+    }
+
+    func releaseCounterChunk(ruleSlot: UInt32) throws {
+        releasedChunks.append("rule slots \(ruleSlot / 2 * 2)...")
     }
 
     func readLinks(_ kind: Attachment) throws -> [String: LinkState] { links[kind]! }

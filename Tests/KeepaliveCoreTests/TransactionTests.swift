@@ -32,6 +32,20 @@ import struct SystemPackage.FilePath
         #expect(kernel.policies[c.id]?.slot == 0 && kernel.zeroedSlots == [0, 1, 0])
     }
 
+    @Test func aChunkOfCountersGoesWhenItsLastPolicyGoesNotBefore() throws {
+        let cgroups = (0..<5).map { kernel.mkdir("c\($0)") }  // chunks of 4 slots here
+        let txn = try transaction()
+        for cgroup in cgroups { try txn.apply(Policy(), to: cgroup) }
+        try txn.apply(Policy([.keepidle: 30]), to: cgroups[4])  // an update in a chunk of one keeps it
+        #expect(try txn.remove(cgroups[0].id) && kernel.releasedChunks == [])
+        #expect(try txn.remove(cgroups[4].id) && kernel.releasedChunks == ["slots 4..."])
+        for cgroup in cgroups[1...3] { #expect(try txn.remove(cgroup.id)) }
+        #expect(kernel.releasedChunks == ["slots 4...", "slots 0..."])
+        try txn.apply(Policy([:], rules: [Self.dbRule]), to: cgroups[0])
+        try txn.apply(Policy(), to: cgroups[0])  // its rules go, and their chunk
+        #expect(kernel.releasedChunks.last == "rule slots 0...")
+    }
+
     static let dbRule = Rule(name: "db", remote: [try! CIDR(parsing: "10.20.0.0/16")], options: [.keepidle: 5])
 
     @Test func rulesGoInBeforeTheirPolicyWithCountersOfTheirOwnAndLeaveWithIt() throws {

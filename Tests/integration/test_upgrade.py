@@ -11,16 +11,21 @@ and linked here as 0.1.0 did.
 import ctypes
 import json
 import os
+import re
 import struct
 import subprocess
 
-from support import BUILD, PREVIOUS_KEEPALIVE, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, program_version, run, values
+from support import BUILD, ROOT, PREVIOUS_KEEPALIVE, PYTHON, SOCKPROBE, in_cgroup, keepalive_values, probe, program_version, run, values
 
 NEXT_OBJECT = os.path.join(BUILD, "test", "keepalive-next.bpf.o")
 # The release before this one, built by `make test` from the git history (Makefile: PREVIOUS_COMMIT).
 PREVIOUS = PREVIOUS_KEEPALIVE
 LAYOUT1_OBJECT = os.path.join(BUILD, "test", "layout1.bpf.o")
 BPF_CGROUP_SOCK_OPS = 3
+
+
+# The pinned layout this build writes (bpf/keepalive_policy.h).
+LAYOUT = int(re.search(r"#define KA_STATE_LAYOUT\s+(\d+)", open(os.path.join(ROOT, "bpf", "keepalive_policy.h")).read()).group(1))
 
 
 def require_previous():
@@ -173,7 +178,7 @@ def test_the_state_of_keepalive_0_1_0_is_migrated_in_place(keepalive, cgroups):
 
 def test_the_previous_release_state_is_migrated_in_place_under_live_connections(keepalive, cgroups):
     """The release before this one (pinned layout 2) over which this binary
-    runs: its policies (layout 3 adds the origin) and counters carried over,
+    runs: its policies (layout 3 added the origin) and counters carried over,
     its links switched in place with no socket unconfigured, its map unpinned."""
     previous = require_previous()
     parent = cgroups.make()
@@ -197,8 +202,48 @@ def test_the_previous_release_state_is_migrated_in_place_under_live_connections(
     assert "ka_policies_v2" not in os.listdir(keepalive.pin_path)
     # The previous release over the new state: refused, nothing changed.
     refused = run([previous, "attach", cgroups.make(), "--pin-path", keepalive.pin_path], check=False)
-    assert refused.returncode != 0 and "has layout 3, written by a newer keepalive" in refused.stderr, refused.stderr
+    assert refused.returncode != 0 and f"has layout {LAYOUT}, written by a newer keepalive" in refused.stderr, refused.stderr
     assert {p["cgroup"] for p in keepalive.status()} == set(policies)
+
+
+def test_layout_3s_counters_are_taken_over_into_cells_of_their_own(keepalive, cgroups):
+    """Layout 3 kept counters in per-CPU arrays of every slot (ka_counters,
+    ka_rule_counters); layout 4 in a cell per slot in use. A layout-3 state,
+    made from today's by pinning those arrays as layout 3 had them and
+    writing layout 3 into ka_meta, is taken over at the next command: each
+    count moved into its cell, the arrays unpinned."""
+    parent = cgroups.make()
+    child = cgroups.make(cgroups.rel(parent) + "/child")
+    keepalive("attach", parent, "--keepidle", "33")  # slot 0
+    keepalive("attach", child, "--keepidle", "34", "--rule", "remote=127.0.0.0/8,keepidle=7")  # slot 1, rule slot 0
+    root = keepalive.pin_path
+    cpus = int(open("/sys/devices/system/cpu/possible").read().strip().split("-")[-1]) + 1
+    counts = {"ka_counters": (65536, {0: 5, 1: 6}), "ka_rule_counters": (16384, {0: 7})}
+    for name, (entries, slots) in counts.items():
+        pin = os.path.join(root, name)
+        run(["bpftool", "map", "create", pin, "type", "percpu_array", "key", "4", "value", "24", "entries",
+             str(entries), "name", name])
+        for slot, configured in slots.items():  # bpftool writes the value on every CPU
+            value = struct.pack("<QQQ", configured, 1, 0)
+            run(["bpftool", "map", "update", "pinned", pin, "key", *hexbytes(struct.pack("<I", slot)),
+                 "value", *hexbytes(value)])
+    meta = os.path.join(root, "ka_meta")
+    current = bytes(int(b, 16) for b in json.loads(run(["bpftool", "-j", "map", "lookup", "pinned", meta, "key",
+                                                       "0", "0", "0", "0"]).stdout)["value"])
+    run(["bpftool", "map", "update", "pinned", meta, "key", "0", "0", "0", "0", "value",
+         *hexbytes(struct.pack("<I", 3) + current[4:])])
+    report = keepalive.report()
+    policies = {p["cgroup"]: p for p in report["policies"]}
+    assert (policies[cgroups.rel(parent)]["sockets_configured"], policies[cgroups.rel(parent)]["reaped"]) \
+        == (5 * cpus, cpus)
+    assert policies[cgroups.rel(child)]["sockets_configured"] == 6 * cpus
+    assert policies[cgroups.rel(child)]["rules"][0]["sockets_matched"] == 7 * cpus
+    assert not {"ka_counters", "ka_rule_counters"} & set(os.listdir(root))
+    assert probe("pair", cgroup=child)["connected"]["keepidle"] == 7
+
+
+def hexbytes(data):
+    return [f"0x{b:02x}" for b in data]
 
 
 def test_keepalive_0_1_0_refuses_todays_state_and_status_names_pins_it_does_not_know(keepalive, cgroups):

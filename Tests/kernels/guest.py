@@ -241,7 +241,7 @@ def rootfs_image():
 
 # What the guests need of the project, at the same paths under /mnt/project.
 PROJECT_FILES = ["build/bin/keepalive", "build/lib", "build/test/keepalive-next.bpf.o", "Tests/integration",
-                 "Tests/kernels", "docs/kernels.md", "debian/changelog"]
+                 "Tests/kernels", "docs/kernels.md", "debian/changelog", "bench/memory.py"]
 
 
 def project_image(directory):
@@ -277,7 +277,7 @@ def kvm_works():
                     out = subprocess.run([QEMU, "-enable-kvm", "-cpu", "host", "-m", "256", "-nographic",
                                           "-no-reboot", "-kernel", kernel.vmlinuz, "-append",
                                           "console=ttyS0 panic=-1 init=/nonexistent"],
-                                         capture_output=True, text=True, timeout=15).stdout
+                                         capture_output=True, text=True, timeout=6).stdout
                 except subprocess.TimeoutExpired as e:
                     out = (e.stdout or b"").decode(errors="replace")
                 _kvm = "Linux version" in out

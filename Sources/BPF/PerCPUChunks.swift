@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: MIT
+import CLibBPF
+import Glibc
+import Synchronization
+
+/// Per-CPU values in chunks: an array of maps (BPF_MAP_TYPE_ARRAY_OF_MAPS)
+/// whose inner maps are per-CPU arrays of `chunkSize` Values, each made
+/// when a key in it is first written and removed (`removeChunk`) once no
+/// key in it is used: per-CPU memory for the chunks in use only. Key k is
+/// entry k % chunkSize of the chunk at k / chunkSize (as the program reads it).
+///
+/// Writers are serialised by the caller (the state's lock), which keeps the
+/// chunks it opened for writing only while it holds the lock
+/// (`forgetOpened`): another process may remove or replace a chunk
+/// meanwhile, and one written in its place would count nothing. Reads find
+/// each chunk anew.
+public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
+    public let handle: MapHandle
+    public let chunkSize: Int
+    private let chunkName: String
+    private let opened = Mutex<[UInt32: BPFPerCPUMap<UInt32, Value>]>([:])
+
+    public init(_ fd: FileDescriptor, name: String, chunkSize: Int) throws {
+        handle = try MapHandle(fd, name: name, expecting: MapShape(type: BPF_MAP_TYPE_ARRAY_OF_MAPS, keySize: 4,
+                                                                    valueSize: 4))
+        self.chunkSize = chunkSize
+        chunkName = String(name.prefix(9)) + "_chunk"  // BPF_OBJ_NAME_LEN: 15 characters
+    }
+
+    /// Sets each CPU's value at `key` (its chunk made if it is not there).
+    public func update(_ key: UInt32, perCPU value: (Int) -> Value) throws {
+        let (chunk, index) = locate(key)
+        try writable(at: chunk).update(index, perCPU: value)
+    }
+
+    /// Forgets the chunks opened for writing: the caller's lock is released.
+    public func forgetOpened() {
+        opened.withLock { $0 = [:] }
+    }
+
+    /// Every CPU's value at `key`; nil if its chunk is not there.
+    public func lookup(_ key: UInt32) throws -> [Value]? {
+        let (chunk, index) = locate(key)
+        return try self.chunk(at: chunk)?.lookup(index)
+    }
+
+    /// The chunks there, by index.
+    public func chunks() throws -> [UInt32] {
+        try (0..<UInt32(handle.capacity)).filter { try chunkID(at: $0) != nil }
+    }
+
+    /// Removes the chunk that holds `key` (none there: nothing to do).
+    public func removeChunk(holding key: UInt32) throws(SyscallError) {
+        let chunk = locate(key).chunk
+        _ = opened.withLock { $0.removeValue(forKey: chunk) }
+        _ = try handle.delete(chunk)
+    }
+
+    /// The kernel memory the chunks there take (bytes).
+    public func chunksMemory() throws -> UInt64 {
+        try chunks().reduce(0) { $0 &+ (try self.chunk(at: $1)?.handle.memory() ?? 0) }
+    }
+
+    private func locate(_ key: UInt32) -> (chunk: UInt32, index: UInt32) {
+        (key / UInt32(chunkSize), key % UInt32(chunkSize))
+    }
+
+    private func chunkID(at chunk: UInt32) throws(SyscallError) -> UInt32? {
+        var chunk = chunk, id: UInt32 = 0
+        return try handle.lookup(&chunk, into: &id) ? id : nil
+    }
+
+    /// The chunk at `chunk` for writing: the one opened since the lock was
+    /// taken, the one there, or a new one.
+    private func writable(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value> {
+        if let map = opened.withLock({ $0[chunk] }) { return map }
+        let map = try self.chunk(at: chunk) ?? makeChunk(at: chunk)
+        opened.withLock { $0[chunk] = map }
+        return map
+    }
+
+    /// The chunk at `chunk`, opened (nil if there is none, or it went meanwhile).
+    private func chunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value>? {
+        guard let id = try chunkID(at: chunk) else { return nil }
+        let raw = bpf_map_get_fd_by_id(id)
+        if raw < 0 && errno == ENOENT { return nil }  // removed since the lookup
+        let fd = FileDescriptor(owning: try SyscallError.check("open chunk \(id) of map \(handle.name)", raw))
+        return try BPFPerCPUMap(fd, name: chunkName, type: BPF_MAP_TYPE_PERCPU_ARRAY)
+    }
+
+    /// A new chunk (zero) at `chunk`. The update waits for a grace period
+    /// (the kernel's for any array of maps): paid once per chunk.
+    private func makeChunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value> {
+        let fd = FileDescriptor(owning: try SyscallError.check(
+            "create a chunk of map \(handle.name)",
+            bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, chunkName, 4, UInt32(MemoryLayout<Value>.size),
+                           UInt32(chunkSize), nil)))
+        var chunk = chunk, raw = fd.raw
+        try handle.update(&chunk, &raw, flags: Int32(BPF_ANY))
+        return try BPFPerCPUMap(fd, name: chunkName, type: BPF_MAP_TYPE_PERCPU_ARRAY)
+    }
+}
