@@ -244,15 +244,15 @@ def test_a_crash_is_repaired_and_an_upgrade_takes_over_in_place(keepalive, cgrou
     assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 45
 
 
-def test_the_states_kernel_memory_follows_the_policies_in_force(keepalive, cgroups, tmp_path):
+def test_the_states_kernel_memory_follows_the_policies_in_force(keepalive, cgroups, tmp_path, features):
     """Counters are kept in chunks of 256 slots, per CPU, made as slots are taken
     and given back by the next repair once no policy uses them."""
     memory = lambda: keepalive.report()["programs"]["kernel_memory_bytes"]
     base = cgroups.make()
     keepalive("attach", base)
     one = memory()
-    # Below even one per-CPU array of every policy slot, as layout 3 kept (and one of every rule).
-    assert one < 65536 * 24 * os.cpu_count(), one
+    # No bound on `one` itself: before Linux 6.4 the kernel's account of a hash
+    # map is its maximum (about 85 MB for the policies'), not what it holds.
     for i in range(256):
         os.mkdir(os.path.join(base, f"c{i}"))
     config = tmp_path / "keepalive.yaml"
@@ -261,10 +261,12 @@ def test_the_states_kernel_memory_follows_the_policies_in_force(keepalive, cgrou
     assert len(keepalive.report()["policies"]) == 257
     second_chunk = memory()
     assert second_chunk > one, (one, second_chunk)
-    keepalive("attach", base, "--rule", "remote=10.0.0.0/8,keepidle=5")
-    with_rules = memory()
-    assert with_rules > second_chunk, (second_chunk, with_rules)
-    keepalive("attach", base)
+    with_rules = second_chunk
+    if features["rules"]:
+        keepalive("attach", base, "--rule", "remote=10.0.0.0/8,keepidle=5")
+        with_rules = memory()
+        assert with_rules > second_chunk, (second_chunk, with_rules)
+        keepalive("attach", base)
     for i in range(256):
         os.rmdir(os.path.join(base, f"c{i}"))
     # The next command's repair drops the removed cgroups' policies and frees both chunks.
