@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "KeepaliveRuntime",
             dependencies: [
-                "KeepaliveCore", "CRI",
+                "BPF", "KeepaliveCore", "CRI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),
@@ -109,7 +109,10 @@ let package = Package(
         ),
         .testTarget(
             name: "KeepaliveAgentTests",
-            dependencies: ["KeepaliveAgent", "KeepaliveCore", .product(name: "NIOCore", package: "swift-nio"),
+            dependencies: ["KeepaliveAgent", "KeepaliveCore", "KeepaliveRuntime",
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOPosix", package: "swift-nio"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
     ]

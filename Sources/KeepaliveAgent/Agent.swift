@@ -30,11 +30,17 @@ public struct Agent: Sendable {
     }
 
     /// Where the runtimes are for this file: its `runtime:` key, else the
-    /// flags, else the environment and the usual sockets.
-    func workloads(for config: AgentConfig) throws -> Workloads {
+    /// flags, else the environment and the usual sockets; one of each kind
+    /// the registry has.
+    func endpoints(for config: AgentConfig) throws -> Runtimes {
         func given(_ kind: RuntimeKind) -> String? { config.runtimeEndpoints[kind]?.description ?? endpoints[kind] }
-        let runtimes = try Runtimes(cri: given(.cri), docker: given(.docker), environment: ProcessInfo.processInfo.environment)
-        return Workloads(runtimes: runtimes, cgroups: state.cgroups)
+        return try Runtimes(cri: given(.cri), docker: given(.docker), environment: ProcessInfo.processInfo.environment)
+    }
+
+    func makeRuntimes(for config: AgentConfig, tasks: ChildTasks<AgentTask>,
+                      connectionsEnded: @escaping @Sendable (RuntimeKind, RuntimeError) -> Void) throws -> [any WorkloadRuntime] {
+        let context = RuntimeContext(runtimes: try endpoints(for: config), cgroups: state.cgroups, tasks: tasks, connectionsEnded: connectionsEnded)
+        return registry.map { $0(context) }
     }
 
     /// Reads and checks the policy file; the error names file, line and problem.
@@ -54,9 +60,9 @@ public struct Agent: Sendable {
         let claim = try state.claimForAgent()
         let health = Health()
         let metrics = AgentMetrics()
+        _ = try endpoints(for: config)  // a bad endpoint is refused before the state is touched
         let enforcement = EnforcementService(configPath: configPath, config: config, state: state, claim: claim,
-                                             workloads: try workloads(for: config), agent: self,
-                                             logger: logger, health: health, metrics: metrics,
+                                             makeRuntimes: makeRuntimes, logger: logger, health: health, metrics: metrics,
                                              notifier: SystemdNotifier(environment: ProcessInfo.processInfo.environment))
         if once { return try await enforcement.enforceOnce() }
         var services: [any Service] = [enforcement]

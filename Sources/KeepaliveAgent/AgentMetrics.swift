@@ -44,6 +44,8 @@ final class AgentMetrics: Sendable {
         static var selectedCgroups: MetricNameDescriptor { named("agent", "selected_cgroups", "", "Cgroups the agent's policy file selects now.") }
         static var runtimeUp: MetricNameDescriptor { named(nil, "runtime_up", "",
             "1 while the container runtime answers (CRI, or the Docker-compatible API), else 0; asked every 10 s.") }
+        static var problems: MetricNameDescriptor { named("agent", "problems", "total",
+            "Problems the agent logged, by kind, each time one appeared or changed (a problem that lasts is counted once).") }
         static var buildInfo: MetricNameDescriptor { named(nil, "build_info", "", "Always 1; the labels say which keepalive this is.") }
         static var kernelFeature: MetricNameDescriptor { named(nil, "kernel_feature", "",
             "1 if this kernel gives the feature, else 0 (probed at start; docs/kernels.md says what each needs).") }
@@ -71,6 +73,10 @@ final class AgentMetrics: Sendable {
 
     func recordReload(success: Bool) {
         (success ? reloadSuccess : reloadFailure).increment()
+    }
+
+    func recordProblem(_ kind: String) {
+        registry.makeCounter(descriptor: Family.problems, labels: [("kind", kind)]).increment()
     }
 
     func setFailingCgroups(_ count: Int) { failingCgroups.set(Int64(count)) }

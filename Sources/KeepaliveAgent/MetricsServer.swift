@@ -55,7 +55,7 @@ struct MetricsServer: Service {
                 try await server.executeThenClose { connections in
                     for try await connection in connections {
                         guard open.enter(below: Self.maximumConnections) else {
-                            try? await connection.channel.close()
+                            try? await connection.channel.close()  // refused: its close failing changes nothing
                             continue
                         }
                         group.addTask {
@@ -71,6 +71,7 @@ struct MetricsServer: Service {
     }
 
     private func serve(_ connection: Connection) async {
+        // A scraper that hangs up or sends garbage ends its own connection, nothing else.
         try? await connection.executeThenClose { inbound, outbound in
             for try await part in inbound {
                 guard case .head(let head) = part else { continue }

@@ -6,22 +6,26 @@ import Logging
 /// Logs each connection the kernel reaped, as the kernel side recorded it:
 /// at most `perSecond` lines a second, the rest counted in one line.
 final class ReapedLog {
-    private let state: PinnedState
     private let logger: Logger
     private var next: UInt64?
     static let perSecond = 10
 
-    init(state: PinnedState, logger: Logger) {
-        self.state = state
+    init(logger: Logger) {
         self.logger = logger
     }
 
-    /// Called once a second. The first call only notes where the record is:
-    /// what was reaped before the agent started is `keepalive events`' to show.
-    func poll() {
-        guard let (events, head) = try? state.reapedEvents(after: next ?? .max) else { return }
+    /// Called once a second: what was reaped since the last call. The first
+    /// call only notes where the record is: what was reaped before the agent
+    /// started is `keepalive events`' to show. A failed read moves nothing:
+    /// the next one reads from the same place.
+    func poll(_ store: any PolicyStore) throws -> [ReapedEvent] {
+        let (events, head) = try store.reapedEvents(after: next ?? .max)
         defer { next = head }
-        guard next != nil, !events.isEmpty else { return }
+        return next == nil ? [] : events
+    }
+
+    func log(_ events: [ReapedEvent]) {
+        guard !events.isEmpty else { return }
         let shown = events.suffix(Self.perSecond)
         let owners = ProcessTable.socketOwnersOnTheMachine(of: Set(shown.map(\.inode)))
         for event in shown {

@@ -78,6 +78,19 @@ public enum PolicyOption: String, CaseIterable, Sendable {
         }
     }
 
+    /// Its column in tables (status, inspect).
+    public var column: String {
+        switch self {
+        case .keepidle: "IDLE"
+        case .keepintvl: "INTVL"
+        case .keepcnt: "CNT"
+        case .userTimeout: "USER_TIMEOUT"
+        case .syncnt: "SYNCNT"
+        case .maxseg: "MAXSEG"
+        case .windowClamp: "CLAMP"
+        }
+    }
+
     /// What the option does, for help texts.
     public var meaning: String {
         switch self {

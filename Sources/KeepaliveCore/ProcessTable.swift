@@ -28,6 +28,7 @@ public struct ProcessTable {
     /// Every process on the machine (as this process sees /proc), for naming
     /// the holders of sockets: who holds one only completes what is shown.
     init(everyProcess: ()) {
+        // No /proc: no process can be named; the sockets are still shown.
         pids = ((try? directoryNames("/proc")) ?? []).compactMap(Int32.init)
     }
 
@@ -55,6 +56,7 @@ public struct ProcessTable {
         for pid in pids {
             let inodes = Self.socketInodes(of: pid)
             guard !inodes.isEmpty else { continue }
+            // The process exited meanwhile: shown without its name.
             let command = (try? readTextFile(FilePath("/proc/\(pid)/comm")))?.split(separator: "\n").first.map(String.init) ?? "?"
             for inode in inodes { owners[inode, default: []].append(SocketOwner(pid: pid, command: command)) }
         }
@@ -64,7 +66,7 @@ public struct ProcessTable {
     static func socketInodes(of pid: Int32) -> [UInt64] {
         var inodes: [UInt64] = []
         var target = [CChar](repeating: 0, count: 64)
-        for name in (try? directoryNames("/proc/\(pid)/fd")) ?? [] {
+        for name in (try? directoryNames("/proc/\(pid)/fd")) ?? [] {  // exited, or not ours to read: none shown
             let n = readlink("/proc/\(pid)/fd/\(name)", &target, target.count - 1)
             guard n > 0 else { continue }
             let link = String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)

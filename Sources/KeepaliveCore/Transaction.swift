@@ -209,12 +209,13 @@ public final class Transaction {
     /// A cgroup a change could not reach, and whose trouble that is.
     public struct Failure: Sendable {
         public let cgroup: FilePath
-        public let error: String
+        /// As thrown: its scope and text are read from it where it is reported.
+        public let error: any Error
         public let scope: FailureScope
 
         public init(cgroup: FilePath, error: any Error) {
             self.cgroup = cgroup
-            self.error = "\(error)"
+            self.error = error
             scope = FailureScope(of: error)
         }
     }

@@ -93,8 +93,11 @@ public struct DockerClient: Sendable {
 enum ProcessCgroup {
     static func containerCgroup(pid: Int32, id: String) throws(RuntimeError) -> FilePath {
         let what = "container \(id.prefix(12))"
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8) else {
-            throw .noCgroup(what, "cannot read /proc/\(pid)/cgroup (the process exited?)")
+        let text: String
+        do {
+            text = try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
+        } catch {
+            throw .noCgroup(what, "cannot read /proc/\(pid)/cgroup (the process exited?): \(error.localizedDescription)")
         }
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
             throw .noCgroup(what, "/proc/\(pid)/cgroup has no cgroup v2 line")

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+import BPF
 import KeepaliveCore
 import struct SystemPackage.FilePath
 
@@ -117,19 +118,27 @@ public struct WorkloadLocator: Sendable {
         for container in try await client.containers(inPod: pod.sandboxID) {
             if let cgroup = try await client.containerCgroup(id: container.id).cgroup { return cgroup.removingLastComponent() }
         }
-        if let found = podDirectory(uid: pod.uid) { return found }
-        throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none, and no pod\(pod.uid) directory exists")
+        let found: FilePath?
+        do {
+            found = try podDirectory(uid: pod.uid)
+        } catch {
+            throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none, and \(error)")
+        }
+        guard let found else {
+            throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none, and no pod\(pod.uid) directory exists")
+        }
+        return found
     }
 
     /// kubelet's directory for a pod uid, under the cgroupfs or systemd driver's tree.
-    func podDirectory(uid: String) -> FilePath? {
+    /// A directory that cannot be read is an error: the pod may be in it.
+    func podDirectory(uid: String) throws(SyscallError) -> FilePath? {
         for root in ["kubepods", "kubepods.slice"].map({ FilePath($0) }) {
             var level = [root]
             for _ in 0..<2 {  // the pod is below its QoS class, or directly below (guaranteed)
                 var next: [FilePath] = []
                 for directory in level {
-                    // Unreadable is the same as absent here: the caller then says it found none.
-                    for child in (try? cgroups.children(of: directory)) ?? [] {
+                    for child in try cgroups.children(of: directory) {
                         guard let name = child.path.lastComponent?.string else { continue }
                         if CgroupNaming.kind(of: name) == .pod(uid: uid) { return child.path }
                         next.append(child.path)

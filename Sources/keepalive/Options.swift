@@ -167,17 +167,25 @@ struct PolicyArguments: ParsableArguments {
         do throws(RuleError) { return try Rule.validate(parsed) } catch { throw ValidationError("--rule: \(error)") }
     }
 
-    /// The policy the flags describe; options not given keep their defaults.
-    var policy: Policy {
-        // The @Option properties themselves, by option: no second list of them.
-        var values: [PolicyOption: Int32] = [:]
-        for child in Mirror(reflecting: self).children {
-            guard let label = child.label, let option = PolicyOption(rawValue: String(label.dropFirst())),
-                  let value = (child.value as? Option<Int32?>)?.wrappedValue else { continue }
-            values[option] = value
+    /// The flag given for `option`, if any: a switch the compiler checks
+    /// covers every option, so a new one cannot lack its flag.
+    func value(_ option: PolicyOption) -> Int32? {
+        switch option {
+        case .keepidle: keepidle
+        case .keepintvl: keepintvl
+        case .keepcnt: keepcnt
+        case .userTimeout: userTimeout
+        case .syncnt: syncnt
+        case .maxseg: maxseg
+        case .windowClamp: windowClamp
         }
-        // validate() refused a precedence that does not parse: none is lost here.
-        // validate() refused rules that do not parse, too.
+    }
+
+    /// The policy the flags describe; options not given keep their defaults.
+    /// validate() refused a precedence or rules that do not parse: the
+    /// `try?`s below cannot lose one.
+    var policy: Policy {
+        let values = PolicyOption.allCases.reduce(into: [PolicyOption: Int32]()) { $0[$1] = value($1) }
         return Policy(values, precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application,
                       rules: (try? parsedRules()) ?? [])
     }

@@ -59,18 +59,18 @@ struct Run: ParsableCommand, StateCommand {
     }
 
     func run() throws {
-        let privileged = (try? Privileges.missingForBPF())?.isEmpty ?? false
-        switch mode ?? (privileged ? .bpf : .preload) {
-        case .bpf: try runCovered(privileged: privileged)
+        let missing = try Privileges.missingForBPF()
+        switch mode ?? (missing.isEmpty ? .bpf : .preload) {
+        case .bpf: try runCovered(missing: missing)
         case .preload: try runPreloaded()
         }
     }
 
     // MARK: bpf
 
-    private func runCovered(privileged: Bool) throws {
-        guard privileged else {
-            throw CommandError("--mode bpf: missing privilege: \((try? Privileges.missingForBPF())?.joined(separator: ", ") ?? "unknown") (run as root, or --mode preload)")
+    private func runCovered(missing: [String]) throws {
+        guard missing.isEmpty else {
+            throw CommandError("--mode bpf: missing privilege: \(missing.joined(separator: ", ")) (run as root, or --mode preload)")
         }
         let policy = values.policy
         let cgroups = try options.cgroups()
@@ -83,6 +83,8 @@ struct Run: ParsableCommand, StateCommand {
             child = try spawn(environment: ProcessInfo.processInfo.environment)
             try run.leave()
         } catch {
+            // Undoing: the error above is the one to tell; what cannot be
+            // undone here the next keepalive command removes (an empty run cgroup).
             try? run.leave()
             _ = try? state.transaction(create: false) { try $0.transaction.remove(run.cgroup.id) }
             run.remove()
@@ -94,7 +96,11 @@ struct Run: ParsableCommand, StateCommand {
             // Its children run on, covered; the next keepalive command removes it once they are gone.
             if !quiet { printError("keepalive: \(command[0])'s children still run in \(run.cgroup.display): the policy stays until they exit") }
         } else {
-            _ = try? state.transaction(create: false) { try $0.transaction.remove(run.cgroup.id) }
+            do {
+                _ = try state.transaction(create: false) { try $0.transaction.remove(run.cgroup.id) }
+            } catch {
+                printError("keepalive: the policy on \(run.cgroup.display) stays until the next keepalive command: \(error)")
+            }
             run.remove()
         }
         exitAs(status)
@@ -138,6 +144,7 @@ struct Run: ParsableCommand, StateCommand {
     /// name from the loader's path (the package installs it there).
     static func socketLibrary() -> String {
         let name = "libkeepalive_socket.so"
+        // /proc/self/exe unreadable (no /proc): the library is then looked for by name alone.
         let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/"
         let beside = URL(fileURLWithPath: binary).deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("lib").appendingPathComponent(name).path
@@ -211,7 +218,7 @@ enum ELFFile {
     /// LD_PRELOAD. Scripts and unreadable files: false (nothing can be told).
     static func isStaticallyLinked(_ path: String) -> Bool {
         guard let handle = FileHandle(forReadingAtPath: path) else { return false }
-        defer { try? handle.close() }
+        defer { try? handle.close() }  // read-only: closing loses nothing
         guard let header = try? handle.read(upToCount: 64), header.count == 64,
               header.starts(with: [0x7f, 0x45, 0x4c, 0x46]), header[4] == 2 /* ELFCLASS64 */ else { return false }
         func integer<T: FixedWidthInteger>(_ data: Data, _ offset: Int, _: T.Type) -> T {

@@ -193,20 +193,5 @@ extension StatusOutput.Programs {
     }
 }
 
-extension PolicyOption {
-    /// Its column in tables.
-    var column: String {
-        switch self {
-        case .keepidle: "IDLE"
-        case .keepintvl: "INTVL"
-        case .keepcnt: "CNT"
-        case .userTimeout: "USER_TIMEOUT"
-        case .syncnt: "SYNCNT"
-        case .maxseg: "MAXSEG"
-        case .windowClamp: "CLAMP"
-        }
-    }
-}
-
 /// Bytes as KiB, rounded up: what a line of text says.
 func kibibytes(_ bytes: UInt64) -> UInt64 { (bytes + 1023) / 1024 }

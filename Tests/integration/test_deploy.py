@@ -2,6 +2,7 @@
 """The shipped deployment files: valid, and consistent with what the agent relies on."""
 import configparser
 import os
+import re
 import subprocess
 import tempfile
 
@@ -71,6 +72,21 @@ def test_configmap_policy_is_accepted_by_the_agent(tmp_path):
 def test_shipped_default_policy_is_accepted_by_the_agent(tmp_path):
     with open(os.path.join(DEPLOY, "keepalive.yaml")) as f:
         assert "policy entries" in check_policy(f.read(), tmp_path, "default.yaml")
+
+
+def test_shipped_default_policys_commented_examples_are_accepted_as_written(tmp_path):
+    """Each example, uncommented ("# " removed from its lines), is a valid file."""
+    with open(os.path.join(DEPLOY, "keepalive.yaml")) as f:
+        lines = f.read().splitlines()
+    examples = [line.replace("# ", "", 1) if re.match(r"^\s*# ( |-|runtime:)", line) and not re.match(r"^\s*# [A-Z]", line) else line
+                for line in lines]
+    text = "\n".join(examples) + "\n"
+    entries = yaml.safe_load(text)["policies"]
+    assert {"unit", "pods", "containers"} <= {key for entry in entries for key in entry}
+    assert any("rules" in entry for entry in entries)
+    assert "runtime" in yaml.safe_load(text)
+    out = check_policy(text, tmp_path, "examples.yaml")
+    assert f"{len(entries)} policy entries" in out
 
 
 def test_check_rejects_a_bad_policy_without_privilege():
