@@ -22,12 +22,14 @@ LLVM_STRIP ?= llvm-strip-14
 PYTHON     ?= $(shell command -v python3)
 ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-# Debian packages the build and the tests need; `deps` installs the missing ones.
-DEBIAN_PACKAGES := clang-14 llvm-14 libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev \
-                   gcc make binutils busybox-static iproute2 nftables procps systemd util-linux strace \
-                   debootstrap systemd-container podman runc prometheus redis-server redis-tools \
-                   containerd protobuf-compiler libc6-dev dpkg-dev lintian go-md2man golang-go \
-                   qemu-system-x86 cpio kmod e2fsprogs
+# Debian 12's packages: `deps` installs the missing ones the build needs (the
+# binary, the libraries, the package); `test-deps` adds what the tests and the
+# benchmarks run, some of which start services (containerd, podman's, redis).
+BUILD_PACKAGES := clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev gcc make binutils libc6-dev \
+                  dpkg-dev lintian go-md2man
+TEST_PACKAGES := libclang-rt-14-dev busybox-static iproute2 nftables procps systemd util-linux strace \
+                 debootstrap systemd-container podman runc prometheus redis-server redis-tools \
+                 containerd protobuf-compiler golang-go qemu-system-x86 cpio kmod e2fsprogs
 PYTHON_PACKAGES := pytest pyyaml kubernetes-validate grpcio grpcio-tools reuse
 
 PRELOAD_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden \
@@ -48,26 +50,34 @@ SWIFT_SOURCES := $(shell find Sources -path '*/generated' -prune -o \( -name '*.
 
 .SECONDARY:  # keep intermediate objects
 FORCE:
-.PHONY: FORCE all deps preload bpf swift proto previous deb image run bench fuzz test test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration test-kernels kernels clean
+.PHONY: FORCE all deps test-deps preload bpf swift proto previous deb image run bench fuzz test test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration test-kernels kernels clean
 
 all: deps preload swift
 
 # --- dependencies -----------------------------------------------------------
 
 deps: $(BUILD)/.deps
+test-deps: $(BUILD)/.test-deps
 
-$(BUILD)/.deps: Makefile
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+# Installs the Debian packages in $(1) that are missing.
+install-missing = missing=$$(for p in $(1); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:" $$missing; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+$(BUILD)/.deps: Makefile
+	@$(call install-missing,$(BUILD_PACKAGES))
+	@mkdir -p $(BUILD) && touch $@
+
+$(BUILD)/.test-deps: Makefile | $(BUILD)/.deps
+	@$(call install-missing,$(TEST_PACKAGES))
 	@for m in $(PYTHON_PACKAGES); do \
 	    mod=$$m; [ $$m = pyyaml ] && mod=yaml; [ $$m = kubernetes-validate ] && mod=kubernetes_validate; \
 	    [ $$m = grpcio-tools ] && mod=grpc_tools; [ $$m = grpcio ] && mod=grpc; \
 	    $(PYTHON) -c "import $$mod" 2>/dev/null || $(PYTHON) -m pip install -q $$m; done
-	@mkdir -p $(BUILD) && touch $@
+	@touch $@
 
 # --- preload libraries: one shared source, three wrappers --------------------
 
@@ -82,9 +92,9 @@ $(PRELOAD_LIBS):
 
 # The same, with ASan and UBSan, for the preload suite once more (make test).
 SANITIZED_LIBS := $(PRELOAD_LIBS:$(BUILD)/lib/%=$(BUILD)/lib-sanitized/%)
-$(BUILD)/lib-sanitized/libkeepalive.so: preload/connect.c $(PRELOAD_SHARED) | $(BUILD)/.deps
-$(BUILD)/lib-sanitized/libkeepalive_listen.so: preload/listen.c $(PRELOAD_SHARED) | $(BUILD)/.deps
-$(BUILD)/lib-sanitized/libkeepalive_socket.so: preload/socket.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(BUILD)/lib-sanitized/libkeepalive.so: preload/connect.c $(PRELOAD_SHARED) | $(BUILD)/.test-deps
+$(BUILD)/lib-sanitized/libkeepalive_listen.so: preload/listen.c $(PRELOAD_SHARED) | $(BUILD)/.test-deps
+$(BUILD)/lib-sanitized/libkeepalive_socket.so: preload/socket.c $(PRELOAD_SHARED) | $(BUILD)/.test-deps
 $(SANITIZED_LIBS):
 	@mkdir -p $(@D)
 	gcc $(filter-out -D_FORTIFY_SOURCE=2,$(PRELOAD_CFLAGS)) -fsanitize=address,undefined -fno-sanitize-recover=all \
@@ -142,7 +152,7 @@ $(BUILD)/cri/api.proto: $(CRI_PROTO)
 	@mkdir -p $(@D)
 	sed '/gogoproto/d' $< > $@
 
-proto: $(BUILD)/cri/api.proto | $(BUILD)/.deps
+proto: $(BUILD)/cri/api.proto | $(BUILD)/.test-deps
 	rm -rf $(PROTO_TOOLS) && mkdir -p $(PROTO_TOOLS)
 	git clone -q --branch $(GRPC_PROTOBUF_VERSION) https://github.com/grpc/grpc-swift-protobuf $(PROTO_TOOLS)/grpc-swift-protobuf
 	$(SWIFT) build -c release --package-path $(PROTO_TOOLS)/grpc-swift-protobuf --product protoc-gen-grpc-swift-2
@@ -156,18 +166,18 @@ proto: $(BUILD)/cri/api.proto | $(BUILD)/.deps
 	for f in Sources/CRI/*.swift; do sed -i '1i // SPDX''-License-Identifier: Apache-2.0' $$f; done
 
 # The same API for the tests' kubelet (Python, grpcio-tools), never committed.
-$(BUILD)/test/cri/api_pb2_grpc.py: $(BUILD)/cri/api.proto | $(BUILD)/.deps
+$(BUILD)/test/cri/api_pb2_grpc.py: $(BUILD)/cri/api.proto | $(BUILD)/.test-deps
 	@mkdir -p $(@D)
 	$(PYTHON) -m grpc_tools.protoc -I $(BUILD)/cri --python_out=$(@D) --grpc_python_out=$(@D) api.proto
 
 # A statically linked Go client (CGO_ENABLED=0), for `keepalive run`'s tests.
-$(BUILD)/test/goclient: Tests/integration/helpers/goclient.go | $(BUILD)/.deps
+$(BUILD)/test/goclient: Tests/integration/helpers/goclient.go | $(BUILD)/.test-deps
 	@mkdir -p $(@D)
 	cd $(@D) && CGO_ENABLED=0 GOCACHE=$(abspath $(BUILD))/go-cache GOPATH=$(abspath $(BUILD))/go \
 	    go build -o goclient $(abspath $<)
 
 # The tests' sandbox ("pause") process, static: it runs in the test image.
-$(BUILD)/test/pause: Tests/integration/helpers/pause.c | $(BUILD)/.deps
+$(BUILD)/test/pause: Tests/integration/helpers/pause.c | $(BUILD)/.test-deps
 	@mkdir -p $(@D)
 	gcc -static -O2 -Wall -Wextra -Werror -o $@ $<
 
@@ -196,7 +206,7 @@ $(BUILD)/man/%: docs/man/%.md debian/changelog | $(BUILD)/.deps
 deb: $(DEB)
 
 $(DEB): $(BUILD)/bin/keepalive $(PRELOAD_LIBS) $(MAN_PAGES) $(wildcard debian/*) deploy/systemd/keepalive.service \
-        deploy/keepalive.yaml
+        deploy/keepalive.yaml README.md $(wildcard docs/*.md)
 	debian/build-deb $@ $(VERSION) $(BUILD)/bin/keepalive $(BUILD)/lib $(BUILD)/man
 	lintian --fail-on error --suppress-tags-from-file /dev/null $@
 
@@ -229,7 +239,7 @@ $(ROOTFS_LIST): FORCE
 	@mkdir -p $(@D)
 	@echo '$(ROOTFS_PACKAGES)' | cmp -s - $@ 2>/dev/null || echo '$(ROOTFS_PACKAGES)' > $@
 
-$(ROOTFS)/.complete: $(ROOTFS_LIST) | $(BUILD)/.deps
+$(ROOTFS)/.complete: $(ROOTFS_LIST) | $(BUILD)/.test-deps
 	@rm -rf $(ROOTFS) $(ROOTFS).tmp && mkdir -p $(dir $(ROOTFS))
 	debootstrap --variant=minbase --include=$(subst $(SPACE),$(COMMA),$(strip $(ROOTFS_PACKAGES))) bookworm $(ROOTFS).tmp $(DEBIAN_MIRROR) \
 	    > $(BUILD)/rootfs/debootstrap.log 2>&1 || { tail -20 $(BUILD)/rootfs/debootstrap.log; exit 1; }
@@ -238,7 +248,7 @@ $(ROOTFS)/.complete: $(ROOTFS_LIST) | $(BUILD)/.deps
 # --- the container image: the package installed in a Debian stage, then what --
 # --- it installed on a base of the C libraries the binary links ---------------
 
-IMAGE ?= keepalive:latest
+IMAGE ?= localhost/keepalive:latest
 IMAGE_BASE ?= localhost/keepalive-base:latest
 IMAGE_INSTALLER ?= localhost/keepalive-installer:latest
 
@@ -248,7 +258,7 @@ $(BUILD)/image/base.tar: $(ROOTFS)/.complete deploy/container/base-files $(BUILD
 	tar -C $(ROOTFS) --dereference --no-recursion -cf $@.tmp -T $(@D)/base-files.txt && mv $@.tmp $@
 
 # The installer stage is the whole Debian tree; it is removed once the image is built.
-image: $(DEB) $(BUILD)/image/base.tar
+image: $(DEB) $(BUILD)/image/base.tar | $(BUILD)/.test-deps
 	podman import --quiet $(BUILD)/image/base.tar $(IMAGE_BASE)
 	tar -C $(ROOTFS) -c . | podman import --quiet - $(IMAGE_INSTALLER)
 	podman build --quiet --layers=false --network=none --build-arg BASE=$(IMAGE_BASE) \
@@ -265,7 +275,7 @@ run: all
 
 # --- benchmark: connection-path cost of each mode, side by side --------------
 
-$(BUILD)/bench/connrate: bench/connrate.c | $(BUILD)/.deps
+$(BUILD)/bench/connrate: bench/connrate.c | $(BUILD)/.test-deps
 	@mkdir -p $(@D)
 	gcc -O2 -Wall -Wextra -Werror -o $@ $<
 
@@ -273,7 +283,7 @@ $(BUILD)/bench/empty.bpf.o: bench/empty.bpf.c $(BUILD)/bpf/vmlinux.h
 	@mkdir -p $(@D)
 	$(BPF_CLANG) -O2 -target bpf -Wall -Werror -I$(BUILD)/bpf -c $< -o $@
 
-bench: all $(PREVIOUS) $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o
+bench: all $(PREVIOUS) $(BUILD)/bench/connrate $(BUILD)/bench/empty.bpf.o | $(BUILD)/.test-deps
 	$(PYTHON) bench/bench.py
 
 # --- fuzzing: every parser of outside input, coverage-guided -------------------
@@ -287,7 +297,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 SWIFT_FUZZ_TARGETS := policy-file runtime-replies
 
-$(BUILD)/fuzz/preload-env: fuzz/preload_env.c preload/keepalive_options.c $(PRELOAD_SHARED) | $(BUILD)/.deps
+$(BUILD)/fuzz/preload-env: fuzz/preload_env.c preload/keepalive_options.c $(PRELOAD_SHARED) | $(BUILD)/.test-deps
 	@mkdir -p $(@D)
 	$(BPF_CLANG) $(FUZZ_CFLAGS) -o $@ $< -ldl
 
@@ -296,7 +306,7 @@ $(BUILD)/fuzz/keepalive-fuzz: $(SWIFT_SOURCES) fuzz/Package.swift fuzz/Sources/k
 	@mkdir -p $(@D)
 	cp "$$($(SWIFT) build -c release --package-path fuzz --scratch-path $(BUILD)/fuzz/swift --show-bin-path)/keepalive-fuzz" $@
 
-fuzz: $(BUILD)/fuzz/preload-env $(BUILD)/fuzz/keepalive-fuzz
+fuzz: $(BUILD)/fuzz/preload-env $(BUILD)/fuzz/keepalive-fuzz | $(BUILD)/.test-deps
 	@status=0; \
 	fuzz/run $(FUZZ_SECONDS) $(BUILD)/fuzz/preload-env preload-env || status=1; \
 	fuzz/run $(FUZZ_SECONDS) $(BUILD)/fuzz/keepalive-fuzz $(SWIFT_FUZZ_TARGETS) || status=1; \
@@ -352,7 +362,7 @@ $(PREVIOUS): | $(BUILD)/.deps
 previous: $(PREVIOUS)
 
 # Each part's start is stamped, so that a CI log says where the time went.
-test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) $(PREVIOUS_DEB)
+test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) $(PREVIOUS_DEB) | $(BUILD)/.test-deps
 	@rc=0; \
 	for part in test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration; do \
 	    echo "== $$part at $$(date +%T)"; \
@@ -362,7 +372,7 @@ test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) $(PREVIOUS_DEB)
 	exit $$rc
 
 # Every file names its licence (an SPDX line, or REUSE.toml for data files).
-test-licensing: | $(BUILD)/.deps
+test-licensing: | $(BUILD)/.test-deps
 	$(PYTHON) -m reuse lint --quiet || { $(PYTHON) -m reuse lint | head -40; exit 1; }
 
 test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
@@ -372,15 +382,15 @@ test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
 TESTS ?= Tests/integration
 
 test-integration: $(PRELOAD_LIBS) $(BUILD)/bin/keepalive $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) \
-                  $(PREVIOUS_DEB)
+                  $(PREVIOUS_DEB) | $(BUILD)/.test-deps
 	$(PYTHON) -m pytest -p no:cacheprovider --durations=8 $(TESTS)
 
 # Debian's kernels (5.10, 6.1, 6.12) under QEMU, each running the kernel
 # suite (Tests/kernels/guest.py); part of test-integration, alone here.
-kernels: $(ROOTFS)/.complete | $(BUILD)/.deps
+kernels: $(ROOTFS)/.complete | $(BUILD)/.test-deps
 	$(PYTHON) Tests/kernels/guest.py
 
-test-kernels: $(BUILD)/bin/keepalive $(PRELOAD_LIBS) $(BUILD)/test/keepalive-next.bpf.o $(ROOTFS)/.complete
+test-kernels: $(BUILD)/bin/keepalive $(PRELOAD_LIBS) $(BUILD)/test/keepalive-next.bpf.o $(ROOTFS)/.complete | $(BUILD)/.test-deps
 	$(PYTHON) -m pytest -p no:cacheprovider -s Tests/integration/test_kernels.py
 
 clean:

@@ -61,9 +61,12 @@ public struct Agent: Sendable {
         let health = Health()
         let metrics = AgentMetrics()
         _ = try endpoints(for: config)  // a bad endpoint is refused before the state is touched
-        let enforcement = EnforcementService(configPath: configPath, config: config, state: state, claim: claim,
-                                             makeRuntimes: makeRuntimes, logger: logger, health: health, metrics: metrics,
-                                             notifier: SystemdNotifier(environment: ProcessInfo.processInfo.environment))
+        let (configPath, cgroups, makeRuntimes, logger) = (configPath, state.cgroups, makeRuntimes, logger)
+        let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
+        let enforcement = EnforcementService(state: state, claim: claim, logger: logger, metrics: metrics) { store, features in
+            Enforcer.Parts(configPath: configPath, config: config, store: store, cgroups: cgroups, features: features,
+                           makeRuntimes: makeRuntimes, logger: logger, health: health, metrics: metrics, notifier: notifier)
+        }
         if once { return try await enforcement.enforceOnce() }
         var services: [any Service] = [enforcement]
         if let endpoint {

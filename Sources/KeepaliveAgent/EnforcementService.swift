@@ -8,15 +8,12 @@ import ServiceLifecycle
 /// The agent's enforcement as a service of its ServiceGroup: an Enforcer,
 /// run on a thread of its own, over the kernel's pinned state.
 struct EnforcementService: Service {
-    let configPath: String
-    let config: AgentConfig
     let state: PinnedState
     let claim: AgentClaim
-    let makeRuntimes: RuntimeMaker
     let logger: Logger
-    let health: Health
     let metrics: AgentMetrics
-    let notifier: SystemdNotifier
+    /// The Enforcer's parts, once the store and the kernel's features are known.
+    let parts: @Sendable (any PolicyStore, KernelFeatures) -> Enforcer.Parts
 
     func run() async throws {
         try await onItsOwnThread { try await $0.run() }
@@ -34,10 +31,7 @@ struct EnforcementService: Service {
             let features = try await thread.next().submit { try state.kernelFeatures() }.get()
             logFeatures(features)
             metrics.setKernelFeatures(features)
-            let parts = Enforcer.Parts(configPath: configPath, config: config,
-                                       store: PinnedPolicyStore(state: state, claim: claim), cgroups: state.cgroups,
-                                       features: features, makeRuntimes: makeRuntimes, logger: logger,
-                                       health: health, metrics: metrics, notifier: notifier)
+            let parts = parts(PinnedPolicyStore(state: state, claim: claim), features)
             try await body(try Enforcer(parts, on: thread.next()))
         } catch {
             try? await thread.shutdownGracefully()  // the error that stopped enforcement is the one to tell

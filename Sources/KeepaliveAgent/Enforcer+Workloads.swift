@@ -13,7 +13,7 @@ extension Enforcer {
             // Watched from now on; what was made in it before the watch is looked at as new.
             watchEverything([cgroup.path], watcher)
             do {
-                for child in try cgroups.children(of: cgroup.path) { workloadAppeared(child, watcher) }
+                for child in try parts.cgroups.children(of: cgroup.path) { workloadAppeared(child, watcher) }
                 report(.unreadableParent(cgroup.path), nil)
             } catch {
                 retryDue = true  // the next full pass looks again
@@ -30,14 +30,14 @@ extension Enforcer {
             // the pod: watched from now on, and looked for at once (it may be there already).
             watchEverything([cgroup.path], watcher)
             do {
-                for child in try cgroups.children(of: cgroup.path) { workloadAppeared(child, watcher) }
+                for child in try parts.cgroups.children(of: cgroup.path) { workloadAppeared(child, watcher) }
             } catch {
                 // The pod's task asks anyway; only its haste is lost.
-                logger.debug("cannot list \(cgroup.display): \(error)")
+                parts.logger.debug("cannot list \(cgroup.display): \(error)")
             }
         case .container(_, let family):
             let parent = cgroup.path.removingLastComponent()
-            if family != .docker, let pod = cgroups.cgroup(at: parent) { identification.hurry(pod, workloads, config) }
+            if family != .docker, let pod = parts.cgroups.cgroup(at: parent) { identification.hurry(pod, workloads, config) }
             if config.selectsContainers { identification.identifyContainer(kind, at: cgroup, workloads, config) }
         default:
             break
@@ -78,7 +78,7 @@ extension Enforcer {
         case .gaveUp(let path):
             identification.stop(path)
             report(.identify(path), nil)
-            logger.debug("no runtime knows \(path.cgroupDisplay): left to the periodic passes")
+            parts.logger.debug("no runtime knows \(path.cgroupDisplay): left to the periodic passes")
         case .probed(let kind, let error):
             probing.remove(kind)
             await runtime(kind, answered: error, watcher)
@@ -93,7 +93,7 @@ extension Enforcer {
     /// A pod's ignored annotations, once each for as long as the pod has them.
     private func logProblems(_ problems: [PodAnnotations.Problem], of pod: PodInfo) {
         for problem in problems where annotationProblems.insert("\(pod.qualifiedName) \(problem)").inserted {
-            logger.warning("pod \(pod.qualifiedName) \(problem)")
+            parts.logger.warning("pod \(pod.qualifiedName) \(problem)")
         }
     }
 
@@ -122,11 +122,11 @@ extension Enforcer {
     private func noteRuntime(_ kind: RuntimeKind, _ error: RuntimeError?) {
         let wasUp = runtimeUp[kind]
         runtimeUp[kind] = error == nil
-        metrics.setRuntimeUp(kind.rawValue, error == nil)
+        parts.metrics.setRuntimeUp(kind.rawValue, error == nil)
         if let error, wasUp != false {
-            logger.error("\(error); every policy stays in force, retried")
+            parts.logger.error("\(error); every policy stays in force, retried")
         } else if error == nil, wasUp == false {
-            logger.notice("\(kind.title) answers again: resolving pods and containers anew")
+            parts.logger.notice("\(kind.title) answers again: resolving pods and containers anew")
         }
     }
 
@@ -145,7 +145,7 @@ extension Enforcer {
         for (name, why) in found.unplaced { report(.place(name), "cannot find the cgroup of \(name): \(why); retried") }
         // Each said once while the pod has it; said again if it comes back.
         let current = Set(found.problems.flatMap { pod, problems in problems.map { "\(pod) \($0)" } })
-        for line in current.subtracting(annotationProblems).sorted() { logger.warning("pod \(line)") }
+        for line in current.subtracting(annotationProblems).sorted() { parts.logger.warning("pod \(line)") }
         annotationProblems = current
     }
 }

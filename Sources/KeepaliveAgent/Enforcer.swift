@@ -45,17 +45,11 @@ actor Enforcer {
         var timing = Identification.Timing()
     }
 
-    let configPath: String
+    /// What it was made with (`config` is the file as first read).
+    let parts: Parts
+    /// The policy file in force: the last that loaded.
     var config: AgentConfig
-    let store: any PolicyStore
-    let cgroups: CgroupFS
     let resolver: TargetResolver
-    let features: KernelFeatures
-    let logger: Logger
-    let health: Health
-    let metrics: AgentMetrics
-    let notifier: SystemdNotifier
-    private let makeRuntimes: RuntimeMaker
     var workloads: Workloads
     /// The tasks beside the loop: identifications, probes, runtime connections.
     nonisolated let tasks = ChildTasks<AgentTask>()
@@ -93,17 +87,9 @@ actor Enforcer {
     }
 
     init(_ parts: Parts, on thread: any EventLoop) throws {
-        configPath = parts.configPath
+        self.parts = parts
         config = parts.config
-        store = parts.store
-        cgroups = parts.cgroups
         resolver = TargetResolver(cgroups: parts.cgroups)
-        features = parts.features
-        logger = parts.logger
-        health = parts.health
-        metrics = parts.metrics
-        notifier = parts.notifier
-        makeRuntimes = parts.makeRuntimes
         problems = ProblemLog(logger: parts.logger)
         reaped = ReapedLog(logger: parts.logger)
         unownedExecutor = thread.executor.asUnownedSerialExecutor()
@@ -133,7 +119,7 @@ actor Enforcer {
             if let problem = problems.first {
                 throw AgentError("the file is not wholly in force: \(problem)")
             }
-            logger.info("enforced \(config.policies.count) policy entries from \(configPath) on \(desired.count) cgroups")
+            parts.logger.info("enforced \(config.policies.count) policy entries from \(parts.configPath) on \(desired.count) parts.cgroups")
         }
     }
 
@@ -143,7 +129,7 @@ actor Enforcer {
     }
 
     func run() async throws {
-        let watcher = try CgroupWatcher(cgroups: cgroups)
+        let watcher = try CgroupWatcher(cgroups: parts.cgroups)
         let channel = try await watcher.channel(on: loop)
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let (tasks, input) = (tasks, input)
@@ -157,9 +143,9 @@ actor Enforcer {
                     defer { shutDownTasks() }
                     // Anything that stops enforcement at start ends the agent, so its supervisor sees it.
                     try await fullPass(watcher)
-                    health.passSucceeded()
-                    notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies")
-                    logger.info("ready: \(config.policies.count) policy entries from \(configPath), \(desired.count) cgroups covered, watching \(watcher.watchedCount) cgroup directories")
+                    parts.health.passSucceeded()
+                    parts.notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies")
+                    parts.logger.info("ready: \(config.policies.count) policy entries from \(parts.configPath), \(desired.count) cgroups covered, watching \(watcher.watchedCount) cgroup directories")
                     group.addTask {
                         do {
                             for try await buffer in inbound { input.yield(.watcher(buffer)) }
@@ -185,7 +171,7 @@ actor Enforcer {
                 }
             }
         }
-        notifier.notify("STOPPING=1")
+        parts.notifier.notify("STOPPING=1")
     }
 
     /// Throws only what ends enforcement for good (the pinned state is gone
@@ -235,7 +221,7 @@ actor Enforcer {
         let complete = resolution.unreadable.isEmpty
         let selectsWorkloads = !config.runtimesNeeded.isEmpty
         // Not seeing a cgroup, or a runtime not naming a workload, proves nothing: such policies stay.
-        let (checked, outcome) = try store.reconcile(desired.choices.map(\.desire)) { id, record in
+        let (checked, outcome) = try parts.store.reconcile(desired.choices.map(\.desire)) { id, record in
             record.origin.isEmpty ? !complete : selectsWorkloads && !found.known.contains(id)
         }
         log(checked)
@@ -245,10 +231,10 @@ actor Enforcer {
 
     /// A full pass whose failure is reported by /livez and the log, not fatal.
     func recoverablePass(_ watcher: CgroupWatcher, because reason: String) async {
-        logger.debug("full pass: \(reason)")
+        parts.logger.debug("full pass: \(reason)")
         do {
             try await fullPass(watcher)
-            health.passSucceeded()
+            parts.health.passSucceeded()
             report(.pass, nil)
         } catch {
             passFailed(error)
@@ -258,12 +244,12 @@ actor Enforcer {
     /// A pass that could not write the state: /livez fails until one succeeds, and it is retried.
     func passFailed(_ error: any Error) {
         retryDue = true
-        health.passFailed("\(error)")
+        parts.health.passFailed("\(error)")
         report(.pass, "enforcement pass failed: \(error)")
     }
 
     func cgroupAppeared(_ path: FilePath, _ watcher: CgroupWatcher) {
-        guard let cgroup = cgroups.cgroup(at: path) else { return }  // gone already
+        guard let cgroup = parts.cgroups.cgroup(at: path) else { return }  // gone already
         let resolution = resolver.resolve(config, appeared: cgroup)
         watchEverything(resolution.watch, watcher)
         workloadAppeared(cgroup, watcher)
@@ -279,7 +265,7 @@ actor Enforcer {
         workloads.forget(below: path)
         guard let gone = desired.remove(at: path) else { return }
         do {
-            try conclude(try store.withdraw([gone]), only: [path])
+            try conclude(try parts.store.withdraw([gone]), only: [path])
         } catch {
             passFailed(error)
         }
@@ -289,71 +275,71 @@ actor Enforcer {
     func passOnly(_ ids: [UInt64]) {
         let wants = ids.compactMap { desired[$0]?.desire }
         do {
-            try conclude(try store.enforce(wants), only: wants.map(\.cgroup.path))
+            try conclude(try parts.store.enforce(wants), only: wants.map(\.cgroup.path))
         } catch {
             passFailed(error)
         }
     }
 
     func reload(_ watcher: CgroupWatcher) async {
-        notifier.notify("RELOADING=1")
-        defer { notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies") }
+        parts.notifier.notify("RELOADING=1")
+        defer { parts.notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies") }
         do {
-            let loaded = try Agent.loadConfig(configPath)
+            let loaded = try Agent.loadConfig(parts.configPath)
             if loaded.runtimeEndpoints != config.runtimeEndpoints {
-                let next = Workloads(try makeRuntimes(loaded, tasks, Self.connectionsEnded(input)), cgroups: cgroups)
+                let next = Workloads(try parts.makeRuntimes(loaded, tasks, Self.connectionsEnded(input)), cgroups: parts.cgroups)
                 workloads.shutdown()
                 workloads = next
             }
             config = loaded
         } catch {
-            metrics.recordReload(success: false)
-            logger.error("reload rejected, policies unchanged: \(error)")
+            parts.metrics.recordReload(success: false)
+            parts.logger.error("reload rejected, policies unchanged: \(error)")
             return
         }
-        metrics.recordReload(success: true)
-        logger.info("reloaded \(configPath): \(config.policies.count) policy entries")
+        parts.metrics.recordReload(success: true)
+        parts.logger.info("reloaded \(parts.configPath): \(config.policies.count) policy entries")
         problems.resolve(where: \.isUnsupported)  // said again if still so
         stopIdentifying()  // what they would find is matched against the old file
         await recoverablePass(watcher, because: "reload")
     }
 
     private func tick(_ watcher: CgroupWatcher) async throws {
-        health.tick()
+        parts.health.tick()
         ticks += 1
         if ticks % Self.probeEveryTicks == 0 { probeRuntimes() }
         // Only while alive (as /livez says): a stuck loop or passes that keep
         // failing stop these, and systemd restarts the agent.
-        if notifier.watchdog && health.notAliveReason == nil { notifier.notify("WATCHDOG=1") }
-        switch store.pinning() {
+        if parts.notifier.watchdog && parts.health.notAliveReason == nil { parts.notifier.notify("WATCHDOG=1") }
+        switch parts.store.pinning() {
         case .intact:
             report(.pinning, nil)
         case .unknown(let code):
-            report(.pinning, "cannot check the pinned state at \(store.root): \(String(cString: strerror(code)))")
+            report(.pinning, "cannot check the pinned state at \(parts.store.root): \(String(cString: strerror(code)))")
         case .replaced:
-            logger.notice("the pinned state at \(store.root) vanished or was replaced: making it again and enforcing the policies anew")
+            parts.logger.notice("the pinned state at \(parts.store.root) vanished or was replaced: making it again and enforcing the policies anew")
             existingSocketsUnavailable = false
             do {
-                try store.remake()
+                try parts.store.remake()
             } catch {
-                throw AgentError("cannot make the pinned state at \(store.root) again: \(error)")
+                throw AgentError("cannot make the pinned state at \(parts.store.root) again: \(error)")
             }
             await recoverablePass(watcher, because: "pinned state replaced")
             return
         }
         if let reason = fullPassDue(watcher) { await recoverablePass(watcher, because: reason) }
         do {
-            reaped.log(try reaped.poll(store))
+            reaped.log(try reaped.poll(parts.store))
             report(.reapedEvents, nil)
         } catch {
-            report(.reapedEvents, "cannot read the reaped connections' record at \(store.root): \(error); the log says none until it can")
+            report(.reapedEvents, "cannot read the reaped connections' record at \(parts.store.root): \(error); the log says none until it can")
         }
     }
 
     /// Why a full pass is due now, if it is.
     func fullPassDue(_ watcher: CgroupWatcher) -> String? {
         let since = ContinuousClock.now - lastFullPass
-        if store.changedByAnother() { return "another process changed the pinned state" }
+        if parts.store.changedByAnother() { return "another process changed the pinned state" }
         if retryDue && since >= Self.retryInterval { return "retrying what failed" }
         if !watcher.unwatched.isEmpty && since >= Self.retryInterval { return "rescanning unwatched directories" }
         return since >= Self.safetyInterval ? "periodic check" : nil
@@ -367,7 +353,7 @@ actor Enforcer {
     func choice(_ cgroup: Cgroup, spec: Int, policy: Policy? = nil, origin: Origin = .none) -> Choice? {
         let entry = config.policies[spec]
         let policy = policy ?? entry.policy
-        let lacking = features.unsupported(by: policy)
+        let lacking = parts.features.unsupported(by: policy)
         // An entry's own policy changes only with the file (a reload forgets what was said);
         // a workload's annotations may change it at any time.
         if lacking != nil || !origin.isEmpty {
@@ -386,7 +372,7 @@ actor Enforcer {
     /// A pass over `only` these cgroups says nothing of the others'.
     func conclude(_ outcome: Transaction.Outcome, only touched: [FilePath]? = nil) throws {
         for change in outcome.changes {
-            logger.info("\(change)")
+            parts.logger.info("\(change)")
             if change.kind != .detached, let match = desired[change.cgroupID] { coverExistingSockets(match) }
         }
         var stateFailure: Transaction.Failure?
@@ -408,46 +394,46 @@ actor Enforcer {
             return !cgroupsFailing.contains(path) && passed.map { $0.contains(path) } ?? true
         }
         let stillFailing = problems.count(where: \.isCgroup)
-        metrics.setFailingCgroups(stillFailing)
+        parts.metrics.setFailingCgroups(stillFailing)
         retryDue = stillFailing > 0 || stateFailure != nil
-        metrics.setPolicies(desired.count)
-        if let stateFailure { throw AgentError("cannot write the pinned state at \(store.root): \(stateFailure.error)") }
+        parts.metrics.setPolicies(desired.count)
+        if let stateFailure { throw AgentError("cannot write the pinned state at \(parts.store.root): \(stateFailure.error)") }
     }
 
     /// (A kernel without the iterator was named at start: nothing to say here.)
     private func coverExistingSockets(_ match: Choice) {
-        guard config.policies[match.spec].existing, !existingSocketsUnavailable, features.has(.existingSockets) else {
+        guard config.policies[match.spec].existing, !existingSocketsUnavailable, parts.features.has(.existingSockets) else {
             return
         }
         let path = match.cgroup.path
         do {
-            guard let result = try store.coverExistingSockets(of: match.cgroup) else { return }
+            guard let result = try parts.store.coverExistingSockets(of: match.cgroup) else { return }
             if result.applied > 0 || result.keptOwn > 0 {
-                logger.info("existing sockets on \(path.cgroupDisplay): \(result.applied) updated, \(result.keptOwn) kept their program's own keepalive")
+                parts.logger.info("existing sockets on \(path.cgroupDisplay): \(result.applied) updated, \(result.keptOwn) kept their program's own keepalive")
             }
-            for failure in result.unreachable { logger.warning("existing sockets on \(path.cgroupDisplay): \(failure)") }
+            for failure in result.unreachable { parts.logger.warning("existing sockets on \(path.cgroupDisplay): \(failure)") }
         } catch {
             existingSocketsUnavailable = true
-            logger.error("existing sockets are not covered (only new ones): \(error)")
+            parts.logger.error("existing sockets are not covered (only new ones): \(error)")
         }
     }
 
     func watchEverything(_ paths: Set<FilePath>, _ watcher: CgroupWatcher) {
         let unwatched = watcher.watch(paths)
-        metrics.setUnwatchedDirectories(unwatched.count)
+        parts.metrics.setUnwatchedDirectories(unwatched.count)
         report(.inotify, unwatched.isEmpty ? nil
                : "the inotify watch limit is reached (raise fs.inotify.max_user_watches): \(unwatched.count) cgroup directories are not watched; they are rescanned every \(Self.retryInterval)")
     }
 
     /// Logs a problem when it appears or changes (and counts it), and once when it is gone.
     func report(_ problem: Problem, _ message: String?) {
-        if problems.report(problem, message) { metrics.recordProblem(problem.kind) }
+        if problems.report(problem, message) { parts.metrics.recordProblem(problem.kind) }
     }
 
     private func log(_ checked: Transaction.Report) {
-        for line in checked.repaired { logger.notice("repaired: \(line)") }
-        for line in checked.dropped { logger.info("dropped policy on \(line)") }
+        for line in checked.repaired { parts.logger.notice("repaired: \(line)") }
+        for line in checked.dropped { parts.logger.info("dropped policy on \(line)") }
         for line in checked.keptUnknown { report(.kept(line), line) }
-        for line in checked.failed { logger.error("could not repair: \(line)") }
+        for line in checked.failed { parts.logger.error("could not repair: \(line)") }
     }
 }

@@ -85,6 +85,11 @@ def test_install_man_pages_completion_and_preload_by_bare_name(machine):
                         ("libkeepalive", "LD_PRELOAD=libkeepalive.so")):
         shown = machine.sh(f"MANPAGER=cat MANWIDTH=100 man {page} 2>&1").stdout
         assert "NAME" in shown and words in shown, (page, shown[:800])
+    # The docs `keepalive --help` points to are where it says.
+    assert "/usr/share/doc/keepalive" in machine.sh("keepalive --help").stdout
+    shipped = machine.sh("ls /usr/share/doc/keepalive").stdout.split()
+    assert {"README.md.gz", "using.md.gz", "operating.md.gz", "extending.md.gz"} <= set(shipped), shipped
+    assert "keepidle" in machine.sh("zcat /usr/share/doc/keepalive/using.md.gz").stdout
     # Bash completes `keepalive att<TAB>`.
     completed = machine.sh("""bash -c 'source /usr/share/bash-completion/bash_completion
         source /usr/share/bash-completion/completions/keepalive

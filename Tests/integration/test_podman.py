@@ -102,7 +102,8 @@ def test_the_daemonset_pod_enforces_on_the_host_across_stop_and_start(host_bpffs
     db = node_containerd.run_pod("db-0", "shop", labels={"tier": "db"})
     node_containerd.start_container(db, "app", pair_command(free_port()))
     name = unique("pod")
-    pod = pod_from_daemonset(daemonset, name, podman.build_image(), keepalive.pin_path)
+    image = podman.build_image()
+    pod = pod_from_daemonset(daemonset, name, image, keepalive.pin_path)
     podman.play(pod, configmap=configmap)
     port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
     base = f"http://{podman.address(name)}:{port}"
@@ -129,3 +130,14 @@ def test_the_daemonset_pod_enforces_on_the_host_across_stop_and_start(host_bpffs
     wait_until(lambda: get(base + "/readyz")[0] == 200, timeout=20, what=f"/readyz after start ({logs()})")
     assert probe("pair", cgroup=pod_cgroup)["connected"]["keepidle"] == 15
     assert logs().count("ready:") == 2 and "error" not in logs(), logs()
+
+    # Removed from the node as docs/operating.md says. The DaemonSet's pod gone,
+    # the policies stay pinned; then the image's own binary, with the host's root
+    # at /host as `kubectl debug node/NODE --profile=sysadmin` mounts it, removes them.
+    podman("pod", "rm", "--force", "--time", "5", name)
+    assert probe("pair", cgroup=pod_cgroup)["connected"]["keepidle"] == 15
+    removed = podman("run", "--rm", "--privileged", "--network=none", "-v", "/:/host", image,
+                     "detach", "--all", f"--pin-path=/host{keepalive.pin_path}",
+                     f"--cgroup-root=/host{cgroup2_mount()}")
+    assert not os.path.exists(keepalive.pin_path), (removed.stdout, removed.stderr)
+    assert probe("pair", cgroup=pod_cgroup)["connected"]["keepalive"] == 0, removed.stderr
