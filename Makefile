@@ -50,7 +50,7 @@ SWIFT_SOURCES := $(shell find Sources -path '*/generated' -prune -o \( -name '*.
 
 .SECONDARY:  # keep intermediate objects
 FORCE:
-.PHONY: FORCE all deps test-deps preload bpf swift proto previous deb image run bench fuzz test test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration test-kernels kernels clean
+.PHONY: FORCE all deps test-deps preload bpf swift proto previous deb image run bench fuzz test test-licensing test-format format test-swift test-fuzz-replay test-preload-sanitized test-integration test-kernels kernels clean
 
 all: deps preload swift
 
@@ -134,7 +134,18 @@ $(BPF_OBJECTS_STAMP): $(BPF_SKELETONS) debian/changelog
 
 swift: $(BUILD)/bin/keepalive
 
-$(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
+# Exactly the package versions of Package.versions: Package.swift pins the
+# direct dependencies, this check the transitive ones. (SwiftPM's way is a
+# committed Package.resolved; the offline package copies' commit ids are not
+# GitHub's, so one made here would not resolve anywhere else.)
+$(BUILD)/.versions: Package.swift Package.versions
+	$(SWIFT) package resolve
+	@diff -u <(grep -v '^#' Package.versions) \
+	    <(awk -F'"' '/"identity"/ {id = $$4} /"version" *: *"/ {print id, $$4}' Package.resolved | sort) \
+	    || { echo "Package.resolved differs from Package.versions (above): the build would use other versions" >&2; exit 1; }
+	@mkdir -p $(@D) && touch $@
+
+$(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP) $(BUILD)/.versions
 	$(SWIFT) build -c release --static-swift-stdlib --product keepalive
 	@mkdir -p $(@D)
 	cp "$$($(SWIFT) build -c release --show-bin-path)/keepalive" $@
@@ -146,7 +157,7 @@ $(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
 
 CRI_PROTO   := third_party/cri-api/runtime/v1/api.proto
 PROTO_TOOLS := $(BUILD)/proto-tools
-GRPC_PROTOBUF_VERSION := $(shell awk -F'"' '/grpc-swift-protobuf", from:/ {print $$4}' Package.swift)
+GRPC_PROTOBUF_VERSION := $(shell awk '$$1 == "grpc-swift-protobuf" {print $$2}' Package.versions)
 
 $(BUILD)/cri/api.proto: $(CRI_PROTO)
 	@mkdir -p $(@D)
@@ -364,7 +375,7 @@ previous: $(PREVIOUS)
 # Each part's start is stamped, so that a CI log says where the time went.
 test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) $(PREVIOUS_DEB) | $(BUILD)/.test-deps
 	@rc=0; \
-	for part in test-licensing test-swift test-fuzz-replay test-preload-sanitized test-integration; do \
+	for part in test-licensing test-format test-swift test-fuzz-replay test-preload-sanitized test-integration; do \
 	    echo "== $$part at $$(date +%T)"; \
 	    $(MAKE) --no-print-directory $$part || rc=1; \
 	done; \
@@ -375,7 +386,18 @@ test: all $(TEST_HELPERS) $(PREVIOUS) $(ROOTFS)/.complete $(DEB) $(PREVIOUS_DEB)
 test-licensing: | $(BUILD)/.test-deps
 	$(PYTHON) -m reuse lint --quiet || { $(PYTHON) -m reuse lint | head -40; exit 1; }
 
-test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP)
+# swift-format, with swift-nio's configuration (.swift-format); the generated
+# CRI client is left as protoc wrote it. `make format` rewrites the files.
+FORMATTED := $(shell git ls-files '*.swift' 2>/dev/null | grep -v '^Sources/CRI/')
+SWIFT_FORMAT ?= $(dir $(shell readlink -f $(SWIFT)))swift-format
+
+test-format:
+	$(SWIFT_FORMAT) lint --strict --parallel $(FORMATTED)
+
+format:
+	$(SWIFT_FORMAT) format --in-place --parallel $(FORMATTED)
+
+test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP) $(BUILD)/.versions
 	$(SWIFT) test
 
 # TESTS: a part of the suite, e.g. make test-integration TESTS=Tests/integration/test_bpf.py

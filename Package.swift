@@ -10,18 +10,20 @@ let package = Package(
         // For fuzz/ (make fuzz): the parsers of outside input as fuzz targets.
         .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
+    // Exact versions; Package.versions lists every package the build
+    // resolves, transitive ones too, and `make` stops on any difference.
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
-        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
-        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
-        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
-        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
-        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
-        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-system", exact: "1.8.1"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", exact: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", exact: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", exact: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", exact: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
     ],
     targets: [
         // libbpf (Debian's libbpf-dev), the policy header shared with bpf/, and
@@ -84,7 +86,9 @@ let package = Package(
         // Each parser of outside input as a fuzz target (fuzz/, Tests/FuzzReplayTests).
         .target(
             name: "FuzzTargets",
-            dependencies: ["KeepaliveCore", "KeepaliveRuntime", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "KeepaliveCore", "KeepaliveRuntime", .product(name: "SystemPackage", package: "swift-system"),
+            ]
         ),
         .executableTarget(
             name: "keepalive",
@@ -100,7 +104,9 @@ let package = Package(
         ),
         .testTarget(
             name: "KeepaliveRuntimeTests",
-            dependencies: ["KeepaliveRuntime", "KeepaliveCore", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: [
+                "KeepaliveRuntime", "KeepaliveCore", .product(name: "SystemPackage", package: "swift-system"),
+            ],
             exclude: ["Recorded"]  // replies recorded from real runtimes, read by path
         ),
         .testTarget(
@@ -109,11 +115,13 @@ let package = Package(
         ),
         .testTarget(
             name: "KeepaliveAgentTests",
-            dependencies: ["KeepaliveAgent", "KeepaliveCore", "KeepaliveRuntime",
-                           .product(name: "Logging", package: "swift-log"),
-                           .product(name: "NIOCore", package: "swift-nio"),
-                           .product(name: "NIOPosix", package: "swift-nio"),
-                           .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "KeepaliveAgent", "KeepaliveCore", "KeepaliveRuntime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
         ),
     ]
 )

@@ -10,6 +10,6 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [.package(name: "keepalive", path: "..")],
     targets: [
-        .executableTarget(name: "keepalive-fuzz", dependencies: [.product(name: "FuzzTargets", package: "keepalive")]),
+        .executableTarget(name: "keepalive-fuzz", dependencies: [.product(name: "FuzzTargets", package: "keepalive")])
     ]
 )

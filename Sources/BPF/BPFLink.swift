@@ -36,14 +36,21 @@ public struct BPFLink: Sendable {
         var length = UInt32(MemoryLayout<bpf_link_info>.size)
         try SyscallError.check("read link \(name) info", bpf_obj_get_info_by_fd(fd.raw, &info, &length))
         let cgroup = info.type == BPF_LINK_TYPE_CGROUP.rawValue
-        return Info(id: info.id, programID: info.prog_id, type: bpf_link_type(info.type),
-                    cgroupID: cgroup ? info.cgroup.cgroup_id : 0,
-                    attachType: cgroup ? bpf_attach_type(info.cgroup.attach_type) : bpf_attach_type(0))
+        return Info(
+            id: info.id,
+            programID: info.prog_id,
+            type: bpf_link_type(info.type),
+            cgroupID: cgroup ? info.cgroup.cgroup_id : 0,
+            attachType: cgroup ? bpf_attach_type(info.cgroup.attach_type) : bpf_attach_type(0)
+        )
     }
 
     /// Makes the link run `program` instead, in one step: no event goes
     /// unhandled in between (cgroup links only; bpf_link_update).
     public func update(to program: BPFProgram) throws(SyscallError) {
-        try SyscallError.check("update link \(name) to program \(program.name)", bpf_link_update(fd.raw, program.fd.raw, nil))
+        try SyscallError.check(
+            "update link \(name) to program \(program.name)",
+            bpf_link_update(fd.raw, program.fd.raw, nil)
+        )
     }
 }

@@ -44,7 +44,11 @@ public struct MapHandle: Sendable {
         var info = bpf_map_info()
         var length = UInt32(MemoryLayout<bpf_map_info>.size)
         try SyscallError.check("read map \(name) info", bpf_obj_get_info_by_fd(fd.raw, &info, &length))
-        let shape = MapShape(type: bpf_map_type(info.type), keySize: Int(info.key_size), valueSize: Int(info.value_size))
+        let shape = MapShape(
+            type: bpf_map_type(info.type),
+            keySize: Int(info.key_size),
+            valueSize: Int(info.value_size)
+        )
         guard shape == expected else { throw MapIncompatible(name: name, found: shape, expected: expected) }
         self.fd = fd
         self.name = name
@@ -73,7 +77,10 @@ public struct MapHandle: Sendable {
         var keys: [Key] = []
         let current = UnsafeMutablePointer<Key>.allocate(capacity: 1)
         let next = UnsafeMutablePointer<Key>.allocate(capacity: 1)
-        defer { current.deallocate(); next.deallocate() }
+        defer {
+            current.deallocate()
+            next.deallocate()
+        }
         var previous: UnsafeMutablePointer<Key>? = nil
         while bpf_map_get_next_key(fd.raw, previous, next) == 0 {
             keys.append(next.pointee)
@@ -109,8 +116,15 @@ public struct BPFMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendable {
     public let handle: MapHandle
 
     public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws {
-        handle = try MapHandle(fd, name: name, expecting: MapShape(
-            type: type, keySize: MemoryLayout<Key>.size, valueSize: MemoryLayout<Value>.size))
+        handle = try MapHandle(
+            fd,
+            name: name,
+            expecting: MapShape(
+                type: type,
+                keySize: MemoryLayout<Key>.size,
+                valueSize: MemoryLayout<Value>.size
+            )
+        )
     }
 
     public func lookup(_ key: Key) throws(SyscallError) -> Value? {
@@ -150,8 +164,15 @@ public struct BPFPerCPUMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendab
     private var stride: Int { (MemoryLayout<Value>.size + 7) & ~7 }
 
     public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws {
-        handle = try MapHandle(fd, name: name, expecting: MapShape(
-            type: type, keySize: MemoryLayout<Key>.size, valueSize: MemoryLayout<Value>.size))
+        handle = try MapHandle(
+            fd,
+            name: name,
+            expecting: MapShape(
+                type: type,
+                keySize: MemoryLayout<Key>.size,
+                valueSize: MemoryLayout<Value>.size
+            )
+        )
         let cpus = Int(libbpf_num_possible_cpus())
         guard cpus > 0 else { throw SyscallError("count possible CPUs", errno: Int32(-cpus)) }
         self.cpus = cpus

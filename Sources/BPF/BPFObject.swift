@@ -20,9 +20,12 @@ public final class BPFObject {
 
     /// Calls a skeleton's open function (NAME__open_opts) with options that pin
     /// maps declared LIBBPF_PIN_BY_NAME under `pinRoot`, or pin nothing if nil.
-    public func open<Skeleton>(pinRoot: String?,
-                               _ open: (UnsafePointer<bpf_object_open_opts>) -> UnsafeMutablePointer<Skeleton>?)
-        throws(SyscallError) -> UnsafeMutablePointer<Skeleton> {
+    public func open<Skeleton>(
+        pinRoot: String?,
+        _ open: (UnsafePointer<bpf_object_open_opts>) -> UnsafeMutablePointer<Skeleton>?
+    )
+        throws(SyscallError) -> UnsafeMutablePointer<Skeleton>
+    {
         var opts = bpf_object_open_opts()
         opts.sz = MemoryLayout<bpf_object_open_opts>.size  // LIBBPF_OPTS does not import
         opts.kernel_log_buf = log
@@ -55,8 +58,13 @@ public final class BPFObject {
             }
             program = bpf_object__next_program(object, current)
         }
-        throw LoadError(object: name, program: failed, errno: -result, log: verifierLog,
-                        libbpfMessage: Libbpf.takeLastWarning())
+        throw LoadError(
+            object: name,
+            program: failed,
+            errno: -result,
+            log: verifierLog,
+            libbpfMessage: Libbpf.takeLastWarning()
+        )
     }
 
     /// A loaded program of the object, named `name` (its pin's) or as the object names it.
@@ -69,8 +77,10 @@ public final class BPFObject {
     /// A loaded map's descriptor (the object keeps its own).
     public static func mapDescriptor(_ map: OpaquePointer) throws(SyscallError) -> FileDescriptor {
         let name = String(cString: bpf_map__name(map))
-        return try FileDescriptor.duplicate(try SyscallError.check("map \(name) descriptor", bpf_map__fd(map)),
-                                            what: "map \(name)")
+        return try FileDescriptor.duplicate(
+            try SyscallError.check("map \(name) descriptor", bpf_map__fd(map)),
+            what: "map \(name)"
+        )
     }
 
     public static func name(ofMap map: OpaquePointer) -> String { String(cString: bpf_map__name(map)) }

@@ -29,23 +29,38 @@ public struct BPFProgram: Sendable {
     }
 
     /// Attaches to a cgroup through a BPF link (always multi: other programs stay).
-    public func attach(cgroup cgroupFD: FileDescriptor, type: bpf_attach_type, cgroupPath: String) throws(SyscallError) -> BPFLink {
-        let raw = try SyscallError.check("attach \(name) to \(cgroupPath)", bpf_link_create(fd.raw, cgroupFD.raw, type, nil))
+    public func attach(
+        cgroup cgroupFD: FileDescriptor,
+        type: bpf_attach_type,
+        cgroupPath: String
+    ) throws(SyscallError) -> BPFLink {
+        let raw = try SyscallError.check(
+            "attach \(name) to \(cgroupPath)",
+            bpf_link_create(fd.raw, cgroupFD.raw, type, nil)
+        )
         return BPFLink(FileDescriptor(owning: raw), name: "\(name) at \(cgroupPath)")
     }
 
     /// Attaches a BTF tracepoint program (tp_btf/...) to its tracepoint.
     public func attachTracepoint() throws(SyscallError) -> BPFLink {
-        BPFLink(FileDescriptor(owning: try SyscallError.check("attach \(name)", bpf_raw_tracepoint_open(nil, fd.raw))),
-                name: "\(name)'s tracepoint")
+        BPFLink(
+            FileDescriptor(owning: try SyscallError.check("attach \(name)", bpf_raw_tracepoint_open(nil, fd.raw))),
+            name: "\(name)'s tracepoint"
+        )
     }
 
     /// Runs an iterator program once (iter/...) and returns everything it wrote.
     /// The iterator works in the network namespace of the calling thread.
     public func iterate() throws(SyscallError) -> [UInt8] {
-        let link = FileDescriptor(owning: try SyscallError.check("create iterator link for \(name)",
-                                                                 bpf_link_create(fd.raw, 0, BPF_TRACE_ITER, nil)))
-        let iterator = FileDescriptor(owning: try SyscallError.check("create iterator \(name)", bpf_iter_create(link.raw)))
+        let link = FileDescriptor(
+            owning: try SyscallError.check(
+                "create iterator link for \(name)",
+                bpf_link_create(fd.raw, 0, BPF_TRACE_ITER, nil)
+            )
+        )
+        let iterator = FileDescriptor(
+            owning: try SyscallError.check("create iterator \(name)", bpf_iter_create(link.raw))
+        )
         var output: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {

@@ -15,7 +15,10 @@ public final class FileDescriptor: Sendable {
     }
 
     /// Opens a path, e.g. a cgroup directory to attach to.
-    public static func open(_ path: String, flags: Int32 = O_RDONLY | O_DIRECTORY) throws(SyscallError) -> FileDescriptor {
+    public static func open(
+        _ path: String,
+        flags: Int32 = O_RDONLY | O_DIRECTORY
+    ) throws(SyscallError) -> FileDescriptor {
         FileDescriptor(owning: try SyscallError.check("open \(path)", Glibc.open(path, flags | O_CLOEXEC)))
     }
 

@@ -13,10 +13,15 @@ public enum KernelProbe {
     }
 
     /// Whether programs of this type may call `helper`.
-    public static func helper(_ helper: bpf_func_id, in type: bpf_prog_type,
-                              attach: AttachPoint = .none) throws(SyscallError) -> Bool {
-        try answer("probe helper \(helper.rawValue) in program type \(type.rawValue)",
-                   ka_probe_helper(type, attach.type, attach.btfID, helper))
+    public static func helper(
+        _ helper: bpf_func_id,
+        in type: bpf_prog_type,
+        attach: AttachPoint = .none
+    ) throws(SyscallError) -> Bool {
+        try answer(
+            "probe helper \(helper.rawValue) in program type \(type.rawValue)",
+            ka_probe_helper(type, attach.type, attach.btfID, helper)
+        )
     }
 
     private static func answer(_ what: String, _ result: Int32) throws(SyscallError) -> Bool {

@@ -21,8 +21,15 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     private let opened = Mutex<[UInt32: BPFPerCPUMap<UInt32, Value>]>([:])
 
     public init(_ fd: FileDescriptor, name: String, chunkSize: Int) throws {
-        handle = try MapHandle(fd, name: name, expecting: MapShape(type: BPF_MAP_TYPE_ARRAY_OF_MAPS, keySize: 4,
-                                                                    valueSize: 4))
+        handle = try MapHandle(
+            fd,
+            name: name,
+            expecting: MapShape(
+                type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
+                keySize: 4,
+                valueSize: 4
+            )
+        )
         self.chunkSize = chunkSize
         chunkName = String(name.prefix(9)) + "_chunk"  // BPF_OBJ_NAME_LEN: 15 characters
     }
@@ -66,7 +73,8 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     }
 
     private func chunkID(at chunk: UInt32) throws(SyscallError) -> UInt32? {
-        var chunk = chunk, id: UInt32 = 0
+        var chunk = chunk
+        var id: UInt32 = 0
         return try handle.lookup(&chunk, into: &id) ? id : nil
     }
 
@@ -91,11 +99,21 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     /// A new chunk (zero) at `chunk`. The update waits for a grace period
     /// (the kernel's for any array of maps): paid once per chunk.
     private func makeChunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value> {
-        let fd = FileDescriptor(owning: try SyscallError.check(
-            "create a chunk of map \(handle.name)",
-            bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, chunkName, 4, UInt32(MemoryLayout<Value>.size),
-                           UInt32(chunkSize), nil)))
-        var chunk = chunk, raw = fd.raw
+        let fd = FileDescriptor(
+            owning: try SyscallError.check(
+                "create a chunk of map \(handle.name)",
+                bpf_map_create(
+                    BPF_MAP_TYPE_PERCPU_ARRAY,
+                    chunkName,
+                    4,
+                    UInt32(MemoryLayout<Value>.size),
+                    UInt32(chunkSize),
+                    nil
+                )
+            )
+        )
+        var chunk = chunk
+        var raw = fd.raw
         try handle.update(&chunk, &raw, flags: Int32(BPF_ANY))
         return try BPFPerCPUMap(fd, name: chunkName, type: BPF_MAP_TYPE_PERCPU_ARRAY)
     }

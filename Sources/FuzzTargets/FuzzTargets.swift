@@ -2,6 +2,7 @@
 import Foundation
 import KeepaliveCore
 import KeepaliveRuntime
+
 import struct SystemPackage.FilePath
 
 /// The parsers of outside input, as coverage-guided fuzzers drive them
@@ -34,7 +35,10 @@ public enum FuzzTargets {
             checkInRange(spec.policy)
             precondition(spec.policy.rules.count <= Rule.maxRules, "at most 16 rules")
             for rule in spec.policy.rules {
-                precondition(!(rule.remote.isEmpty && rule.remotePorts.isEmpty && rule.localPorts.isEmpty), "a rule matches something")
+                precondition(
+                    !(rule.remote.isEmpty && rule.remotePorts.isEmpty && rule.localPorts.isEmpty),
+                    "a rule matches something"
+                )
                 precondition(!rule.off || rule.options.isEmpty, "keepalive: off takes no values")
                 checkInRange(rule.values(under: spec.policy))
             }

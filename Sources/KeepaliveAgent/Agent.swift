@@ -20,8 +20,13 @@ public struct Agent: Sendable {
     /// The runtimes' endpoints from the command line (the file's `runtime:` comes first).
     public let endpoints: [RuntimeKind: String]
 
-    public init(configPath: String, metricsAddress: String?, state: PinnedState, logger: Logger,
-                endpoints: [RuntimeKind: String] = [:]) {
+    public init(
+        configPath: String,
+        metricsAddress: String?,
+        state: PinnedState,
+        logger: Logger,
+        endpoints: [RuntimeKind: String] = [:]
+    ) {
         self.configPath = configPath
         self.metricsAddress = metricsAddress
         self.state = state
@@ -37,9 +42,17 @@ public struct Agent: Sendable {
         return try Runtimes(cri: given(.cri), docker: given(.docker), environment: ProcessInfo.processInfo.environment)
     }
 
-    func makeRuntimes(for config: AgentConfig, tasks: ChildTasks<AgentTask>,
-                      connectionsEnded: @escaping @Sendable (RuntimeKind, RuntimeError) -> Void) throws -> [any WorkloadRuntime] {
-        let context = RuntimeContext(runtimes: try endpoints(for: config), cgroups: state.cgroups, tasks: tasks, connectionsEnded: connectionsEnded)
+    func makeRuntimes(
+        for config: AgentConfig,
+        tasks: ChildTasks<AgentTask>,
+        connectionsEnded: @escaping @Sendable (RuntimeKind, RuntimeError) -> Void
+    ) throws -> [any WorkloadRuntime] {
+        let context = RuntimeContext(
+            runtimes: try endpoints(for: config),
+            cgroups: state.cgroups,
+            tasks: tasks,
+            connectionsEnded: connectionsEnded
+        )
         return registry.map { $0(context) }
     }
 
@@ -63,19 +76,46 @@ public struct Agent: Sendable {
         _ = try endpoints(for: config)  // a bad endpoint is refused before the state is touched
         let (configPath, cgroups, makeRuntimes, logger) = (configPath, state.cgroups, makeRuntimes, logger)
         let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
-        let enforcement = EnforcementService(state: state, claim: claim, logger: logger, metrics: metrics) { store, features in
-            Enforcer.Parts(configPath: configPath, config: config, store: store, cgroups: cgroups, features: features,
-                           makeRuntimes: makeRuntimes, logger: logger, health: health, metrics: metrics, notifier: notifier)
+        let enforcement = EnforcementService(
+            state: state,
+            claim: claim,
+            logger: logger,
+            metrics: metrics,
+            config: config
+        ) { store, features in
+            Enforcer.Parts(
+                configPath: configPath,
+                store: store,
+                cgroups: cgroups,
+                features: features,
+                makeRuntimes: makeRuntimes,
+                logger: logger,
+                health: health,
+                metrics: metrics,
+                notifier: notifier
+            )
         }
         if once { return try await enforcement.enforceOnce() }
         var services: [any Service] = [enforcement]
         if let endpoint {
             let state = self.state
-            services.append(MetricsServer(host: endpoint.host, port: endpoint.port,
-                                          metrics: { try metrics.render(state, health: health) }, health: health, logger: logger))
+            services.append(
+                MetricsServer(
+                    host: endpoint.host,
+                    port: endpoint.port,
+                    metrics: { try metrics.render(state, health: health) },
+                    health: health,
+                    logger: logger
+                )
+            )
         }
-        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
-                                                      logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services,
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
         try await group.run()
         logger.info("stopped; policies stay in force (keepalive detach --all removes them)")
     }

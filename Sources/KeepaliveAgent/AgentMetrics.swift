@@ -18,37 +18,124 @@ final class AgentMetrics: Sendable {
 
     /// Every family: its name's parts, unit and help, in one place.
     private enum Family {
-        static func named(_ subsystem: String?, _ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
-            MetricNameDescriptor(namespace: "keepalive", subsystem: subsystem, metricName: name, unitName: unit, helpText: help)
+        static func named(_ subsystem: String?, _ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor
+        {
+            MetricNameDescriptor(
+                namespace: "keepalive",
+                subsystem: subsystem,
+                metricName: name,
+                unitName: unit,
+                helpText: help
+            )
         }
-        static var socketsConfigured: MetricNameDescriptor { named(nil, "sockets_configured", "total",
-            "Sockets the policy of this cgroup configured (BPF program), since the policy was set.") }
-        static var deadConnections: MetricNameDescriptor { named(nil, "dead_connections", "total",
-            "Connections of this cgroup's policy subtree the kernel ended because the peer stopped answering, by reason: keepalive (idle, probes unanswered) or user_timeout (data unacknowledged), since the policy was set.") }
-        static var ruleSocketsMatched: MetricNameDescriptor { named("rule", "sockets_matched", "total",
-            "Sockets a rule of this cgroup's policy matched (the rule by its name, else its number): configured with its values, or left alone by keepalive: off; since the policy was set.") }
-        static var ruleDeadConnections: MetricNameDescriptor { named("rule", "dead_connections", "total",
-            "Connections a rule of this cgroup's policy covered that the kernel ended because the peer stopped answering, by reason, since the policy was set.") }
-        static var setsockoptErrors: MetricNameDescriptor { named(nil, "setsockopt_errors", "total",
-            "bpf_setsockopt calls that failed, by option, since the pinned state was made.") }
-        static var policies: MetricNameDescriptor { named(nil, "policies", "", "Policies in force (set by the agent or the CLI), read from the kernel.") }
-        static var kernelMemory: MetricNameDescriptor { named(nil, "kernel_memory", "bytes",
-            "Kernel memory the pinned state's maps take (policies, rules, counters, events), by the kernel's account of each map.") }
-        static var reloads: MetricNameDescriptor { named(nil, "reloads", "total", "Reloads of the policy file (SIGHUP), by result.") }
-        static var ready: MetricNameDescriptor { named("agent", "ready", "",
-            "1 once the agent's first enforcement pass is done and its last pass succeeded, else 0.") }
-        static var failingCgroups: MetricNameDescriptor { named("agent", "failing_cgroups", "",
-            "Cgroups the policy file selects whose policy could not be put in force (retried).") }
-        static var unwatchedDirectories: MetricNameDescriptor { named("agent", "unwatched_directories", "",
-            "Cgroup directories left unwatched by the inotify limit (covered by the periodic rescan).") }
-        static var selectedCgroups: MetricNameDescriptor { named("agent", "selected_cgroups", "", "Cgroups the agent's policy file selects now.") }
-        static var runtimeUp: MetricNameDescriptor { named(nil, "runtime_up", "",
-            "1 while the container runtime answers (CRI, or the Docker-compatible API), else 0; asked every 10 s.") }
-        static var problems: MetricNameDescriptor { named("agent", "problems", "total",
-            "Problems the agent logged, by kind, each time one appeared or changed (a problem that lasts is counted once).") }
-        static var buildInfo: MetricNameDescriptor { named(nil, "build_info", "", "Always 1; the labels say which keepalive this is.") }
-        static var kernelFeature: MetricNameDescriptor { named(nil, "kernel_feature", "",
-            "1 if this kernel gives the feature, else 0 (probed at start; docs/kernels.md says what each needs).") }
+        static var socketsConfigured: MetricNameDescriptor {
+            named(
+                nil,
+                "sockets_configured",
+                "total",
+                "Sockets the policy of this cgroup configured (BPF program), since the policy was set."
+            )
+        }
+        static var deadConnections: MetricNameDescriptor {
+            named(
+                nil,
+                "dead_connections",
+                "total",
+                "Connections of this cgroup's policy subtree the kernel ended because the peer stopped answering, by reason: keepalive (idle, probes unanswered) or user_timeout (data unacknowledged), since the policy was set."
+            )
+        }
+        static var ruleSocketsMatched: MetricNameDescriptor {
+            named(
+                "rule",
+                "sockets_matched",
+                "total",
+                "Sockets a rule of this cgroup's policy matched (the rule by its name, else its number): configured with its values, or left alone by keepalive: off; since the policy was set."
+            )
+        }
+        static var ruleDeadConnections: MetricNameDescriptor {
+            named(
+                "rule",
+                "dead_connections",
+                "total",
+                "Connections a rule of this cgroup's policy covered that the kernel ended because the peer stopped answering, by reason, since the policy was set."
+            )
+        }
+        static var setsockoptErrors: MetricNameDescriptor {
+            named(
+                nil,
+                "setsockopt_errors",
+                "total",
+                "bpf_setsockopt calls that failed, by option, since the pinned state was made."
+            )
+        }
+        static var policies: MetricNameDescriptor {
+            named(nil, "policies", "", "Policies in force (set by the agent or the CLI), read from the kernel.")
+        }
+        static var kernelMemory: MetricNameDescriptor {
+            named(
+                nil,
+                "kernel_memory",
+                "bytes",
+                "Kernel memory the pinned state's maps take (policies, rules, counters, events), by the kernel's account of each map."
+            )
+        }
+        static var reloads: MetricNameDescriptor {
+            named(nil, "reloads", "total", "Reloads of the policy file (SIGHUP), by result.")
+        }
+        static var ready: MetricNameDescriptor {
+            named(
+                "agent",
+                "ready",
+                "",
+                "1 once the agent's first enforcement pass is done and its last pass succeeded, else 0."
+            )
+        }
+        static var failingCgroups: MetricNameDescriptor {
+            named(
+                "agent",
+                "failing_cgroups",
+                "",
+                "Cgroups the policy file selects whose policy could not be put in force (retried)."
+            )
+        }
+        static var unwatchedDirectories: MetricNameDescriptor {
+            named(
+                "agent",
+                "unwatched_directories",
+                "",
+                "Cgroup directories left unwatched by the inotify limit (covered by the periodic rescan)."
+            )
+        }
+        static var selectedCgroups: MetricNameDescriptor {
+            named("agent", "selected_cgroups", "", "Cgroups the agent's policy file selects now.")
+        }
+        static var runtimeUp: MetricNameDescriptor {
+            named(
+                nil,
+                "runtime_up",
+                "",
+                "1 while the container runtime answers (CRI, or the Docker-compatible API), else 0; asked every 10 s."
+            )
+        }
+        static var problems: MetricNameDescriptor {
+            named(
+                "agent",
+                "problems",
+                "total",
+                "Problems the agent logged, by kind, each time one appeared or changed (a problem that lasts is counted once)."
+            )
+        }
+        static var buildInfo: MetricNameDescriptor {
+            named(nil, "build_info", "", "Always 1; the labels say which keepalive this is.")
+        }
+        static var kernelFeature: MetricNameDescriptor {
+            named(
+                nil,
+                "kernel_feature",
+                "",
+                "1 if this kernel gives the feature, else 0 (probed at start; docs/kernels.md says what each needs)."
+            )
+        }
     }
 
     init() {
@@ -95,8 +182,10 @@ final class AgentMetrics: Sendable {
         var values: [(family: MetricNameDescriptor, labels: [(String, String)], value: UInt64)] = []
         for (id, record, counters) in snapshot.policies {
             // kube-state-metrics' label names, where the policy was set for a pod or container.
-            let workload = [("namespace", record.origin.namespace), ("pod", record.origin.pod),
-                            ("container", record.origin.container)].compactMap { name, value in value.map { (name, $0) } }
+            let workload = [
+                ("namespace", record.origin.namespace), ("pod", record.origin.pod),
+                ("container", record.origin.container),
+            ].compactMap { name, value in value.map { (name, $0) } }
             let labels = [("cgroup", record.path.cgroupDisplay)] + workload
             values.append((Family.socketsConfigured, labels, counters.configured))
             for reason in ReapedReason.allCases {
@@ -118,7 +207,8 @@ final class AgentMetrics: Sendable {
         kernelSeries.withLock { series in
             var seen: Set<String> = []
             for value in values {
-                let key = value.family.name + "\u{0}" + value.labels.map { "\($0.0)=\($0.1)" }.joined(separator: "\u{0}")
+                let key =
+                    value.family.name + "\u{0}" + value.labels.map { "\($0.0)=\($0.1)" }.joined(separator: "\u{0}")
                 seen.insert(key)
                 let counter = series[key] ?? registry.makeCounter(descriptor: value.family, labels: value.labels)
                 series[key] = counter

@@ -5,6 +5,7 @@ import KeepaliveCore
 import NIOCore
 import NIOPosix
 import Synchronization
+
 import struct SystemPackage.FilePath
 
 /// Tells when watched directories gain or lose subdirectories: inotify, one
@@ -94,8 +95,9 @@ final class CgroupWatcher: Sendable {
                     continue
                 }
                 guard mask & UInt32(IN_ISDIR) != 0, !name.isEmpty,
-                      let parent = table.withLock({ $0.byDescriptor[wd] }),
-                      let component = FilePath.Component(platformString: name.map { CChar(bitPattern: $0) } + [0]) else { continue }
+                    let parent = table.withLock({ $0.byDescriptor[wd] }),
+                    let component = FilePath.Component(platformString: name.map { CChar(bitPattern: $0) } + [0])
+                else { continue }
                 let path = parent.appending(component)
                 events.append(mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 ? .appeared(path) : .vanished(path))
             }

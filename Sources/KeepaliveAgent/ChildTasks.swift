@@ -21,7 +21,8 @@ final class ChildTasks<Key: Hashable & Sendable>: Sendable {
     /// Starts `body` under `key` unless a task runs under it already; whether
     /// it started. `executor`: where its steps run (else where run()'s do).
     @discardableResult
-    func start(_ key: Key, on executor: (any TaskExecutor)? = nil, _ body: @escaping @Sendable () async -> Void) -> Bool {
+    func start(_ key: Key, on executor: (any TaskExecutor)? = nil, _ body: @escaping @Sendable () async -> Void) -> Bool
+    {
         let signal = StopSignal()
         let started = running.withLock { running in
             guard running[key] == nil else { return false }
@@ -46,7 +47,10 @@ final class ChildTasks<Key: Hashable & Sendable>: Sendable {
     }
 
     func stopAll() {
-        for signal in running.withLock({ running in defer { running = [:] }; return Array(running.values) }) {
+        for signal in running.withLock({ running in
+            defer { running = [:] }
+            return Array(running.values)
+        }) {
             signal.raise()
         }
     }

@@ -12,6 +12,8 @@ struct EnforcementService: Service {
     let claim: AgentClaim
     let logger: Logger
     let metrics: AgentMetrics
+    /// The policy file as first read.
+    let config: AgentConfig
     /// The Enforcer's parts, once the store and the kernel's features are known.
     let parts: @Sendable (any PolicyStore, KernelFeatures) -> Enforcer.Parts
 
@@ -32,7 +34,7 @@ struct EnforcementService: Service {
             logFeatures(features)
             metrics.setKernelFeatures(features)
             let parts = parts(PinnedPolicyStore(state: state, claim: claim), features)
-            try await body(try Enforcer(parts, on: thread.next()))
+            try await body(try Enforcer(parts, config: config, on: thread.next()))
         } catch {
             try? await thread.shutdownGracefully()  // the error that stopped enforcement is the one to tell
             throw error
@@ -44,7 +46,9 @@ struct EnforcementService: Service {
     /// and one line per feature that is off.
     private func logFeatures(_ features: KernelFeatures) {
         let off = KernelFeatures.Feature.allCases.compactMap(features.offLine)
-        logger.info("kernel \(KernelRelease.current): the programs' \(features.build.rawValue) build\(off.isEmpty ? "; every feature on" : "")")
+        logger.info(
+            "kernel \(KernelRelease.current): the programs' \(features.build.rawValue) build\(off.isEmpty ? "; every feature on" : "")"
+        )
         for line in off { logger.warning("\(line)") }
     }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import KeepaliveCore
 import KeepaliveRuntime
+
 import struct SystemPackage.FilePath
 
 /// Pods and containers: a new cgroup is noticed by inotify, then identified
@@ -37,7 +38,9 @@ extension Enforcer {
             }
         case .container(_, let family):
             let parent = cgroup.path.removingLastComponent()
-            if family != .docker, let pod = parts.cgroups.cgroup(at: parent) { identification.hurry(pod, workloads, config) }
+            if family != .docker, let pod = parts.cgroups.cgroup(at: parent) {
+                identification.hurry(pod, workloads, config)
+            }
             if config.selectsContainers { identification.identifyContainer(kind, at: cgroup, workloads, config) }
         default:
             break

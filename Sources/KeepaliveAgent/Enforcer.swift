@@ -5,12 +5,16 @@ import KeepaliveRuntime
 import Logging
 import NIOCore
 import ServiceLifecycle
-import struct SystemPackage.FilePath
 import UnixSignals
 
+import struct SystemPackage.FilePath
+
 /// Makes the runtimes a policy file needs, their connections run in `tasks`.
-typealias RuntimeMaker = @Sendable (AgentConfig, ChildTasks<AgentTask>,
-                                    _ connectionsEnded: @escaping @Sendable (RuntimeKind, RuntimeError) -> Void)
+typealias RuntimeMaker =
+    @Sendable (
+        AgentConfig, ChildTasks<AgentTask>,
+        _ connectionsEnded: @escaping @Sendable (RuntimeKind, RuntimeError) -> Void
+    )
     throws -> [any WorkloadRuntime]
 
 /// Keeps the pinned state equal to the policy file over the cgroups, pods and
@@ -32,7 +36,6 @@ actor Enforcer {
     /// What it works with.
     struct Parts {
         var configPath: String
-        var config: AgentConfig
         var store: any PolicyStore
         var cgroups: CgroupFS
         /// What the kernel gives: entries that ask for more are left out, and said so.
@@ -45,7 +48,7 @@ actor Enforcer {
         var timing = Identification.Timing()
     }
 
-    /// What it was made with (`config` is the file as first read).
+    /// What it was made with.
     let parts: Parts
     /// The policy file in force: the last that loaded.
     var config: AgentConfig
@@ -83,12 +86,16 @@ actor Enforcer {
     static let probeEveryTicks = 10
 
     enum Input: Sendable {
-        case watcher(ByteBuffer), watchEnded((any Error)?), hangup, tick, workload(WorkloadEvent)
+        case watcher(ByteBuffer)
+        case watchEnded((any Error)?)
+        case hangup, tick
+        case workload(WorkloadEvent)
     }
 
-    init(_ parts: Parts, on thread: any EventLoop) throws {
+    /// `config`: the policy file as first read, from `parts.configPath`.
+    init(_ parts: Parts, config: AgentConfig, on thread: any EventLoop) throws {
         self.parts = parts
-        config = parts.config
+        self.config = config
         resolver = TargetResolver(cgroups: parts.cgroups)
         problems = ProblemLog(logger: parts.logger)
         reaped = ReapedLog(logger: parts.logger)
@@ -97,13 +104,18 @@ actor Enforcer {
         (inputs, input) = AsyncStream.makeStream(of: Input.self)
         let (tasks, input) = (tasks, input)
         identification = Identification(tasks: tasks, timing: parts.timing) { input.yield(.workload($0)) }
-        workloads = Workloads(try parts.makeRuntimes(parts.config, tasks, Self.connectionsEnded(input)),
-                              cgroups: parts.cgroups)
+        workloads = Workloads(
+            try parts.makeRuntimes(config, tasks, Self.connectionsEnded(input)),
+            cgroups: parts.cgroups
+        )
     }
 
     /// A runtime's connections ended: said as a probe that failed.
-    private static func connectionsEnded(_ input: AsyncStream<Input>.Continuation)
-        -> @Sendable (RuntimeKind, RuntimeError) -> Void {
+    private static func connectionsEnded(
+        _ input: AsyncStream<Input>.Continuation
+    )
+        -> @Sendable (RuntimeKind, RuntimeError) -> Void
+    {
         { kind, error in input.yield(.workload(.probed(kind, error))) }
     }
 
@@ -119,7 +131,9 @@ actor Enforcer {
             if let problem = problems.first {
                 throw AgentError("the file is not wholly in force: \(problem)")
             }
-            parts.logger.info("enforced \(config.policies.count) policy entries from \(parts.configPath) on \(desired.count) parts.cgroups")
+            parts.logger.info(
+                "enforced \(config.policies.count) policy entries from \(parts.configPath) on \(desired.count) parts.cgroups"
+            )
         }
     }
 
@@ -145,7 +159,9 @@ actor Enforcer {
                     try await fullPass(watcher)
                     parts.health.passSucceeded()
                     parts.notifier.notify("READY=1\nSTATUS=enforcing \(desired.count) policies")
-                    parts.logger.info("ready: \(config.policies.count) policy entries from \(parts.configPath), \(desired.count) cgroups covered, watching \(watcher.watchedCount) cgroup directories")
+                    parts.logger.info(
+                        "ready: \(config.policies.count) policy entries from \(parts.configPath), \(desired.count) cgroups covered, watching \(watcher.watchedCount) cgroup directories"
+                    )
                     group.addTask {
                         do {
                             for try await buffer in inbound { input.yield(.watcher(buffer)) }
@@ -208,11 +224,19 @@ actor Enforcer {
         let found = await workloads.resolve(config)
         desired = Selection(resolution.matches.values.compactMap { choice($0.cgroup, spec: $0.spec) })
         for workload in found.selected.values {
-            if let choice = choice(workload.cgroup, spec: workload.spec, policy: workload.policy, origin: workload.origin) {
+            if let choice = choice(
+                workload.cgroup,
+                spec: workload.spec,
+                policy: workload.policy,
+                origin: workload.origin
+            ) {
                 desired.insertIfLater(choice)
             }
         }
-        report(.unreadableSelection, resolution.unreadable.first.map { "\($0): cgroups there are not covered until it can be read" })
+        report(
+            .unreadableSelection,
+            resolution.unreadable.first.map { "\($0): cgroups there are not covered until it can be read" }
+        )
         reportRuntimes(found)
         if let watcher {
             let usual = config.runtimesNeeded.isEmpty ? [] : workloads.usualParentsOrWhereTheyAppear()
@@ -287,7 +311,10 @@ actor Enforcer {
         do {
             let loaded = try Agent.loadConfig(parts.configPath)
             if loaded.runtimeEndpoints != config.runtimeEndpoints {
-                let next = Workloads(try parts.makeRuntimes(loaded, tasks, Self.connectionsEnded(input)), cgroups: parts.cgroups)
+                let next = Workloads(
+                    try parts.makeRuntimes(loaded, tasks, Self.connectionsEnded(input)),
+                    cgroups: parts.cgroups
+                )
                 workloads.shutdown()
                 workloads = next
             }
@@ -317,7 +344,9 @@ actor Enforcer {
         case .unknown(let code):
             report(.pinning, "cannot check the pinned state at \(parts.store.root): \(String(cString: strerror(code)))")
         case .replaced:
-            parts.logger.notice("the pinned state at \(parts.store.root) vanished or was replaced: making it again and enforcing the policies anew")
+            parts.logger.notice(
+                "the pinned state at \(parts.store.root) vanished or was replaced: making it again and enforcing the policies anew"
+            )
             existingSocketsUnavailable = false
             do {
                 try parts.store.remake()
@@ -332,7 +361,10 @@ actor Enforcer {
             reaped.log(try reaped.poll(parts.store))
             report(.reapedEvents, nil)
         } catch {
-            report(.reapedEvents, "cannot read the reaped connections' record at \(parts.store.root): \(error); the log says none until it can")
+            report(
+                .reapedEvents,
+                "cannot read the reaped connections' record at \(parts.store.root): \(error); the log says none until it can"
+            )
         }
     }
 
@@ -358,8 +390,10 @@ actor Enforcer {
         // a workload's annotations may change it at any time.
         if lacking != nil || !origin.isEmpty {
             let who = origin.display.map { " for \($0)" } ?? ""
-            report(.unsupported(source: entry.source, workload: origin.display),
-                   lacking.map { "the policy entry at \(entry.source)\(who) is not enforced: \($0)" })
+            report(
+                .unsupported(source: entry.source, workload: origin.display),
+                lacking.map { "the policy entry at \(entry.source)\(who) is not enforced: \($0)" }
+            )
         }
         guard lacking == nil else { return nil }
         return Choice(cgroup: cgroup, spec: spec, policy: policy, origin: origin, source: entry.source)
@@ -383,7 +417,10 @@ actor Enforcer {
                 continue
             case .cgroup:
                 cgroupsFailing.insert(failure.cgroup)
-                report(.cgroup(failure.cgroup), "cannot enforce the policy on \(failure.cgroup.cgroupDisplay): \(failure.error)")
+                report(
+                    .cgroup(failure.cgroup),
+                    "cannot enforce the policy on \(failure.cgroup.cgroupDisplay): \(failure.error)"
+                )
             case .state:
                 stateFailure = stateFailure ?? failure  // its error names the cgroup
             }
@@ -397,21 +434,28 @@ actor Enforcer {
         parts.metrics.setFailingCgroups(stillFailing)
         retryDue = stillFailing > 0 || stateFailure != nil
         parts.metrics.setPolicies(desired.count)
-        if let stateFailure { throw AgentError("cannot write the pinned state at \(parts.store.root): \(stateFailure.error)") }
+        if let stateFailure {
+            throw AgentError("cannot write the pinned state at \(parts.store.root): \(stateFailure.error)")
+        }
     }
 
     /// (A kernel without the iterator was named at start: nothing to say here.)
     private func coverExistingSockets(_ match: Choice) {
-        guard config.policies[match.spec].existing, !existingSocketsUnavailable, parts.features.has(.existingSockets) else {
+        guard config.policies[match.spec].existing, !existingSocketsUnavailable, parts.features.has(.existingSockets)
+        else {
             return
         }
         let path = match.cgroup.path
         do {
             guard let result = try parts.store.coverExistingSockets(of: match.cgroup) else { return }
             if result.applied > 0 || result.keptOwn > 0 {
-                parts.logger.info("existing sockets on \(path.cgroupDisplay): \(result.applied) updated, \(result.keptOwn) kept their program's own keepalive")
+                parts.logger.info(
+                    "existing sockets on \(path.cgroupDisplay): \(result.applied) updated, \(result.keptOwn) kept their program's own keepalive"
+                )
             }
-            for failure in result.unreachable { parts.logger.warning("existing sockets on \(path.cgroupDisplay): \(failure)") }
+            for failure in result.unreachable {
+                parts.logger.warning("existing sockets on \(path.cgroupDisplay): \(failure)")
+            }
         } catch {
             existingSocketsUnavailable = true
             parts.logger.error("existing sockets are not covered (only new ones): \(error)")
@@ -421,8 +465,12 @@ actor Enforcer {
     func watchEverything(_ paths: Set<FilePath>, _ watcher: CgroupWatcher) {
         let unwatched = watcher.watch(paths)
         parts.metrics.setUnwatchedDirectories(unwatched.count)
-        report(.inotify, unwatched.isEmpty ? nil
-               : "the inotify watch limit is reached (raise fs.inotify.max_user_watches): \(unwatched.count) cgroup directories are not watched; they are rescanned every \(Self.retryInterval)")
+        report(
+            .inotify,
+            unwatched.isEmpty
+                ? nil
+                : "the inotify watch limit is reached (raise fs.inotify.max_user_watches): \(unwatched.count) cgroup directories are not watched; they are rescanned every \(Self.retryInterval)"
+        )
     }
 
     /// Logs a problem when it appears or changes (and counts it), and once when it is gone.

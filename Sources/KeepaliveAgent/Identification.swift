@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import KeepaliveCore
 import KeepaliveRuntime
+
 import struct SystemPackage.FilePath
 
 /// The tasks the enforcement loop runs beside itself, by what they do.
@@ -75,13 +76,18 @@ final class Identification {
     /// this task is for runtimes that show no such sign.
     func identifyPod(uid: String, at directory: Cgroup, _ workloads: Workloads, _ config: AgentConfig) {
         let every = timing.fullListEvery
-        ask(about: directory, after: timing.podFirstAsk, startingEvery: timing.podEvery) { attempt throws(RuntimeError) in
+        ask(about: directory, after: timing.podFirstAsk, startingEvery: timing.podEvery) {
+            attempt throws(RuntimeError) in
             try await workloads.identify(.pod(uid: uid), at: directory, config, fullList: attempt % every == 0)
         }
     }
 
-    func identifyContainer(_ name: CgroupNaming.Kind, at directory: Cgroup, _ workloads: Workloads,
-                           _ config: AgentConfig) {
+    func identifyContainer(
+        _ name: CgroupNaming.Kind,
+        at directory: Cgroup,
+        _ workloads: Workloads,
+        _ config: AgentConfig
+    ) {
         ask(about: directory, startingEvery: timing.containerEvery) { _ throws(RuntimeError) in
             try await workloads.identify(name, at: directory, config)
         }
@@ -95,7 +101,8 @@ final class Identification {
     /// if that time passes. Errors are the pod's own task's to report.
     func hurry(_ pod: Cgroup, _ workloads: Workloads, _ config: AgentConfig) {
         guard tasks.isRunning(.identify(pod.path)), !tasks.isRunning(.hurried(pod.path)),
-              case .pod(let uid) = CgroupNaming.kind(of: pod.path.lastComponent?.string ?? "") else { return }
+            case .pod(let uid) = CgroupNaming.kind(of: pod.path.lastComponent?.string ?? "")
+        else { return }
         tasks.stop(.identify(pod.path))
         let (timing, report, firstAsk) = (timing, report, sandboxTiming.firstAsk)
         tasks.start(.hurried(pod.path), on: EventLoopTaskExecutor.runtimes) {
@@ -137,11 +144,17 @@ final class Identification {
     /// dropped, a restart) is said and asked again like an unknown cgroup: a
     /// pod whose first ask fails still gets its policy before its first
     /// container starts, not at the next full pass.
-    private func ask(about directory: Cgroup, after firstAsk: Duration = .zero, startingEvery first: Duration,
-                     _ identify: @escaping @Sendable (_ attempt: Int) async throws(RuntimeError) -> Identified?) {
+    private func ask(
+        about directory: Cgroup,
+        after firstAsk: Duration = .zero,
+        startingEvery first: Duration,
+        _ identify: @escaping @Sendable (_ attempt: Int) async throws(RuntimeError) -> Identified?
+    ) {
         let (timing, report, path) = (timing, report, directory.path)
         tasks.start(.identify(path), on: EventLoopTaskExecutor.runtimes) {
-            var delay = first, attempt = 0, failure: RuntimeError?
+            var delay = first
+            var attempt = 0
+            var failure: RuntimeError?
             let deadline = ContinuousClock.now + timing.identifyFor
             guard await pause(firstAsk) else { return }
             while true {

@@ -26,7 +26,8 @@ struct MetricsServer: Service {
     /// "127.0.0.1:9464", "[::1]:9464" or ":9464" (all addresses).
     static func parseAddress(_ text: String) throws -> (host: String, port: Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-              (1...65535).contains(port) else {
+            (1...65535).contains(port)
+        else {
             throw AgentError("metrics address '\(text)': expected HOST:PORT, e.g. 127.0.0.1:9464")
         }
         var host = String(text[..<colon])
@@ -80,7 +81,9 @@ struct MetricsServer: Service {
                 headers.add(name: "Content-Type", value: type)
                 headers.add(name: "Content-Length", value: "\(body.count)")
                 headers.add(name: "Connection", value: "close")
-                try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: headers)))
+                try await outbound.write(
+                    .head(HTTPResponseHead(version: head.version, status: status, headers: headers))
+                )
                 try await outbound.write(.body(ByteBuffer(bytes: body)))
                 try await outbound.write(.end(nil))
                 return

@@ -20,7 +20,10 @@ protocol PolicyStore: AnyObject {
     /// The state equal to `desired`, after checking and repairing it whole:
     /// what the check found, and what changed. `keeping` says which policies
     /// not desired to keep (not seeing a cgroup proves nothing).
-    func reconcile(_ desired: [Transaction.Desire], keeping: (UInt64, PolicyRecord) -> Bool) throws
+    func reconcile(
+        _ desired: [Transaction.Desire],
+        keeping: (UInt64, PolicyRecord) -> Bool
+    ) throws
         -> (Transaction.Report, Transaction.Outcome)
     /// These policies in force, the others as they are.
     func enforce(_ desired: [Transaction.Desire]) throws -> Transaction.Outcome
@@ -59,8 +62,12 @@ final class PinnedPolicyStore: PolicyStore {
         claim = try state.claimForAgent(keeping: claim)
     }
 
-    func reconcile(_ desired: [Transaction.Desire], keeping: (UInt64, PolicyRecord) -> Bool) throws
-        -> (Transaction.Report, Transaction.Outcome) {
+    func reconcile(
+        _ desired: [Transaction.Desire],
+        keeping: (UInt64, PolicyRecord) -> Bool
+    ) throws
+        -> (Transaction.Report, Transaction.Outcome)
+    {
         try transaction(fullCheck: true) { session in
             (session.report, session.transaction.reconcile(desired, keeping: keeping))
         }

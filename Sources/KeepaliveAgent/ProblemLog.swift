@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import KeepaliveCore
 import Logging
+
 import struct SystemPackage.FilePath
 
 /// Something the agent could not do that it keeps trying, by what it is about.

@@ -30,10 +30,14 @@ final class ReapedLog {
         let owners = ProcessTable.socketOwnersOnTheMachine(of: Set(shown.map(\.inode)))
         for event in shown {
             let process = owners[event.inode]?.first.map { " \($0.command)[\($0.pid)]" } ?? ""
-            logger.notice("reaped connection\(process) on \(event.policyOrigin.display.map { "\($0) " } ?? "")\(event.policyPath?.cgroupDisplay ?? "cgroup id \(event.policyCgroupID)")\(event.rule.map { " rule \(event.ruleLabel ?? "\($0 + 1)")" } ?? ""): \(event.local) -> \(event.remote), \(event.reason.key), peer silent \(event.silentMilliseconds) ms (keepidle=\(event.keepidle) keepintvl=\(event.keepintvl) keepcnt=\(event.keepcnt) user_timeout=\(event.userTimeout))")
+            logger.notice(
+                "reaped connection\(process) on \(event.policyOrigin.display.map { "\($0) " } ?? "")\(event.policyPath?.cgroupDisplay ?? "cgroup id \(event.policyCgroupID)")\(event.rule.map { " rule \(event.ruleLabel ?? "\($0 + 1)")" } ?? ""): \(event.local) -> \(event.remote), \(event.reason.key), peer silent \(event.silentMilliseconds) ms (keepidle=\(event.keepidle) keepintvl=\(event.keepintvl) keepcnt=\(event.keepcnt) user_timeout=\(event.userTimeout))"
+            )
         }
         if events.count > shown.count {
-            logger.notice("suppressed \(events.count - shown.count) reaped-connection lines (at most \(Self.perSecond) a second)")
+            logger.notice(
+                "suppressed \(events.count - shown.count) reaped-connection lines (at most \(Self.perSecond) a second)"
+            )
         }
     }
 }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import KeepaliveCore
+
 import struct SystemPackage.FilePath
 
 /// One cgroup the policy file selects now: the entry that selects it, the
@@ -12,7 +13,9 @@ struct Choice: Sendable {
     /// The entry's "file:line", for the log.
     let source: String
 
-    var desire: Transaction.Desire { Transaction.Desire(cgroup: cgroup, policy: policy, source: source, origin: origin) }
+    var desire: Transaction.Desire {
+        Transaction.Desire(cgroup: cgroup, policy: policy, source: source, origin: origin)
+    }
 }
 
 /// The cgroups the policy file selects now, found by id (the kernel's name)

@@ -10,7 +10,8 @@ struct SystemdNotifier: Sendable {
 
     init(environment: [String: String]) {
         path = environment["NOTIFY_SOCKET"].flatMap { $0.isEmpty ? nil : $0 }
-        watchdog = path != nil && (environment["WATCHDOG_USEC"].flatMap(UInt64.init) ?? 0) > 0
+        watchdog =
+            path != nil && (environment["WATCHDOG_USEC"].flatMap(UInt64.init) ?? 0) > 0
             && (environment["WATCHDOG_PID"].flatMap(Int32.init) ?? getpid()) == getpid()
     }
 

@@ -3,6 +3,7 @@ import KeepaliveCore
 import KeepaliveRuntime
 import NIOPosix
 import Synchronization
+
 import struct SystemPackage.FilePath
 
 /// What the runtimes said in one full pass.
@@ -63,11 +64,13 @@ final class Workloads: Sendable {
     /// The usual parents that exist, and for those that do not (yet: kubelet
     /// or a runtime starts later) the nearest ancestor that does, to see them come.
     func usualParentsOrWhereTheyAppear() -> Set<FilePath> {
-        Set(Self.usualParents.map { path in
-            var nearest = path
-            while !nearest.isEmpty && cgroups.cgroup(at: nearest) == nil { nearest.removeLastComponent() }
-            return nearest
-        })
+        Set(
+            Self.usualParents.map { path in
+                var nearest = path
+                while !nearest.isEmpty && cgroups.cgroup(at: nearest) == nil { nearest.removeLastComponent() }
+                return nearest
+            }
+        )
     }
 
     /// The runtimes the file needs that are there to be asked: with an
@@ -150,8 +153,12 @@ final class Workloads: Sendable {
     /// What one new directory is, asked of the runtimes now (nil while none
     /// knows it: RunPodSandbox returns after the pod's cgroup is made). A
     /// runtime that fails is said only if no other one knew it.
-    func identify(_ name: CgroupNaming.Kind, at directory: Cgroup, _ config: AgentConfig,
-                  fullList: Bool = false) async throws(RuntimeError) -> Identified? {
+    func identify(
+        _ name: CgroupNaming.Kind,
+        at directory: Cgroup,
+        _ config: AgentConfig,
+        fullList: Bool = false
+    ) async throws(RuntimeError) -> Identified? {
         var failure: RuntimeError?
         for runtime in runtimes {
             do {

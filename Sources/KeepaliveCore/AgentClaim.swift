@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import BPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Held by the one agent that enforces a state: a second refuses to start.
@@ -13,7 +14,8 @@ extension PinnedState {
     /// Claims the state for this agent (an flock held for its lifetime). A
     /// claim already held on the same lock directory is kept.
     public func claimForAgent(keeping held: AgentClaim? = nil) throws -> AgentClaim {
-        var lock = Glibc.stat(), mine = Glibc.stat()
+        var lock = Glibc.stat()
+        var mine = Glibc.stat()
         if let held, stat(agentLockPath, &lock) == 0, fstat(held.fd.raw, &mine) == 0, lock.st_ino == mine.st_ino {
             return held
         }

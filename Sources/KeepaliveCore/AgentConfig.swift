@@ -52,21 +52,35 @@ public struct AgentConfig: Equatable, Sendable {
             case "runtime":
                 config.runtimeEndpoints = try runtimeEndpoints(value, file: file)
             default:
-                throw ConfigError(file: file, node: key,
-                                  message: "unknown key '\(key.string ?? "?")' (expected 'policies' or 'runtime')")
+                throw ConfigError(
+                    file: file,
+                    node: key,
+                    message: "unknown key '\(key.string ?? "?")' (expected 'policies' or 'runtime')"
+                )
             }
         }
         return config
     }
 
-    private static func runtimeEndpoints(_ node: Node, file: String) throws(ConfigError) -> [RuntimeKind: RuntimeEndpoint] {
+    private static func runtimeEndpoints(
+        _ node: Node,
+        file: String
+    ) throws(ConfigError) -> [RuntimeKind: RuntimeEndpoint] {
         guard let mapping = node.mapping else {
-            throw ConfigError(file: file, node: node, message: "'runtime' must be a mapping of 'cri' and 'docker' endpoints")
+            throw ConfigError(
+                file: file,
+                node: node,
+                message: "'runtime' must be a mapping of 'cri' and 'docker' endpoints"
+            )
         }
         var endpoints: [RuntimeKind: RuntimeEndpoint] = [:]
         for (key, value) in mapping {
             guard let kind = RuntimeKind(rawValue: key.string ?? "") else {
-                throw ConfigError(file: file, node: key, message: "unknown runtime '\(key.string ?? "?")' (known: cri, docker)")
+                throw ConfigError(
+                    file: file,
+                    node: key,
+                    message: "unknown runtime '\(key.string ?? "?")' (known: cri, docker)"
+                )
             }
             let text = try string(value, key: "runtime.\(kind.rawValue)", file: file)
             do { endpoints[kind] = try RuntimeEndpoint(parsing: text) } catch {
@@ -121,8 +135,13 @@ public struct PolicySpec: Equatable, Sendable {
     static let existingKey = "existing"
     static let annotationsKey = "annotations"
 
-    public init(target: Target, policy: Policy, existing: Bool = true, annotations: AnnotationMode = .allow,
-                source: String) {
+    public init(
+        target: Target,
+        policy: Policy,
+        existing: Bool = true,
+        annotations: AnnotationMode = .allow,
+        source: String
+    ) {
         self.target = target
         self.policy = policy
         self.existing = existing
@@ -168,8 +187,11 @@ public struct PolicySpec: Equatable, Sendable {
                 annotations = (mode, keyNode)
             default:
                 guard let option = PolicyOption.allCases.first(where: { $0.key == key }) else {
-                    let known = (Target.keys + PolicyOption.allCases.map(\.key)
-                                 + [Precedence.key, Rule.rulesKey, Self.existingKey, Self.annotationsKey]).joined(separator: ", ")
+                    let known =
+                        (Target.keys + PolicyOption.allCases.map(\.key)
+                        + [Precedence.key, Rule.rulesKey, Self.existingKey, Self.annotationsKey]).joined(
+                            separator: ", "
+                        )
                     throw ConfigError(file: file, node: keyNode, message: "unknown key '\(key)' (known: \(known))")
                 }
                 guard let scalar = value.scalar, scalar.style == .plain, let number = Int64(scalar.string) else {
@@ -184,10 +206,19 @@ public struct PolicySpec: Equatable, Sendable {
             throw ConfigError(file: file, node: node, message: "a policy needs one of \(Self.targetList)")
         }
         if let annotations, !target.selectsPods {
-            throw ConfigError(file: file, node: annotations.node, message: "'annotations' applies to 'pods' entries only")
+            throw ConfigError(
+                file: file,
+                node: annotations.node,
+                message: "'annotations' applies to 'pods' entries only"
+            )
         }
-        self.init(target: target, policy: Policy(values, precedence: precedence, rules: rules), existing: existing,
-                  annotations: annotations?.mode ?? .allow, source: "\(file):\(node.mark?.line ?? 0)")
+        self.init(
+            target: target,
+            policy: Policy(values, precedence: precedence, rules: rules),
+            existing: existing,
+            annotations: annotations?.mode ?? .allow,
+            source: "\(file):\(node.mark?.line ?? 0)"
+        )
     }
 
     /// `rules:`, a list of mappings: each key as `--rule` takes it, lists
@@ -206,7 +237,9 @@ public struct PolicySpec: Equatable, Sendable {
                 throw ConfigError(file: file, node: item, message: error.of(rule: index, named: name).description)
             }
         }
-        do { return try Rule.validate(rules) } catch { throw ConfigError(file: file, node: node, message: error.description) }
+        do { return try Rule.validate(rules) } catch {
+            throw ConfigError(file: file, node: node, message: error.description)
+        }
     }
 
     private static func rule(_ node: Node, file: String) throws(RuleError) -> Rule {
@@ -222,7 +255,8 @@ public struct PolicySpec: Equatable, Sendable {
                     guard let scalar = element.scalar else { throw RuleError("'\(key)' must list plain values") }
                     return scalar
                 }
-            default: throw RuleError("'\(key)' must be \(Rule.listKeys.contains(key) ? "a value or a list" : "a value")")
+            default:
+                throw RuleError("'\(key)' must be \(Rule.listKeys.contains(key) ? "a value or a list" : "a value")")
             }
             for scalar in scalars { try rule.set(key, scalar.string) }
         }
@@ -260,7 +294,9 @@ public struct PolicySpec: Equatable, Sendable {
             var selector = ContainerSelector()
             try SelectorParser(file: file, key: key, allowed: ["name", "labels", "expressions"])
                 .parse(value) { field, node, parser throws(ConfigError) in
-                    if field == "name" { selector.name = try parser.glob(node, field) } else {
+                    if field == "name" {
+                        selector.name = try parser.glob(node, field)
+                    } else {
                         try parser.labels(field, node, into: &selector.labels)
                     }
                 }
@@ -279,11 +315,20 @@ private struct SelectorParser {
     func parse(_ node: Node, _ field: (String, Node, SelectorParser) throws(ConfigError) -> Void) throws(ConfigError) {
         if case .scalar(let s) = node, s.string.isEmpty || s.string == "~" || s.string == "null" { return }
         guard let mapping = node.mapping else {
-            throw ConfigError(file: file, node: node, message: "'\(key)' must be a mapping of \(allowed.joined(separator: ", "))")
+            throw ConfigError(
+                file: file,
+                node: node,
+                message: "'\(key)' must be a mapping of \(allowed.joined(separator: ", "))"
+            )
         }
         for (name, value) in mapping {
             guard let text = name.string, allowed.contains(text) else {
-                throw ConfigError(file: file, node: name, message: "unknown key '\(name.string ?? "?")' in '\(key)' (known: \(allowed.joined(separator: ", ")))")
+                throw ConfigError(
+                    file: file,
+                    node: name,
+                    message:
+                        "unknown key '\(name.string ?? "?")' in '\(key)' (known: \(allowed.joined(separator: ", ")))"
+                )
             }
             try field(text, value, self)
         }
@@ -304,7 +349,11 @@ private struct SelectorParser {
             return
         }
         guard let list = node.sequence else {
-            throw ConfigError(file: file, node: node, message: "'\(key).expressions' must be a list of { key, operator, values }")
+            throw ConfigError(
+                file: file,
+                node: node,
+                message: "'\(key).expressions' must be a list of { key, operator, values }"
+            )
         }
         for item in list { selector.expressions.append(try requirement(item)) }
     }
@@ -319,14 +368,21 @@ private struct SelectorParser {
 
     private func requirement(_ node: Node) throws(ConfigError) -> LabelSelector.Requirement {
         guard let mapping = node.mapping else {
-            throw ConfigError(file: file, node: node, message: "an expression must be a mapping of key, operator, values")
+            throw ConfigError(
+                file: file,
+                node: node,
+                message: "an expression must be a mapping of key, operator, values"
+            )
         }
-        var key: String?, op: LabelSelector.Requirement.Operator?, values: Set<String>?
+        var key: String?
+        var op: LabelSelector.Requirement.Operator?
+        var values: Set<String>?
         for (name, value) in mapping {
             switch name.string {
             case "key": key = try string(value, key: "key", file: file)
             case "operator":
-                guard let parsed = value.scalar.flatMap({ LabelSelector.Requirement.Operator(rawValue: $0.string) }) else {
+                guard let parsed = value.scalar.flatMap({ LabelSelector.Requirement.Operator(rawValue: $0.string) })
+                else {
                     let known = LabelSelector.Requirement.Operator.allCases.map(\.rawValue).joined(separator: ", ")
                     throw ConfigError(file: file, node: value, message: "'operator' must be one of \(known)")
                 }
@@ -339,14 +395,22 @@ private struct SelectorParser {
                 for item in list { set.insert(try labelValue(item)) }
                 values = set
             default:
-                throw ConfigError(file: file, node: name, message: "unknown key '\(name.string ?? "?")' in an expression (known: key, operator, values)")
+                throw ConfigError(
+                    file: file,
+                    node: name,
+                    message: "unknown key '\(name.string ?? "?")' in an expression (known: key, operator, values)"
+                )
             }
         }
         guard let key, let op else {
             throw ConfigError(file: file, node: node, message: "an expression needs 'key' and 'operator'")
         }
         if op.takesValues && (values ?? []).isEmpty {
-            throw ConfigError(file: file, node: node, message: "operator \(op.rawValue) needs a non-empty 'values' list")
+            throw ConfigError(
+                file: file,
+                node: node,
+                message: "operator \(op.rawValue) needs a non-empty 'values' list"
+            )
         }
         if !op.takesValues && values != nil {
             throw ConfigError(file: file, node: node, message: "operator \(op.rawValue) takes no 'values'")
@@ -390,7 +454,7 @@ extension YamlError {
     var problem: String {
         switch self {
         case let .scanner(context, problem, _, _), let .parser(context, problem, _, _),
-             let .composer(context, problem, _, _):
+            let .composer(context, problem, _, _):
             (context.map { "\($0.text) " } ?? "") + problem
         case let .duplicatedKeysInMapping(duplicates, _):
             "duplicate keys: \(duplicates.joined(separator: ", "))"

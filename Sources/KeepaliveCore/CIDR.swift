@@ -26,7 +26,8 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         var length = width
         if parts.count == 2 {
             guard parts[1].utf8.allSatisfy({ (0x30...0x39).contains($0) }), let number = Int(parts[1]),
-                  (0...width).contains(number) else {
+                (0...width).contains(number)
+            else {
                 throw RuleError("'\(text)': the prefix length must be 0..\(width)")
             }
             length = number
@@ -50,8 +51,11 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
     init(_ encoded: ka_cidr) {
         let network = withUnsafeBytes(of: encoded.network) { Array($0) }
         let prefix = Int(encoded.prefix)
-        self.init(network: network, prefix: prefix,
-                  isIPv4: prefix >= 96 && Array(network.prefix(12)) == Self.mappedPrefix)
+        self.init(
+            network: network,
+            prefix: prefix,
+            isIPv4: prefix >= 96 && Array(network.prefix(12)) == Self.mappedPrefix
+        )
     }
 
     public var encoded: ka_cidr {
@@ -85,7 +89,8 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
 
     /// An address as 16 bytes (IPv4 v4-mapped), or nil.
     static func address(_ text: String) -> ([UInt8], Bool)? {
-        var v4 = in_addr(), v6 = in6_addr()
+        var v4 = in_addr()
+        var v6 = in6_addr()
         if inet_pton(AF_INET, text, &v4) == 1 {
             return (mappedPrefix + withUnsafeBytes(of: v4) { Array($0) }, true)
         }

@@ -2,6 +2,7 @@
 import BPF
 import CLibBPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// The cgroup v2 hierarchy: where it is mounted and the directories in it.
@@ -15,7 +16,7 @@ public struct CgroupFS: Sendable {
     /// below the mount mean something only together with it.
     public let rootID: UInt64
 
-    static let magic = 0x6367_7270   // CGROUP2_SUPER_MAGIC
+    static let magic = 0x6367_7270  // CGROUP2_SUPER_MAGIC
     public static let hierarchyRootID: UInt64 = 1  // kernfs numbers the hierarchy's root 1
 
     public init(mount: FilePath, rootID: UInt64 = hierarchyRootID) {
@@ -29,7 +30,10 @@ public struct CgroupFS: Sendable {
     /// The mount's root must be a cgroup's own directory (a cgroup
     /// namespace's root is, a subdirectory bind-mounted elsewhere is not):
     /// then /proc/PID/cgroup paths are below it.
-    public static func discover(root: String?, mountinfo: String = "/proc/self/mountinfo") throws(CgroupError) -> CgroupFS {
+    public static func discover(
+        root: String?,
+        mountinfo: String = "/proc/self/mountinfo"
+    ) throws(CgroupError) -> CgroupFS {
         let mount: FilePath
         if let root {
             let given = FilePath(root).lexicallyNormalized()
@@ -66,10 +70,13 @@ public struct CgroupFS: Sendable {
 
     /// mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
     static func unescapeMountPath(_ path: String) -> String {
-        var out: [UInt8] = [], bytes = Array(path.utf8), i = 0
+        var out: [UInt8] = []
+        let bytes = Array(path.utf8)
+        var i = 0
         while i < bytes.count {
-            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count + 0,
-               let code = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count,
+                let code = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8)
+            {
                 out.append(code)
                 i += 4
             } else {
@@ -207,9 +214,11 @@ extension FilePath {
             let length = utf8SequenceLength(bytes[index])
             let end = index + length
             if length > 0, end <= bytes.endIndex,
-               let scalar = String(validating: bytes[index..<end], as: UTF8.self), scalar.unicodeScalars.allSatisfy({
-                   !($0.properties.generalCategory == .control)
-               }) {
+                let scalar = String(validating: bytes[index..<end], as: UTF8.self),
+                scalar.unicodeScalars.allSatisfy({
+                    !($0.properties.generalCategory == .control)
+                })
+            {
                 text += scalar
                 index = end
             } else {

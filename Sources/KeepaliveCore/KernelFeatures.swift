@@ -14,8 +14,8 @@ public struct KernelFeatures: Sendable, Equatable {
     /// One thing a probe asks the kernel.
     public enum Requirement: String, CaseIterable, Sendable {
         case btf, skcToTCPSockInSockOps, loop, globalFunctionPointerArguments, currentTaskInSockopt,
-             errorReportTracepoint, tcpIterator, setsockoptInTCPIterator, getsockoptInTCPIterator,
-             windowClampInSetsockopt, maxsegInSetsockopt
+            errorReportTracepoint, tcpIterator, setsockoptInTCPIterator, getsockoptInTCPIterator,
+            windowClampInSetsockopt, maxsegInSetsockopt
 
         /// What the kernel lacks, as it reads after "this kernel has no".
         public var what: String {
@@ -221,15 +221,23 @@ private final class Prober {
         case .currentTaskInSockopt:
             let setsockopt = KernelProbe.AttachPoint(type: BPF_CGROUP_SETSOCKOPT, btfID: 0)
             return try KernelProbe.programType(BPF_PROG_TYPE_CGROUP_SOCKOPT, attach: setsockopt)
-                && KernelProbe.helper(BPF_FUNC_get_current_task_btf, in: BPF_PROG_TYPE_CGROUP_SOCKOPT, attach: setsockopt)
+                && KernelProbe.helper(
+                    BPF_FUNC_get_current_task_btf,
+                    in: BPF_PROG_TYPE_CGROUP_SOCKOPT,
+                    attach: setsockopt
+                )
         case .errorReportTracepoint:
             return try kernelBTF()?.hasTypedef("btf_trace_inet_sk_error_report") ?? false
         case .tcpIterator:
             return try tcpIterator() != nil
         case .setsockoptInTCPIterator:
-            return try tcpIterator().map { try KernelProbe.helper(BPF_FUNC_setsockopt, in: BPF_PROG_TYPE_TRACING, attach: $0) } ?? false
+            return try tcpIterator().map {
+                try KernelProbe.helper(BPF_FUNC_setsockopt, in: BPF_PROG_TYPE_TRACING, attach: $0)
+            } ?? false
         case .getsockoptInTCPIterator:
-            return try tcpIterator().map { try KernelProbe.helper(BPF_FUNC_getsockopt, in: BPF_PROG_TYPE_TRACING, attach: $0) } ?? false
+            return try tcpIterator().map {
+                try KernelProbe.helper(BPF_FUNC_getsockopt, in: BPF_PROG_TYPE_TRACING, attach: $0)
+            } ?? false
         // Options bpf_setsockopt takes cannot be asked of the verifier, only of
         // a socket: these look for the kernel function the change that brought
         // each made for it (tests check the answer against a socket on every

@@ -2,6 +2,7 @@
 import BPF
 import CLibBPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Which build of keepalive's programs: the version compiled into the object
@@ -78,32 +79,49 @@ final class MainObject {
         override = try overridePath.map { path throws(SyscallError) in try readFileBytes(FilePath(path)) }
         var embeddedSize = 0
         let embedded = keepalive_bpf__elf_bytes(&embeddedSize)
-        let bytes = override.map { UnsafeRawBufferPointer(start: $0.withUnsafeBytes(\.baseAddress), count: $0.count) }
+        let bytes =
+            override.map { UnsafeRawBufferPointer(start: $0.withUnsafeBytes(\.baseAddress), count: $0.count) }
             ?? UnsafeRawBufferPointer(start: embedded, count: embeddedSize)
         skeleton = try loader.open(pinRoot: pinRoot) { opts in
             ka_open_keepalive(opts, overridePath == nil ? nil : bytes.baseAddress, bytes.count)
         }
         let (m, p) = (skeleton.pointee.maps, skeleton.pointee.progs)
-        let chosen: (OpaquePointer?, OpaquePointer?, OpaquePointer?) = switch features.build {
-        case .full: (p.keepalive_sockops, p.keepalive_setsockopt, p.keepalive_reaped)
-        case .bounded: (p.keepalive_sockops_bounded, p.keepalive_setsockopt_bounded, p.keepalive_reaped_bounded)
-        case .basic: (p.keepalive_sockops_basic, p.keepalive_setsockopt_basic, p.keepalive_reaped_basic)
-        }
+        let chosen: (OpaquePointer?, OpaquePointer?, OpaquePointer?) =
+            switch features.build {
+            case .full: (p.keepalive_sockops, p.keepalive_setsockopt, p.keepalive_reaped)
+            case .bounded: (p.keepalive_sockops_bounded, p.keepalive_setsockopt_bounded, p.keepalive_reaped_bounded)
+            case .basic: (p.keepalive_sockops_basic, p.keepalive_setsockopt_basic, p.keepalive_reaped_basic)
+            }
         guard let policies = m.ka_policies_v3, let counters = m.ka_counters_v4, let errors = m.ka_errors,
-              let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
-              let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters_v4,
-              let sockops = chosen.0, let setsockopt = chosen.1, let reaped = chosen.2
+            let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
+            let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters_v4,
+            let sockops = chosen.0, let setsockopt = chosen.1, let reaped = chosen.2
         else {
             keepalive_bpf__destroy(skeleton)
             throw SyscallError("open BPF object keepalive: its skeleton lacks a map or program", errno: EINVAL)
         }
-        maps = Maps(policies: policies, counters: counters, errors: errors, meta: meta, events: events,
-                    eventsHead: eventsHead, rules: rules, ruleCounters: ruleCounters)
-        programs = Programs(sockops: sockops, setsockopt: setsockopt, reaped: reaped,
-                            hasSetsockopt: features.has(.precedence), hasReaped: features.has(.reapedCounting))
+        maps = Maps(
+            policies: policies,
+            counters: counters,
+            errors: errors,
+            meta: meta,
+            events: events,
+            eventsHead: eventsHead,
+            rules: rules,
+            ruleCounters: ruleCounters
+        )
+        programs = Programs(
+            sockops: sockops,
+            setsockopt: setsockopt,
+            reaped: reaped,
+            hasSetsockopt: features.has(.precedence),
+            hasReaped: features.has(.reapedCounting)
+        )
         self.features = features
-        identity = ProgramIdentity(version: skeleton.pointee.rodata.pointee.ka_program_version,
-                                   hash: ProgramIdentity.hash(bytes))
+        identity = ProgramIdentity(
+            version: skeleton.pointee.rodata.pointee.ka_program_version,
+            hash: ProgramIdentity.hash(bytes)
+        )
     }
 
     deinit { keepalive_bpf__destroy(skeleton) }
@@ -111,15 +129,18 @@ final class MainObject {
     /// Where libbpf pins a map of this object (set when it was opened with a pin root).
     func pinPath(_ map: OpaquePointer) throws -> String {
         guard let path = BPFObject.pinPath(ofMap: map) else {
-            throw SyscallError("pin path of map \(BPFObject.name(ofMap: map)): the object was opened without a pin root",
-                               errno: EINVAL)
+            throw SyscallError(
+                "pin path of map \(BPFObject.name(ofMap: map)): the object was opened without a pin root",
+                errno: EINVAL
+            )
         }
         return path
     }
 
     /// Loads the programs this kernel runs, and no other.
     func load() throws {
-        let wanted = [programs.sockops] + (programs.hasSetsockopt ? [programs.setsockopt] : [])
+        let wanted =
+            [programs.sockops] + (programs.hasSetsockopt ? [programs.setsockopt] : [])
             + (programs.hasReaped ? [programs.reaped] : [])
         var program = bpf_object__next_program(skeleton.pointee.obj, nil)
         while let current = program {
@@ -127,7 +148,9 @@ final class MainObject {
             program = bpf_object__next_program(skeleton.pointee.obj, current)
         }
         skeleton.pointee.rodata.pointee.ka_hz = KernelClock.ticksPerSecond
-        let result = Result { () throws(LoadError) in try loader.load(skeleton.pointee.obj) { keepalive_bpf__load(skeleton) } }
+        let result = Result { () throws(LoadError) in
+            try loader.load(skeleton.pointee.obj) { keepalive_bpf__load(skeleton) }
+        }
         if case .failure(let error) = result, error.errno == EPERM { throw MemlockLimited.explaining(error) }
         try result.get()
     }
@@ -142,7 +165,9 @@ struct MemlockLimited: Error, CustomStringConvertible {
 
     static func explaining(_ error: LoadError) -> any Error {
         var limit = rlimit()
-        guard getrlimit(Int32(__RLIMIT_MEMLOCK.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return error }  // RLIM_INFINITY
+        guard getrlimit(Int32(__RLIMIT_MEMLOCK.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else {
+            return error
+        }  // RLIM_INFINITY
         return MemlockLimited(load: error, limitKB: UInt64(limit.rlim_cur) / 1024)
     }
 
@@ -164,11 +189,12 @@ final class IteratorObject {
     init(pinRoot: String?, build: ProgramBuild) throws {
         skeleton = try loader.open(pinRoot: pinRoot) { keepalive_iter_bpf__open_opts($0) }
         let p = skeleton.pointee.progs
-        let chosen = switch build {
-        case .full: p.keepalive_iter
-        case .bounded: p.keepalive_iter_bounded
-        case .basic: p.keepalive_iter_basic
-        }
+        let chosen =
+            switch build {
+            case .full: p.keepalive_iter
+            case .bounded: p.keepalive_iter_bounded
+            case .basic: p.keepalive_iter_basic
+            }
         guard let chosen else {
             keepalive_iter_bpf__destroy(skeleton)
             throw SyscallError("open BPF object keepalive_iter: its skeleton lacks a program", errno: EINVAL)
@@ -176,8 +202,10 @@ final class IteratorObject {
         program = chosen
         if pinRoot == nil {
             let maps = skeleton.pointee.maps
-            for map in [maps.ka_policies_v3, maps.ka_counters_v4, maps.ka_errors, maps.ka_rules,
-                        maps.ka_rule_counters_v4].compactMap({ $0 }) {
+            for map in [
+                maps.ka_policies_v3, maps.ka_counters_v4, maps.ka_errors, maps.ka_rules,
+                maps.ka_rule_counters_v4,
+            ].compactMap({ $0 }) {
                 try BPFObject.unpinned(map)
             }
         }

@@ -2,6 +2,7 @@
 import BPF
 import CLibBPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// The pinned maps of older layouts, the one-time migration of their
@@ -70,7 +71,8 @@ struct OlderLayouts {
         for name in Self.guardedPins where try layout1Pin(name) == .absent {
             let raw = bpf_map_create(BPF_MAP_TYPE_ARRAY, "ka_guard", 4, 4, 1, nil)
             let fd = FileDescriptor(owning: try SyscallError.check("create the guard map \(name)", raw))
-            var key: UInt32 = 0, layout = UInt32(KA_STATE_LAYOUT)  // what it guards, for whoever looks
+            var key: UInt32 = 0
+            var layout = UInt32(KA_STATE_LAYOUT)  // what it guards, for whoever looks
             try SyscallError.check("write the guard map \(name)", bpf_map_update_elem(fd.raw, &key, &layout, 0))
             try BPFFS.pin(fd, at: root + "/" + name)
         }
@@ -96,7 +98,10 @@ struct OlderLayouts {
                 var record = migrated
                 record.slot = UInt32(slot)
                 // A total: on one CPU only, so that the sum over CPUs is it.
-                try kernel.counters.update(record.slot, perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) })
+                try kernel.counters.update(
+                    record.slot,
+                    perCPU: { ka_counters(configured: $0 == 0 ? configured : 0, reaped: (0, 0)) }
+                )
                 try kernel.policies.update(id, try record.encoded())
             }
         case 2, 3:
@@ -118,13 +123,18 @@ struct OlderLayouts {
         }
         if let old = try layout3Counters(Self.layout3RuleCountersPin) {
             for record in records where !record.policy.rules.isEmpty {
-                for key in PinnedKernel.ruleCounterKeys(record.ruleSlot) { try copy(key, from: old, to: kernel.ruleCounters) }
+                for key in PinnedKernel.ruleCounterKeys(record.ruleSlot) {
+                    try copy(key, from: old, to: kernel.ruleCounters)
+                }
             }
         }
     }
 
-    private func copy(_ key: UInt32, from old: BPFPerCPUMap<UInt32, ka_counters>,
-                      to new: PerCPUChunks<ka_counters>) throws {
+    private func copy(
+        _ key: UInt32,
+        from old: BPFPerCPUMap<UInt32, ka_counters>,
+        to new: PerCPUChunks<ka_counters>
+    ) throws {
         let counts = try old.lookup(key) ?? []
         try new.update(key, perCPU: { counts.indices.contains($0) ? counts[$0] : ka_counters() })
     }
@@ -138,7 +148,9 @@ struct OlderLayouts {
     /// Layout 2's policies, as layout 3 records (no origin); their slots and
     /// so their counters stay as they were.
     func layout2Policies() throws -> [(id: UInt64, record: ka_policy)] {
-        guard let fd = try BPFFS.openIfPresent(pinned: root + "/" + Self.layout2PoliciesPin, as: .map) else { return [] }
+        guard let fd = try BPFFS.openIfPresent(pinned: root + "/" + Self.layout2PoliciesPin, as: .map) else {
+            return []
+        }
         let map = try BPFMap<UInt64, ka_policy_layout2>(fd, name: Self.layout2PoliciesPin, type: BPF_MAP_TYPE_HASH)
         return try map.entries().map { id, old in
             var record = ka_policy()
@@ -152,16 +164,21 @@ struct OlderLayouts {
     /// The policies 0.1.0 had in force, with their cgroup's path and socket count.
     func layout1Policies(in cgroups: CgroupFS) throws -> [(id: UInt64, record: PolicyRecord, configured: UInt64)] {
         guard try layout1Pin(Self.policiesPin) == .layout1,
-              let fd = try BPFFS.openIfPresent(pinned: root + "/" + Self.policiesPin, as: .map) else { return [] }
+            let fd = try BPFFS.openIfPresent(pinned: root + "/" + Self.policiesPin, as: .map)
+        else { return [] }
         let map = try BPFMap<UInt64, Policy>(fd, name: Self.policiesPin, type: BPF_MAP_TYPE_HASH)
-        let sockets = try layout1Pin(Self.socketsPin) == .layout1
+        let sockets =
+            try layout1Pin(Self.socketsPin) == .layout1
             ? try BPFFS.openIfPresent(pinned: root + "/" + Self.socketsPin, as: .map).map {
                 try BPFMap<UInt32, UInt64>($0, name: Self.socketsPin, type: BPF_MAP_TYPE_ARRAY)
             } : nil
         let entries = try map.entries()
         guard !entries.isEmpty else { return [] }
         var paths: [UInt64: FilePath] = [cgroups.rootID: FilePath()]
-        let unreadable = cgroups.walk(below: FilePath()) { paths[$0.id] = $0.path; return true }
+        let unreadable = cgroups.walk(below: FilePath()) {
+            paths[$0.id] = $0.path
+            return true
+        }
         var result: [(id: UInt64, record: PolicyRecord, configured: UInt64)] = []
         for (id, old) in entries {
             guard let path = paths[id] else {
@@ -170,9 +187,15 @@ struct OlderLayouts {
                 continue
             }
             var record = ka_policy()
-            record.values = ka_values(keepidle: old.keepidle, keepintvl: old.keepintvl, keepcnt: old.keepcnt,
-                                      user_timeout: old.userTimeout, syncnt: old.syncnt, maxseg: old.maxseg,
-                                      window_clamp: old.windowClamp)
+            record.values = ka_values(
+                keepidle: old.keepidle,
+                keepintvl: old.keepintvl,
+                keepcnt: old.keepcnt,
+                user_timeout: old.userTimeout,
+                syncnt: old.syncnt,
+                maxseg: old.maxseg,
+                window_clamp: old.windowClamp
+            )
             record.flags = old.flags & ~KA_POLICY_HAS_RULES  // 0.1.0 had no rules
             var migrated = PolicyRecord(record)
             migrated.path = path

@@ -36,8 +36,12 @@ public struct Origin: Equatable, Hashable, Sendable {
     }
 
     init(_ record: ka_origin) {
-        self.init(namespace: cString(record.namespace_name), pod: cString(record.pod_name),
-                  container: cString(record.container_name), containerID: cString(record.container_id))
+        self.init(
+            namespace: cString(record.namespace_name),
+            pod: cString(record.pod_name),
+            container: cString(record.container_name),
+            containerID: cString(record.container_id)
+        )
     }
 
     /// The record's form: each string cut (at a character) to what its field holds.

@@ -2,6 +2,7 @@
 import BPF
 import CLibBPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Whether open handles are still the pinned state.
@@ -78,11 +79,13 @@ final class PinnedKernel: StateKernel, Sendable {
     /// Each program the kernel runs, from its pin or from the object, under its pin's name.
     private init(_ object: MainObject, state: PinnedState, pinned: Bool, staleProgramIDs: Set<UInt32>) throws {
         func map<M>(_ map: OpaquePointer, _ make: (FileDescriptor, String, bpf_map_type) throws -> M) throws -> M {
-            let fd = pinned ? try BPFFS.open(pinned: try object.pinPath(map), as: .map) : try BPFObject.mapDescriptor(map)
+            let fd =
+                pinned ? try BPFFS.open(pinned: try object.pinPath(map), as: .map) : try BPFObject.mapDescriptor(map)
             return try make(fd, BPFObject.name(ofMap: map), bpf_map__type(map))
         }
         func program(_ loaded: OpaquePointer, pin name: String) throws -> BPFProgram {
-            pinned ? try BPFProgram.pinned(at: state.root + "/" + name, name: name)
+            pinned
+                ? try BPFProgram.pinned(at: state.root + "/" + name, name: name)
                 : try BPFObject.program(loaded, name: name)
         }
         func linked(_ kind: Attachment) throws -> (program: BPFProgram, id: UInt32) {
@@ -94,7 +97,9 @@ final class PinnedKernel: StateKernel, Sendable {
         features = object.features
         let maps = object.maps
         policies = try map(maps.policies) { try BPFMap($0, name: $1, type: $2) }
-        counters = try map(maps.counters) { fd, name, _ in try PerCPUChunks(fd, name: name, chunkSize: Int(KA_COUNTER_CHUNK)) }
+        counters = try map(maps.counters) { fd, name, _ in
+            try PerCPUChunks(fd, name: name, chunkSize: Int(KA_COUNTER_CHUNK))
+        }
         rules = try map(maps.rules) { try BPFMap($0, name: $1, type: $2) }
         ruleCounters = try map(maps.ruleCounters) { fd, name, _ in
             try PerCPUChunks(fd, name: name, chunkSize: Int(KA_COUNTER_CHUNK))
@@ -103,9 +108,12 @@ final class PinnedKernel: StateKernel, Sendable {
         meta = try map(maps.meta) { try BPFMap($0, name: $1, type: $2) }
         events = try map(maps.events) { try BPFMap($0, name: $1, type: $2) }
         eventsHead = try map(maps.eventsHead) { try BPFMap($0, name: $1, type: $2) }
-        programs = LinkedPrograms(sockops: try linked(.sockops),
-                                  setsockopt: object.programs.hasSetsockopt ? try linked(.setsockopt) : nil)
-        reapedProgram = object.programs.hasReaped
+        programs = LinkedPrograms(
+            sockops: try linked(.sockops),
+            setsockopt: object.programs.hasSetsockopt ? try linked(.setsockopt) : nil
+        )
+        reapedProgram =
+            object.programs.hasReaped
             ? try program(object.programs.reaped, pin: MainObject.Programs.reapedPin) : nil
         self.staleProgramIDs = staleProgramIDs
         guard let st = FilePath(state.root).status() else { throw SyscallError("inspect \(state.root)", errno: errno) }
@@ -125,8 +133,15 @@ final class PinnedKernel: StateKernel, Sendable {
             guard let fd = try BPFFS.openIfPresent(pinned: state.root + "/" + meta.handle.name, as: .map) else {
                 return .replaced
             }
-            let pinned = try MapHandle(fd, name: meta.handle.name, expecting: MapShape(
-                type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: MemoryLayout<ka_meta>.size))
+            let pinned = try MapHandle(
+                fd,
+                name: meta.handle.name,
+                expecting: MapShape(
+                    type: BPF_MAP_TYPE_ARRAY,
+                    keySize: 4,
+                    valueSize: MemoryLayout<ka_meta>.size
+                )
+            )
             return pinned.id == meta.handle.id ? .intact : .replaced
         } catch is WrongObjectKind {
             return .replaced
@@ -150,9 +165,16 @@ final class PinnedKernel: StateKernel, Sendable {
     }
 
     func writeIdentity(changeSeq: UInt64) throws {
-        try meta.update(0, ka_meta(layout: UInt32(KA_STATE_LAYOUT), program_version: identity.version,
-                                   object_hash: identity.hash, change_seq: changeSeq,
-                                   cgroup_root_id: state.cgroups.rootID))
+        try meta.update(
+            0,
+            ka_meta(
+                layout: UInt32(KA_STATE_LAYOUT),
+                program_version: identity.version,
+                object_hash: identity.hash,
+                change_seq: changeSeq,
+                cgroup_root_id: state.cgroups.rootID
+            )
+        )
     }
 
     func bumpChangeSequence() throws {
@@ -167,8 +189,10 @@ final class PinnedKernel: StateKernel, Sendable {
     func readPolicies() throws -> [UInt64: PolicyRecord] {
         var ruleSets: [UInt64: (rules: [Rule], slot: UInt32)] = [:]
         for (id, set) in try rules.entries() { ruleSets[id] = (RuleSetRecord.rules(of: set), set.slot) }
-        return Dictionary(try policies.entries().map { ($0.key, PolicyRecord($0.value, rules: ruleSets[$0.key])) },
-                          uniquingKeysWith: { $1 })
+        return Dictionary(
+            try policies.entries().map { ($0.key, PolicyRecord($0.value, rules: ruleSets[$0.key])) },
+            uniquingKeysWith: { $1 }
+        )
     }
 
     func readRuleSetIDs() throws -> Set<UInt64> {
@@ -186,7 +210,9 @@ final class PinnedKernel: StateKernel, Sendable {
         if freshCounters { try counters.update(record.slot, perCPU: { _ in ka_counters() }) }
         if let ruleSet = record.encodedRules {
             if freshRuleCounters {
-                for key in Self.ruleCounterKeys(record.ruleSlot) { try ruleCounters.update(key, perCPU: { _ in ka_counters() }) }
+                for key in Self.ruleCounterKeys(record.ruleSlot) {
+                    try ruleCounters.update(key, perCPU: { _ in ka_counters() })
+                }
             }
             try insert(ruleSet, into: rules, at: id, whenFull: .rulesFull(capacity: ruleSetCapacity))
         }
@@ -200,8 +226,12 @@ final class PinnedKernel: StateKernel, Sendable {
     }
 
     /// A map full of cgroups is said as such, not as E2BIG.
-    private func insert<Value>(_ value: Value, into map: BPFMap<UInt64, Value>, at id: UInt64,
-                               whenFull full: StateError) throws {
+    private func insert<Value>(
+        _ value: Value,
+        into map: BPFMap<UInt64, Value>,
+        at id: UInt64,
+        whenFull full: StateError
+    ) throws {
         do {
             try map.update(id, value)
         } catch {
@@ -265,8 +295,10 @@ final class PinnedKernel: StateKernel, Sendable {
     /// The kernel memory the state's maps take, by the kernel's account
     /// (the counters' chunks included).
     func kernelMemory() throws -> UInt64 {
-        try [policies.handle, counters.handle, rules.handle, ruleCounters.handle, errors.handle, meta.handle,
-             events.handle, eventsHead.handle].reduce(0) { $0 &+ (try $1.memory()) }
+        try [
+            policies.handle, counters.handle, rules.handle, ruleCounters.handle, errors.handle, meta.handle,
+            events.handle, eventsHead.handle,
+        ].reduce(0) { $0 &+ (try $1.memory()) }
             &+ (try counters.chunksMemory()) &+ (try ruleCounters.chunksMemory())
     }
 
@@ -329,7 +361,9 @@ final class PinnedKernel: StateKernel, Sendable {
         } catch {
             // Removed between the open and the attach: the kernel refuses a
             // cgroup that is no longer online. Gone on proof, so no failure.
-            guard error.errno == ENOENT, state.cgroups.presence(of: cgroup.path, id: cgroup.id) == .gone else { throw error }
+            guard error.errno == ENOENT, state.cgroups.presence(of: cgroup.path, id: cgroup.id) == .gone else {
+                throw error
+            }
             throw CgroupAccessError(path: cgroup.display, errno: ENOENT)
         }
         try link.pin(at: state.linksDirectory(kind) + "/\(cgroup.id)")
@@ -359,7 +393,8 @@ final class PinnedKernel: StateKernel, Sendable {
         guard let reapedProgram else { return }
         let path = state.reapedLinkPath
         if let pinned = try BPFFS.openIfPresent(pinned: path, as: .link),
-           try BPFLink(pinned, name: path).info().programID == (try reapedProgram.id()) {
+            try BPFLink(pinned, name: path).info().programID == (try reapedProgram.id())
+        {
             return
         }
         try state.replaceReapedLink(running: reapedProgram)

@@ -2,6 +2,7 @@
 import BPF
 import CLibBPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Opening the pinned state: the root checked and locked, the state made,
@@ -92,10 +93,11 @@ extension PinnedState {
             throw StateError.otherCgroupView(path: root, recorded: meta.cgroup_root_id, seen: cgroups.rootID)
         }
         let older = OlderLayouts(root: root)
-        let installed = meta.map {
-            $0.layout == KA_STATE_LAYOUT && $0.object_hash == object.identity.hash
-                && $0.program_version == object.identity.version
-        } ?? false
+        let installed =
+            meta.map {
+                $0.layout == KA_STATE_LAYOUT && $0.object_hash == object.identity.hash
+                    && $0.program_version == object.identity.version
+            } ?? false
         if installed, try !older.isPresent(), try leftovers().isEmpty, try older.guarded() {
             do {
                 return try PinnedKernel(pinned: object, state: self)
@@ -177,7 +179,8 @@ extension PinnedState {
     func pinnedProgramIDs(_ object: MainObject) throws -> Set<UInt32> {
         let names = MainObject.Programs.pins
         var ids: Set<UInt32> = []
-        for pin in try directoryNames(root) where names.contains(where: { pin == $0 || pin.hasPrefix($0 + Self.stagedMark) }) {
+        for pin in try directoryNames(root)
+        where names.contains(where: { pin == $0 || pin.hasPrefix($0 + Self.stagedMark) }) {
             ids.insert(try BPFProgram.pinned(at: root + "/" + pin, name: pin).id())
         }
         return ids
@@ -186,11 +189,15 @@ extension PinnedState {
     /// The pins under the root that belong to no layout this binary knows:
     /// left alone, and named by `status`.
     func unknownPins(_ kernel: PinnedKernel) throws -> [String] {
-        let maps = [kernel.policies.handle, kernel.counters.handle, kernel.errors.handle, kernel.meta.handle,
-                    kernel.events.handle, kernel.eventsHead.handle, kernel.rules.handle,
-                    kernel.ruleCounters.handle].map(\.name)
-        let known = Set(maps + MainObject.Programs.pins + Attachment.allCases.map(\.linksDirectory) + OlderLayouts.pins
-                        + [Self.agentLock, Self.reapedLinkName])
+        let maps = [
+            kernel.policies.handle, kernel.counters.handle, kernel.errors.handle, kernel.meta.handle,
+            kernel.events.handle, kernel.eventsHead.handle, kernel.rules.handle,
+            kernel.ruleCounters.handle,
+        ].map(\.name)
+        let known = Set(
+            maps + MainObject.Programs.pins + Attachment.allCases.map(\.linksDirectory) + OlderLayouts.pins
+                + [Self.agentLock, Self.reapedLinkName]
+        )
         return try directoryNames(root).filter { !known.contains($0) && !$0.contains(Self.stagedMark) }.sorted()
     }
 }

@@ -102,7 +102,9 @@ public final class PinnedState: Sendable {
         /// Sockets configured and connections reaped under a policy.
         public func counters(of record: PolicyRecord) throws -> PolicyCounters { try kernel.counters(of: record) }
         /// Each of a policy's rules' counters, in the rules' order.
-        public func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] { try kernel.ruleCounters(of: record) }
+        public func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] {
+            try kernel.ruleCounters(of: record)
+        }
         /// Failed bpf_setsockopt calls since the state was made, by option key.
         public func setsockoptErrors() throws -> [(option: String, count: UInt64)] { try kernel.setsockoptErrors() }
         /// The kernel memory the state's maps take (bytes).
@@ -123,8 +125,12 @@ public final class PinnedState: Sendable {
     /// checking its path and pins again (the agent's heartbeat does, every
     /// second), and so is `cache` while nobody else changed the state: a small
     /// change costs a few system calls.
-    public func transaction<T: Sendable>(create: Bool, fullCheck: Bool, cache: inout CachedView?,
-                               _ body: (Session) throws -> T) throws -> T? {
+    public func transaction<T: Sendable>(
+        create: Bool,
+        fullCheck: Bool,
+        cache: inout CachedView?,
+        _ body: (Session) throws -> T
+    ) throws -> T? {
         try opened.withLock { open throws -> T? in
             let state: Open
             if !fullCheck, let current = open, let fd = current.rootFD {

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import CLibBPF
+
 import struct SystemPackage.FilePath
 
 /// Who set a policy: the agent reconciles only its own, and leaves the CLI's alone.
@@ -63,28 +64,8 @@ public struct Policy: Equatable, Hashable, Sendable {
     }
 
     public subscript(option: PolicyOption) -> Int32 {
-        get {
-            switch option {
-            case .keepidle: keepidle
-            case .keepintvl: keepintvl
-            case .keepcnt: keepcnt
-            case .userTimeout: userTimeout
-            case .syncnt: syncnt
-            case .maxseg: maxseg
-            case .windowClamp: windowClamp
-            }
-        }
-        set {
-            switch option {
-            case .keepidle: keepidle = newValue
-            case .keepintvl: keepintvl = newValue
-            case .keepcnt: keepcnt = newValue
-            case .userTimeout: userTimeout = newValue
-            case .syncnt: syncnt = newValue
-            case .maxseg: maxseg = newValue
-            case .windowClamp: windowClamp = newValue
-            }
-        }
+        get { self[keyPath: option.definition.field] }
+        set { self[keyPath: option.definition.field] = newValue }
     }
 
     public var derivesUserTimeout: Bool { userTimeout == KA_USER_TIMEOUT_DERIVED }
@@ -99,7 +80,8 @@ public struct Policy: Equatable, Hashable, Sendable {
 
     /// An option's value as it is in force, for people: the derived user timeout spelled out.
     public func shown(_ option: PolicyOption, separator: String = "") -> String {
-        option == .userTimeout && derivesUserTimeout ? "\(effectiveUserTimeout)\(separator)\(Self.derivedMark)" : "\(self[option])"
+        option == .userTimeout && derivesUserTimeout
+            ? "\(effectiveUserTimeout)\(separator)\(Self.derivedMark)" : "\(self[option])"
     }
 
     /// "keepidle=15 keepintvl=15 keepcnt=9 user_timeout=150000(derived)" and the rest when set.
@@ -116,8 +98,15 @@ public struct Policy: Equatable, Hashable, Sendable {
 
     /// The values as the BPF program reads them (user timeout resolved).
     var encodedValues: ka_values {
-        ka_values(keepidle: keepidle, keepintvl: keepintvl, keepcnt: keepcnt, user_timeout: effectiveUserTimeout,
-                  syncnt: syncnt, maxseg: maxseg, window_clamp: windowClamp)
+        ka_values(
+            keepidle: keepidle,
+            keepintvl: keepintvl,
+            keepcnt: keepcnt,
+            user_timeout: effectiveUserTimeout,
+            syncnt: syncnt,
+            maxseg: maxseg,
+            window_clamp: windowClamp
+        )
     }
 
     /// Values read back from a record; `derived` says the user timeout was.
@@ -147,8 +136,14 @@ public struct PolicyRecord: Equatable, Sendable {
     /// The record says it has rules, but ka_rules holds none for it (an outside hand).
     public var rulesMissing = false
 
-    public init(policy: Policy, owner: PolicyOwner, path: FilePath, slot: UInt32 = 0, origin: Origin = .none,
-                ruleSlot: UInt32 = 0) {
+    public init(
+        policy: Policy,
+        owner: PolicyOwner,
+        path: FilePath,
+        slot: UInt32 = 0,
+        origin: Origin = .none,
+        ruleSlot: UInt32 = 0
+    ) {
         self.policy = policy
         self.owner = owner
         self.path = path

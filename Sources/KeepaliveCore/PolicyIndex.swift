@@ -37,7 +37,8 @@ final class PolicyIndex {
         node.id = nil
         // Drop the nodes that no longer lead to a policy.
         while let (parent, component) = trail.popLast(), let child = parent.children[component],
-              child.id == nil, child.children.isEmpty {
+            child.id == nil, child.children.isEmpty
+        {
             parent.children[component] = nil
         }
     }

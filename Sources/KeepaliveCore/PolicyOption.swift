@@ -1,125 +1,170 @@
 // SPDX-License-Identifier: MIT
 import CLibBPF
+import Foundation
 
-/// The options a policy sets. Names, defaults and ranges come from
-/// bpf/keepalive_policy.h, the one place they are defined.
+/// The options a policy sets. Each is defined once, in `definition`: its
+/// names (policy key, CLI flag, environment variable, table column), its
+/// kernel constant, range, unit and default. Those constants come from
+/// bpf/keepalive_policy.h, shared with the BPF program and the preload
+/// libraries. docs/extending.md lists the other places a new option touches.
 public enum PolicyOption: String, CaseIterable, Sendable {
     case keepidle, keepintvl, keepcnt, userTimeout, syncnt, maxseg, windowClamp
 
-    /// Key in the agent's YAML and in JSON output.
-    public var key: String {
-        switch self {
-        case .keepidle: KA_KEEPIDLE_KEY
-        case .keepintvl: KA_KEEPINTVL_KEY
-        case .keepcnt: KA_KEEPCNT_KEY
-        case .userTimeout: KA_USER_TIMEOUT_KEY
-        case .syncnt: KA_SYNCNT_KEY
-        case .maxseg: KA_MAXSEG_KEY
-        case .windowClamp: KA_WINDOW_CLAMP_KEY
+    /// Everything about one option.
+    public struct Definition: Sendable {
+        /// Key in the agent's YAML and in JSON output; the CLI flag is made from it.
+        public let key: String
+        /// The preload libraries' environment variable.
+        public let environmentVariable: String
+        /// Its index in the BPF program's error counters and a rule's `given` bits.
+        let bpfOption: ka_bpf_option
+        public let defaultValue: Int32
+        /// Accepted values besides 0 (the system default).
+        public let range: ClosedRange<Int64>
+        public let unit: Unit
+        /// Its column in tables (status, inspect).
+        public let column: String
+        /// The keepalive options are always listed; the others only when set.
+        let alwaysShown: Bool
+        /// What the option does, for help texts.
+        public let meaning: String
+        /// Where a Policy keeps it.
+        let field: WritableKeyPath<Policy, Int32> & Sendable
+    }
+
+    public enum Unit: String, Sendable {
+        case seconds, count, milliseconds, bytes
+
+        /// The value's name in the CLI's help.
+        public var valueName: String {
+            switch self {
+            case .seconds: "s"
+            case .count: "n"
+            case .milliseconds: "ms"
+            case .bytes: "bytes"
+            }
         }
     }
 
-    /// The preload libraries' environment variable for it.
-    public var environmentVariable: String {
+    public var definition: Definition {
         switch self {
-        case .keepidle: KA_KEEPIDLE_ENV
-        case .keepintvl: KA_KEEPINTVL_ENV
-        case .keepcnt: KA_KEEPCNT_ENV
-        case .userTimeout: KA_USER_TIMEOUT_ENV
-        case .syncnt: KA_SYNCNT_ENV
-        case .maxseg: KA_MAXSEG_ENV
-        case .windowClamp: KA_WINDOW_CLAMP_ENV
+        case .keepidle:
+            Definition(
+                key: KA_KEEPIDLE_KEY,
+                environmentVariable: KA_KEEPIDLE_ENV,
+                bpfOption: KA_OPT_KEEPIDLE,
+                defaultValue: KA_KEEPIDLE_DEFAULT,
+                range: Self.range(KA_KEEPIDLE_MIN, KA_KEEPIDLE_MAX),
+                unit: .seconds,
+                column: "IDLE",
+                alwaysShown: true,
+                meaning: "Idle time before the first keepalive probe",
+                field: \.keepidle
+            )
+        case .keepintvl:
+            Definition(
+                key: KA_KEEPINTVL_KEY,
+                environmentVariable: KA_KEEPINTVL_ENV,
+                bpfOption: KA_OPT_KEEPINTVL,
+                defaultValue: KA_KEEPINTVL_DEFAULT,
+                range: Self.range(KA_KEEPINTVL_MIN, KA_KEEPINTVL_MAX),
+                unit: .seconds,
+                column: "INTVL",
+                alwaysShown: true,
+                meaning: "Time between keepalive probes",
+                field: \.keepintvl
+            )
+        case .keepcnt:
+            Definition(
+                key: KA_KEEPCNT_KEY,
+                environmentVariable: KA_KEEPCNT_ENV,
+                bpfOption: KA_OPT_KEEPCNT,
+                defaultValue: KA_KEEPCNT_DEFAULT,
+                range: Self.range(KA_KEEPCNT_MIN, KA_KEEPCNT_MAX),
+                unit: .count,
+                column: "CNT",
+                alwaysShown: true,
+                meaning: "Unanswered probes before the connection is dropped",
+                field: \.keepcnt
+            )
+        case .userTimeout:
+            Definition(
+                key: KA_USER_TIMEOUT_KEY,
+                environmentVariable: KA_USER_TIMEOUT_ENV,
+                bpfOption: KA_OPT_USER_TIMEOUT,
+                defaultValue: KA_USER_TIMEOUT_DEFAULT,
+                range: Self.range(KA_USER_TIMEOUT_MIN, KA_USER_TIMEOUT_MAX),
+                unit: .milliseconds,
+                column: "USER_TIMEOUT",
+                alwaysShown: true,
+                meaning:
+                    "How long sent data may stay unacknowledged; \(KA_USER_TIMEOUT_DERIVED) derives (idle + intvl * cnt) s",
+                field: \.userTimeout
+            )
+        case .syncnt:
+            Definition(
+                key: KA_SYNCNT_KEY,
+                environmentVariable: KA_SYNCNT_ENV,
+                bpfOption: KA_OPT_SYNCNT,
+                defaultValue: KA_SYNCNT_DEFAULT,
+                range: Self.range(KA_SYNCNT_MIN, KA_SYNCNT_MAX),
+                unit: .count,
+                column: "SYNCNT",
+                alwaysShown: false,
+                meaning: "SYN retransmissions on connect",
+                field: \.syncnt
+            )
+        case .maxseg:
+            Definition(
+                key: KA_MAXSEG_KEY,
+                environmentVariable: KA_MAXSEG_ENV,
+                bpfOption: KA_OPT_MAXSEG,
+                defaultValue: KA_MAXSEG_DEFAULT,
+                range: Self.range(KA_MAXSEG_MIN, KA_MAXSEG_MAX),
+                unit: .bytes,
+                column: "MAXSEG",
+                alwaysShown: false,
+                meaning: "Maximum segment size on connect",
+                field: \.maxseg
+            )
+        case .windowClamp:
+            Definition(
+                key: KA_WINDOW_CLAMP_KEY,
+                environmentVariable: KA_WINDOW_CLAMP_ENV,
+                bpfOption: KA_OPT_WINDOW_CLAMP,
+                defaultValue: KA_WINDOW_CLAMP_DEFAULT,
+                range: Self.range(KA_WINDOW_CLAMP_MIN, KA_WINDOW_CLAMP_MAX),
+                unit: .bytes,
+                column: "CLAMP",
+                alwaysShown: false,
+                meaning: "Clamp of the advertised window",
+                field: \.windowClamp
+            )
         }
     }
 
-    /// The option's index in the BPF program's error counters (enum ka_bpf_option).
-    var bpfOption: ka_bpf_option {
-        switch self {
-        case .keepidle: KA_OPT_KEEPIDLE
-        case .keepintvl: KA_OPT_KEEPINTVL
-        case .keepcnt: KA_OPT_KEEPCNT
-        case .userTimeout: KA_OPT_USER_TIMEOUT
-        case .syncnt: KA_OPT_SYNCNT
-        case .maxseg: KA_OPT_MAXSEG
-        case .windowClamp: KA_OPT_WINDOW_CLAMP
-        }
-    }
+    private static func range(_ lower: Int32, _ upper: Int32) -> ClosedRange<Int64> { Int64(lower)...Int64(upper) }
 
-    public var defaultValue: Int32 {
-        switch self {
-        case .keepidle: KA_KEEPIDLE_DEFAULT
-        case .keepintvl: KA_KEEPINTVL_DEFAULT
-        case .keepcnt: KA_KEEPCNT_DEFAULT
-        case .userTimeout: KA_USER_TIMEOUT_DEFAULT
-        case .syncnt: KA_SYNCNT_DEFAULT
-        case .maxseg: KA_MAXSEG_DEFAULT
-        case .windowClamp: KA_WINDOW_CLAMP_DEFAULT
-        }
-    }
-
-    /// Accepted values besides 0 (the system default).
-    public var range: ClosedRange<Int64> {
-        switch self {
-        case .keepidle: Int64(KA_KEEPIDLE_MIN)...Int64(KA_KEEPIDLE_MAX)
-        case .keepintvl: Int64(KA_KEEPINTVL_MIN)...Int64(KA_KEEPINTVL_MAX)
-        case .keepcnt: Int64(KA_KEEPCNT_MIN)...Int64(KA_KEEPCNT_MAX)
-        case .userTimeout: Int64(KA_USER_TIMEOUT_MIN)...Int64(KA_USER_TIMEOUT_MAX)
-        case .syncnt: Int64(KA_SYNCNT_MIN)...Int64(KA_SYNCNT_MAX)
-        case .maxseg: Int64(KA_MAXSEG_MIN)...Int64(KA_MAXSEG_MAX)
-        case .windowClamp: Int64(KA_WINDOW_CLAMP_MIN)...Int64(KA_WINDOW_CLAMP_MAX)
-        }
-    }
-
-    /// The keepalive options are always listed; the others only when set.
-    var alwaysShown: Bool {
-        switch self {
-        case .keepidle, .keepintvl, .keepcnt, .userTimeout: true
-        case .syncnt, .maxseg, .windowClamp: false
-        }
-    }
-
-    /// Its column in tables (status, inspect).
-    public var column: String {
-        switch self {
-        case .keepidle: "IDLE"
-        case .keepintvl: "INTVL"
-        case .keepcnt: "CNT"
-        case .userTimeout: "USER_TIMEOUT"
-        case .syncnt: "SYNCNT"
-        case .maxseg: "MAXSEG"
-        case .windowClamp: "CLAMP"
-        }
-    }
-
-    /// What the option does, for help texts.
-    public var meaning: String {
-        switch self {
-        case .keepidle: "Idle time before the first keepalive probe"
-        case .keepintvl: "Time between keepalive probes"
-        case .keepcnt: "Unanswered probes before the connection is dropped"
-        case .userTimeout: "How long sent data may stay unacknowledged; \(KA_USER_TIMEOUT_DERIVED) derives (idle + intvl * cnt) s"
-        case .syncnt: "SYN retransmissions on connect"
-        case .maxseg: "Maximum segment size on connect"
-        case .windowClamp: "Clamp of the advertised window"
-        }
-    }
+    public var key: String { definition.key }
+    /// The CLI flag's name (without "--"): the key, in the CLI's spelling.
+    public var flag: String { key.replacingOccurrences(of: "_", with: "-") }
+    public var environmentVariable: String { definition.environmentVariable }
+    var bpfOption: ka_bpf_option { definition.bpfOption }
+    public var defaultValue: Int32 { definition.defaultValue }
+    public var range: ClosedRange<Int64> { definition.range }
+    public var unit: Unit { definition.unit }
+    public var column: String { definition.column }
+    var alwaysShown: Bool { definition.alwaysShown }
+    public var meaning: String { definition.meaning }
 
     /// One line of help: meaning, accepted values and unit, default.
     public var help: String {
-        "\(meaning) (0 = system default, or \(rangeText) \(unit); default \(defaultValue))."
-    }
-
-    public var unit: String {
-        switch self {
-        case .keepidle, .keepintvl: "seconds"
-        case .keepcnt, .syncnt: "count"
-        case .userTimeout: "milliseconds"
-        case .maxseg, .windowClamp: "bytes"
-        }
+        "\(meaning) (0 = system default, or \(rangeText) \(unit.rawValue); default \(defaultValue))."
     }
 
     var rangeText: String {
-        self == .userTimeout ? "\(KA_USER_TIMEOUT_DERIVED) to derive, or 1..\(range.upperBound)"
+        self == .userTimeout
+            ? "\(KA_USER_TIMEOUT_DERIVED) to derive, or 1..\(range.upperBound)"
             : "\(range.lowerBound)..\(range.upperBound)"
     }
 
@@ -149,7 +194,7 @@ public enum PolicyError: Error, CustomStringConvertible, Equatable {
         case let .notANumber(_, value):
             "'\(value)' is not a whole number"
         case let .outOfRange(option, value):
-            "\(value) is out of range (0 for the system default, or \(option.rangeText) \(option.unit))"
+            "\(value) is out of range (0 for the system default, or \(option.rangeText) \(option.unit.rawValue))"
         case let .badPrecedence(value):
             "'\(value)' is neither '\(Precedence.application.name)' nor '\(Precedence.policy.name)'"
         case let .pathTooLong(path):

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import BPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Whether this process may load and attach BPF programs.

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// The processes of a cgroup subtree, from cgroup.procs and /proc: their
@@ -12,12 +13,15 @@ public struct ProcessTable {
 
     init(subtree: Cgroup, cgroups: CgroupFS) {
         var directories = [subtree.path]
-        unreadable = cgroups.walk(below: subtree.path) { directories.append($0.path); return true }.map(\.description)
+        unreadable = cgroups.walk(below: subtree.path) {
+            directories.append($0.path)
+            return true
+        }.map(\.description)
         for directory in directories {
             do {
                 let text = try readTextFile(cgroups.absolute(directory).appending("cgroup.procs"))
                 pids += text.split(separator: "\n").compactMap { Int32($0) }
-            } catch where error.errno == ENOENT {
+            } catch  where error.errno == ENOENT {
                 continue  // removed since the walk: its processes are gone too
             } catch {
                 unreadable.append("\(error)")
@@ -57,7 +61,8 @@ public struct ProcessTable {
             let inodes = Self.socketInodes(of: pid)
             guard !inodes.isEmpty else { continue }
             // The process exited meanwhile: shown without its name.
-            let command = (try? readTextFile(FilePath("/proc/\(pid)/comm")))?.split(separator: "\n").first.map(String.init) ?? "?"
+            let command =
+                (try? readTextFile(FilePath("/proc/\(pid)/comm")))?.split(separator: "\n").first.map(String.init) ?? "?"
             for inode in inodes { owners[inode, default: []].append(SocketOwner(pid: pid, command: command)) }
         }
         return owners

@@ -2,6 +2,7 @@
 import BPF
 import CLibBPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Why the kernel ended a covered connection (enum ka_reaped_reason).
@@ -96,7 +97,8 @@ struct KernelClock {
 
     init() {
         nanosecondsPerJiffy = Self.nanosecondsPerTick
-        var boot = timespec(), wall = timespec()
+        var boot = timespec()
+        var wall = timespec()
         clock_gettime(CLOCK_BOOTTIME, &boot)
         clock_gettime(CLOCK_REALTIME, &wall)
         bootToWall = Double(wall.tv_sec) + Double(wall.tv_nsec) / 1e9 - Double(boot.tv_sec) - Double(boot.tv_nsec) / 1e9
@@ -146,14 +148,18 @@ extension PinnedKernel {
     }
 }
 
-typealias AddressBytes = (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                          UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
+typealias AddressBytes = (
+    UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+    UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
+)
 
 extension ka_socket_id {
     /// "local:port", "remote:port".
     var endpoints: (local: String, remote: String) {
-        (socketEndpoint(family: family, address: local_addr, port: local_port),
-         socketEndpoint(family: family, address: remote_addr, port: remote_port))
+        (
+            socketEndpoint(family: family, address: local_addr, port: local_port),
+            socketEndpoint(family: family, address: remote_addr, port: remote_port)
+        )
     }
 }
 

@@ -16,8 +16,14 @@ public struct Rule: Hashable, Sendable {
     /// The options the rule gives itself; the others are its policy's.
     public var options: [PolicyOption: Int32] = [:]
 
-    public init(name: String? = nil, remote: [CIDR] = [], remotePorts: [UInt16] = [], localPorts: [UInt16] = [],
-                off: Bool = false, options: [PolicyOption: Int32] = [:]) {
+    public init(
+        name: String? = nil,
+        remote: [CIDR] = [],
+        remotePorts: [UInt16] = [],
+        localPorts: [UInt16] = [],
+        off: Bool = false,
+        options: [PolicyOption: Int32] = [:]
+    ) {
         self.name = name
         self.remote = remote
         self.remotePorts = remotePorts
@@ -75,10 +81,15 @@ public struct Rule: Hashable, Sendable {
     func validated() throws(RuleError) -> Rule {
         if let name {
             guard !name.isEmpty, name.utf8.count < Int(KA_RULE_NAME_MAX), !name.contains("\0"),
-                  !name.contains(","), !name.contains("=") else {
-                throw RuleError("\(Self.nameKey) '\(name)' must be 1..\(KA_RULE_NAME_MAX - 1) bytes, without ',', '=' or NUL")
+                !name.contains(","), !name.contains("=")
+            else {
+                throw RuleError(
+                    "\(Self.nameKey) '\(name)' must be 1..\(KA_RULE_NAME_MAX - 1) bytes, without ',', '=' or NUL"
+                )
             }
-            guard Int(name) == nil else { throw RuleError("\(Self.nameKey) '\(name)' must not be a number (rules are numbered)") }
+            guard Int(name) == nil else {
+                throw RuleError("\(Self.nameKey) '\(name)' must not be a number (rules are numbered)")
+            }
         }
         guard !(remote.isEmpty && remotePorts.isEmpty && localPorts.isEmpty) else {
             throw RuleError("a rule needs \(Self.remoteKey), \(Self.remotePortsKey) or \(Self.localPortsKey)")
@@ -91,7 +102,9 @@ public struct Rule: Hashable, Sendable {
             throw RuleError("\(key): at most \(KA_RULE_MAX_PORTS) ports")
         }
         guard !(off && !options.isEmpty) else {
-            throw RuleError("\(Self.keepaliveKey)=off takes no values (\(options.keys.map(\.key).sorted().joined(separator: ", ")))")
+            throw RuleError(
+                "\(Self.keepaliveKey)=off takes no values (\(options.keys.map(\.key).sorted().joined(separator: ", ")))"
+            )
         }
         return self
     }
@@ -99,7 +112,9 @@ public struct Rule: Hashable, Sendable {
     /// The rules of one policy: at most KA_MAX_RULES, names unique. `source`
     /// names where each came from in errors ("rule 2", "rule 2 (db)").
     public static func validate(_ rules: [Rule]) throws(RuleError) -> [Rule] {
-        guard rules.count <= maxRules else { throw RuleError("\(rules.count) rules: a policy holds at most \(maxRules)") }
+        guard rules.count <= maxRules else {
+            throw RuleError("\(rules.count) rules: a policy holds at most \(maxRules)")
+        }
         var names: Set<String> = []
         for (index, rule) in rules.enumerated() {
             if let name = rule.name, !names.insert(name).inserted {
@@ -163,7 +178,9 @@ extension Rule {
             // An accepted socket holds its listener's (the policy's) values:
             // "the system default" cannot be put back, so a rule gives a value.
             guard parsed != 0 || option == .userTimeout else {
-                throw RuleError("\(key): 0 is for policies; a rule gives a value (\(option.range.lowerBound)..\(option.range.upperBound)) or leaves the key out")
+                throw RuleError(
+                    "\(key): 0 is for policies; a rule gives a value (\(option.range.lowerBound)..\(option.range.upperBound)) or leaves the key out"
+                )
             }
             options[option] = parsed
         }

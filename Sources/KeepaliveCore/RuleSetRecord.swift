@@ -61,12 +61,22 @@ enum RuleSetRecord {
             rule.options[option] = values[option]
         }
         rule.off = record.flags & KA_RULE_OFF != 0
-        let cidrs = load(ka_cidr.self, count: min(Int(record.remote_count), Int(KA_RULE_MAX_REMOTES)), from: record.remote)
+        let cidrs = load(
+            ka_cidr.self,
+            count: min(Int(record.remote_count), Int(KA_RULE_MAX_REMOTES)),
+            from: record.remote
+        )
         rule.remote = cidrs.map { CIDR($0) }
-        rule.remotePorts = load(UInt16.self, count: min(Int(record.remote_port_count), Int(KA_RULE_MAX_PORTS)),
-                                from: record.remote_ports)
-        rule.localPorts = load(UInt16.self, count: min(Int(record.local_port_count), Int(KA_RULE_MAX_PORTS)),
-                               from: record.local_ports)
+        rule.remotePorts = load(
+            UInt16.self,
+            count: min(Int(record.remote_port_count), Int(KA_RULE_MAX_PORTS)),
+            from: record.remote_ports
+        )
+        rule.localPorts = load(
+            UInt16.self,
+            count: min(Int(record.local_port_count), Int(KA_RULE_MAX_PORTS)),
+            from: record.local_ports
+        )
         let nameBytes = load(UInt8.self, count: Int(KA_RULE_NAME_MAX), from: record.name).prefix { $0 != 0 }
         rule.name = nameBytes.isEmpty ? nil : String(decoding: nameBytes, as: UTF8.self)
         return rule
@@ -85,7 +95,9 @@ struct RemoteBounds {
     init(_ rules: [Rule]) {
         let blocks = rules.enumerated().flatMap { index, rule in rule.remote.map { (index, $0.addresses) } }
         // A block starts an interval, and the address after its last starts the next.
-        let cuts = blocks.flatMap { _, range in [range.lowerBound] + (range.upperBound == .max ? [] : [range.upperBound + 1]) }
+        let cuts = blocks.flatMap { _, range in
+            [range.lowerBound] + (range.upperBound == .max ? [] : [range.upperBound + 1])
+        }
         starts = Array(Set(cuts)).sorted()
         covered = starts.map { start in
             blocks.reduce(0) { bits, block in block.1.contains(start) ? bits | 1 << block.0 : bits }

@@ -2,6 +2,7 @@
 import BPF
 import Foundation
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// The cgroup `keepalive run` makes for its command: a transient systemd
@@ -40,7 +41,10 @@ public struct RunCgroup: Sendable {
         try makeDirectory(path, cgroups)
         guard let cgroup = cgroups.cgroup(at: path) else { throw CgroupError.notFound(path.string) }
         let run = RunCgroup(cgroup: cgroup, isScope: false, home: home, cgroups: cgroups)
-        do { try run.move(getpid(), to: cgroup) } catch { run.remove(); throw error }
+        do { try run.move(getpid(), to: cgroup) } catch {
+            run.remove()
+            throw error
+        }
         return run
     }
 
@@ -49,7 +53,9 @@ public struct RunCgroup: Sendable {
     private static func makeDirectory(_ path: FilePath, _ cgroups: CgroupFS) throws {
         for _ in 0..<10 {
             let parent = cgroups.absolute(path.removingLastComponent()).string
-            guard mkdir(parent, 0o755) == 0 || errno == EEXIST else { throw SyscallError("mkdir \(parent)", errno: errno) }
+            guard mkdir(parent, 0o755) == 0 || errno == EEXIST else {
+                throw SyscallError("mkdir \(parent)", errno: errno)
+            }
             if mkdir(cgroups.absolute(path).string, 0o755) == 0 { return }
             guard errno == ENOENT else { throw SyscallError("mkdir \(cgroups.absolute(path))", errno: errno) }
         }
@@ -68,17 +74,21 @@ public struct RunCgroup: Sendable {
     private static func scope(named name: String, description: String, _ cgroups: CgroupFS) throws -> Cgroup {
         let call = Process()
         call.executableURL = URL(fileURLWithPath: "/usr/bin/busctl")
-        call.arguments = ["call", "--quiet", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                          "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))",
-                          name, "fail", "3", "PIDs", "au", "1", "\(getpid())", "Description", "s", description,
-                          "CollectMode", "s", "inactive-or-failed", "0"]
+        call.arguments = [
+            "call", "--quiet", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))",
+            name, "fail", "3", "PIDs", "au", "1", "\(getpid())", "Description", "s", description,
+            "CollectMode", "s", "inactive-or-failed", "0",
+        ]
         let errors = Pipe()
         call.standardError = errors
         try call.run()
         call.waitUntilExit()
         guard call.terminationStatus == 0 else {
             let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            throw RunError("systemd did not make the scope \(name): \(said.split(separator: "\n").first ?? "busctl failed")")
+            throw RunError(
+                "systemd did not make the scope \(name): \(said.split(separator: "\n").first ?? "busctl failed")"
+            )
         }
         let resolver = TargetResolver(cgroups: cgroups)
         for _ in 0..<100 {  // the job moves us; it is done within milliseconds

@@ -67,8 +67,11 @@ public struct EndpointChoice: Sendable, CustomStringConvertible {
         if let given {
             chosen = try RuntimeEndpoint(parsing: given)
         } else if let (name, value) = kind.environmentVariables.lazy.compactMap({ name in
-            environment[name].flatMap { $0.isEmpty ? nil : (name, $0) } }).first {
-            do { chosen = try RuntimeEndpoint(parsing: value) } catch { throw EndpointError(text: value, variable: name) }
+            environment[name].flatMap { $0.isEmpty ? nil : (name, $0) }
+        }).first {
+            do { chosen = try RuntimeEndpoint(parsing: value) } catch {
+                throw EndpointError(text: value, variable: name)
+            }
         } else {
             chosen = nil
         }
@@ -95,6 +98,7 @@ public struct EndpointError: Error, CustomStringConvertible, Equatable, Sendable
     public var variable: String?
 
     public var description: String {
-        (variable.map { "\($0)='\(text)'" } ?? "runtime endpoint '\(text)'") + " is not a unix socket (unix:///PATH or /PATH)"
+        (variable.map { "\($0)='\(text)'" } ?? "runtime endpoint '\(text)'")
+            + " is not a unix socket (unix:///PATH or /PATH)"
     }
 }

@@ -2,6 +2,7 @@
 import BPF
 import CLibBPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Runs keepalive's BPF TCP iterator over one cgroup subtree, in every network
@@ -24,7 +25,11 @@ public final class SocketIterator {
         let skeleton = object.skeleton.pointee
         program = try BPFObject.program(object.program, name: "keepalive_iter")
         let map = skeleton.maps.ka_iter_config!
-        config = try BPFMap(try BPFObject.mapDescriptor(map), name: BPFObject.name(ofMap: map), type: bpf_map__type(map))
+        config = try BPFMap(
+            try BPFObject.mapDescriptor(map),
+            name: BPFObject.name(ofMap: map),
+            type: bpf_map__type(map)
+        )
         self.cgroups = cgroups
     }
 
@@ -120,7 +125,9 @@ public struct SocketReport: Sendable {
         keepintvl = r.keepintvl
         keepcnt = r.keepcnt
         userTimeout = r.user_timeout
-        precedence = r.flags & KA_SOCKET_HAS_POLICY == 0 ? nil
+        precedence =
+            r.flags & KA_SOCKET_HAS_POLICY == 0
+            ? nil
             : r.flags & KA_SOCKET_PRECEDENCE_POLICY != 0 ? .policy : .application
         policyCgroupID = r.flags & KA_SOCKET_HAS_POLICY == 0 ? nil : r.policy_cgroup_id
         rule = r.rule == 0 ? nil : Int(r.rule) - 1
@@ -128,8 +135,10 @@ public struct SocketReport: Sendable {
     }
 }
 
-let tcpStateNames = [1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-                     6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"]
+let tcpStateNames = [
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
+]
 
 /// Entering a network namespace with setns(2), and back. setns changes only
 /// the calling thread, so it runs on a thread of its own: a thread shared
@@ -142,7 +151,9 @@ enum NetworkNamespace {
             let target = open(path, O_RDONLY | O_CLOEXEC)
             guard target >= 0 else { throw SyscallError("open \(path)", errno: errno) }
             defer { close(target) }
-            guard ka_setns_net(target) == 0 else { throw SyscallError("enter the network namespace \(path)", errno: errno) }
+            guard ka_setns_net(target) == 0 else {
+                throw SyscallError("enter the network namespace \(path)", errno: errno)
+            }
             return try body()
         }
     }
@@ -153,10 +164,15 @@ func onThreadOfItsOwn<T>(_ body: () throws -> T) throws -> T {
     try withoutActuallyEscaping(body) { body in
         let box = ThreadWork(body)
         var thread = pthread_t()
-        let started = pthread_create(&thread, nil, { raw in
-            Unmanaged<ThreadWorkBase>.fromOpaque(raw!).takeUnretainedValue().run()
-            return nil
-        }, Unmanaged.passUnretained(box as ThreadWorkBase).toOpaque())
+        let started = pthread_create(
+            &thread,
+            nil,
+            { raw in
+                Unmanaged<ThreadWorkBase>.fromOpaque(raw!).takeUnretainedValue().run()
+                return nil
+            },
+            Unmanaged.passUnretained(box as ThreadWorkBase).toOpaque()
+        )
         guard started == 0 else { throw SyscallError("start a thread", errno: started) }
         pthread_join(thread, nil)
         return try box.result!.get()

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import BPF
 import Glibc
+
 import struct SystemPackage.FilePath
 
 // The system calls keepalive makes on paths and directories, in one place.
@@ -69,7 +70,7 @@ func directoryNames(_ path: String) throws(SyscallError) -> [String] {
 func directoryNamesIfPresent(_ path: String) throws(SyscallError) -> [String]? {
     do {
         return try directoryNames(path)
-    } catch where error.errno == ENOENT {
+    } catch  where error.errno == ENOENT {
         return nil
     }
 }

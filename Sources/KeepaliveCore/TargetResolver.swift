@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// Turns policy-file targets (paths, globs, units) and CLI selectors (pids,
@@ -62,7 +63,8 @@ public struct TargetResolver: Sendable {
             case .cgroup(let text):
                 let pattern = components(of: text)
                 guard path.count <= pattern.count,
-                      zip(pattern, path).allSatisfy({ matches($0, $1) }) else { continue }
+                    zip(pattern, path).allSatisfy({ matches($0, $1) })
+                else { continue }
                 expand(pattern: pattern, from: [(directory.path, path.count)], spec: index, into: &resolution)
             case .unit(let name):
                 guard path.dropLast().allSatisfy(isSlice) else { continue }
@@ -94,7 +96,12 @@ public struct TargetResolver: Sendable {
 
     /// Follows a pattern one component at a time from `frontier` (directory,
     /// index of the component its children must match).
-    private func expand(pattern: [String], from frontier: [(FilePath, Int)], spec: Int, into resolution: inout Resolution) {
+    private func expand(
+        pattern: [String],
+        from frontier: [(FilePath, Int)],
+        spec: Int,
+        into resolution: inout Resolution
+    ) {
         var frontier = frontier
         while let (directory, index) = frontier.popLast() {
             guard index < pattern.count else {
@@ -105,7 +112,11 @@ public struct TargetResolver: Sendable {
             do {
                 for child in try cgroups.children(of: directory) {
                     guard let name = child.path.lastComponent, matches(pattern[index], name) else { continue }
-                    if index + 1 == pattern.count { resolution.add(child, spec: spec) } else { frontier.append((child.path, index + 1)) }
+                    if index + 1 == pattern.count {
+                        resolution.add(child, spec: spec)
+                    } else {
+                        frontier.append((child.path, index + 1))
+                    }
                 }
             } catch {
                 resolution.unreadable.append("\(error)")

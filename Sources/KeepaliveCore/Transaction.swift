@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Glibc
+
 import struct SystemPackage.FilePath
 
 /// A consistent view of the pinned state, valid while its lock is held.
@@ -67,8 +68,10 @@ public final class Transaction {
                 forget(id)
                 report.dropped.append("\(record.path.cgroupDisplay) (cgroup removed)")
             case .unknown(let code):
-                report.keptUnknown.append("policy on \(record.path.cgroupDisplay): cannot tell whether the cgroup "
-                                          + "still exists (\(errnoText(code))); kept")
+                report.keptUnknown.append(
+                    "policy on \(record.path.cgroupDisplay): cannot tell whether the cgroup "
+                        + "still exists (\(errnoText(code))); kept"
+                )
             }
         }
         try repairSlots(&report)
@@ -93,24 +96,34 @@ public final class Transaction {
     /// rule counters of its own (a crash or an outside hand may leave two
     /// sharing a slot).
     private func repairSlots(_ report: inout Report) throws {
-        var taken: Set<UInt32> = [], takenRules: Set<UInt32> = []
+        var taken: Set<UInt32> = []
+        var takenRules: Set<UInt32> = []
         for (id, record) in records.sorted(by: { $0.key < $1.key }) {
             var moved = record
             if !taken.insert(record.slot).inserted || Int(record.slot) >= kernel.policyCapacity {
                 moved.slot = try freeSlot(avoiding: taken)
-                report.repaired.append("gave the policy on \(record.path.cgroupDisplay) counters of its own "
-                                       + "(slot \(record.slot) was shared)")
+                report.repaired.append(
+                    "gave the policy on \(record.path.cgroupDisplay) counters of its own "
+                        + "(slot \(record.slot) was shared)"
+                )
             }
             if !record.policy.rules.isEmpty,
-               !takenRules.insert(record.ruleSlot).inserted || Int(record.ruleSlot) >= kernel.ruleSetCapacity {
+                !takenRules.insert(record.ruleSlot).inserted || Int(record.ruleSlot) >= kernel.ruleSetCapacity
+            {
                 moved.ruleSlot = try freeRuleSlot(avoiding: takenRules)
-                report.repaired.append("gave the rules on \(record.path.cgroupDisplay) counters of their own "
-                                       + "(rule slot \(record.ruleSlot) was shared)")
+                report.repaired.append(
+                    "gave the rules on \(record.path.cgroupDisplay) counters of their own "
+                        + "(rule slot \(record.ruleSlot) was shared)"
+                )
             }
             guard moved.slot != record.slot || moved.ruleSlot != record.ruleSlot else { continue }
             try announce()
-            try write(moved, for: id, freshCounters: moved.slot != record.slot,
-                                   freshRuleCounters: moved.ruleSlot != record.ruleSlot)
+            try write(
+                moved,
+                for: id,
+                freshCounters: moved.slot != record.slot,
+                freshRuleCounters: moved.ruleSlot != record.ruleSlot
+            )
             remember(moved, for: id)
             taken.insert(moved.slot)
             if !moved.policy.rules.isEmpty { takenRules.insert(moved.ruleSlot) }
@@ -125,8 +138,10 @@ public final class Transaction {
             try announce()
             try kernel.deleteRules(id)
             ruleSetIDs.remove(id)
-            report.repaired.append("removed the rules kept for \(records[id]?.path.cgroupDisplay ?? "cgroup id \(id)"), "
-                                   + "which no policy has")
+            report.repaired.append(
+                "removed the rules kept for \(records[id]?.path.cgroupDisplay ?? "cgroup id \(id)"), "
+                    + "which no policy has"
+            )
         }
         for (id, record) in records.sorted(by: { $0.key < $1.key }) where record.rulesMissing {
             var fixed = record
@@ -134,8 +149,10 @@ public final class Transaction {
             try announce()
             try write(fixed, for: id, freshCounters: false, freshRuleCounters: false)
             remember(fixed, for: id)
-            report.repaired.append("the policy on \(record.path.cgroupDisplay) had lost its rules (ka_rules held none): "
-                                   + "its own values apply to all its connections")
+            report.repaired.append(
+                "the policy on \(record.path.cgroupDisplay) had lost its rules (ka_rules held none): "
+                    + "its own values apply to all its connections"
+            )
         }
     }
 
@@ -144,19 +161,34 @@ public final class Transaction {
     /// Sets a cgroup's policy: a new one is linked where needed, an existing
     /// one updated in place. On failure what was in force is restored.
     @discardableResult
-    public func apply(_ policy: Policy, to cgroup: Cgroup, owner: PolicyOwner = .cli, origin: Origin = .none) throws -> Change {
+    public func apply(
+        _ policy: Policy,
+        to cgroup: Cgroup,
+        owner: PolicyOwner = .cli,
+        origin: Origin = .none
+    ) throws -> Change {
         if let lacking = kernel.features.unsupported(by: policy) { throw lacking }  // before anything changes
         let previous = records[cgroup.id]
         let keepsRuleSlot = !(previous?.policy.rules.isEmpty ?? true)
         let ruleSlot = policy.rules.isEmpty ? 0 : keepsRuleSlot ? previous!.ruleSlot : try freeRuleSlot()
-        let record = PolicyRecord(policy: policy, owner: owner, path: cgroup.path, slot: try previous?.slot ?? freeSlot(),
-                                  origin: origin, ruleSlot: ruleSlot)
+        let record = PolicyRecord(
+            policy: policy,
+            owner: owner,
+            path: cgroup.path,
+            slot: try previous?.slot ?? freeSlot(),
+            origin: origin,
+            ruleSlot: ruleSlot
+        )
         let rewrite = previous.map { !$0.sameSettings(as: record) } ?? true
         if rewrite {
             try announce()
             // A rule's counters count what its rule did: fresh when the rules change.
-            try write(record, for: cgroup.id, freshCounters: previous == nil,
-                                   freshRuleCounters: !keepsRuleSlot || previous?.policy.rules != policy.rules)
+            try write(
+                record,
+                for: cgroup.id,
+                freshCounters: previous == nil,
+                freshRuleCounters: !keepsRuleSlot || previous?.policy.rules != policy.rules
+            )
             remember(record, for: cgroup.id)
         }
         let outcome = fixLinks(around: cgroup.path, id: cgroup.id)
@@ -228,8 +260,11 @@ public final class Transaction {
     /// absence proves something: `keeping` says which to keep although they
     /// are not desired (part of the cgroup tree could not be read, the runtime
     /// that named a pod did not answer: not seeing a cgroup is no proof).
-    public func reconcile(_ desired: [Desire], owner: PolicyOwner = .agent,
-                          keeping keep: (UInt64, PolicyRecord) -> Bool = { _, _ in false }) -> Outcome {
+    public func reconcile(
+        _ desired: [Desire],
+        owner: PolicyOwner = .agent,
+        keeping keep: (UInt64, PolicyRecord) -> Bool = { _, _ in false }
+    ) -> Outcome {
         let wanted = Set(desired.map(\.cgroup.id))
         let stale = records.filter { $0.value.owner == owner && !wanted.contains($0.key) && !keep($0.key, $0.value) }
         var outcome = withdraw(stale.map(\.key), owner: owner)
@@ -246,9 +281,16 @@ public final class Transaction {
             do {
                 let change = try apply(want.policy, to: want.cgroup, owner: owner, origin: want.origin)
                 guard change != .unchanged else { continue }
-                outcome.changes.append(AppliedChange(kind: change == .created ? .attached : .updated, cgroup: want.cgroup.path,
-                                                     cgroupID: want.cgroup.id, policy: want.policy, source: want.source,
-                                                     origin: want.origin))
+                outcome.changes.append(
+                    AppliedChange(
+                        kind: change == .created ? .attached : .updated,
+                        cgroup: want.cgroup.path,
+                        cgroupID: want.cgroup.id,
+                        policy: want.policy,
+                        source: want.source,
+                        origin: want.origin
+                    )
+                )
             } catch {
                 outcome.failures.append(Failure(cgroup: want.cgroup.path, error: error))
             }
@@ -263,8 +305,16 @@ public final class Transaction {
         for (id, record) in owned.sorted(by: { $0.1.path.depth > $1.1.path.depth }) {
             do {
                 try remove(id)
-                outcome.changes.append(AppliedChange(kind: .detached, cgroup: record.path, cgroupID: id, policy: nil,
-                                                     source: nil, origin: record.origin))
+                outcome.changes.append(
+                    AppliedChange(
+                        kind: .detached,
+                        cgroup: record.path,
+                        cgroupID: id,
+                        policy: nil,
+                        source: nil,
+                        origin: record.origin
+                    )
+                )
             } catch {
                 outcome.failures.append(Failure(cgroup: record.path, error: error))
             }
@@ -327,13 +377,16 @@ public final class Transaction {
 
     /// Makes `kind`'s links at `candidates` what the invariant says: missing
     /// ones made and stale ones updated first, then the extra ones removed.
-    private func fixLinks(_ kind: Attachment, _ candidates: Set<UInt64>) -> (actions: [String], failures: [LinkFailure]) {
-        var actions: [String] = [], failures: [LinkFailure] = []
+    private func fixLinks(_ kind: Attachment, _ candidates: Set<UInt64>) -> (actions: [String], failures: [LinkFailure])
+    {
+        var actions: [String] = []
+        var failures: [LinkFailure] = []
         let (wanted, unwanted) = candidates.sorted().reduce(into: ([UInt64](), [UInt64]())) { split, id in
             if shouldLink(kind, id) { split.0.append(id) } else { split.1.append(id) }
         }
         for id in wanted {
-            let pin = String(id), where_ = records[id]?.path.cgroupDisplay ?? "id \(id)"
+            let pin = String(id)
+            let where_ = records[id]?.path.cgroupDisplay ?? "id \(id)"
             do {
                 switch links[kind]?[pin] {
                 case .current?:
@@ -343,8 +396,12 @@ public final class Transaction {
                     try kernel.updateLink(kind, pin: pin)
                     actions.append("updated the \(kind) link at \(where_) to the current program")
                 case .foreign(let why)?:
-                    throw LinkFailure(kind: kind, cgroup: where_, reason: "its pin is taken by something else: \(why)",
-                                      scope: .state)
+                    throw LinkFailure(
+                        kind: kind,
+                        cgroup: where_,
+                        reason: "its pin is taken by something else: \(why)",
+                        scope: .state
+                    )
                 case .defunct?, .misplaced?, nil:
                     try announce()
                     if links[kind]?[pin] != nil { try kernel.removeLink(kind, pin: pin) }
@@ -356,7 +413,9 @@ public final class Transaction {
             } catch let failure as LinkFailure {
                 failures.append(failure)
             } catch {
-                failures.append(LinkFailure(kind: kind, cgroup: where_, reason: "\(error)", scope: FailureScope(of: error)))
+                failures.append(
+                    LinkFailure(kind: kind, cgroup: where_, reason: "\(error)", scope: FailureScope(of: error))
+                )
             }
         }
         for id in unwanted {
@@ -368,11 +427,20 @@ public final class Transaction {
                 try kernel.removeLink(kind, pin: pin)
                 links[kind]?[pin] = nil
                 let where_ = records[id]?.path.cgroupDisplay ?? "cgroup id \(id)"
-                actions.append(state == .defunct ? "removed the \(kind) link of removed cgroup id \(id)"
-                               : "removed the \(kind) link at \(where_), which \(records[id] == nil ? "has no policy" : "a link above covers")")
+                actions.append(
+                    state == .defunct
+                        ? "removed the \(kind) link of removed cgroup id \(id)"
+                        : "removed the \(kind) link at \(where_), which \(records[id] == nil ? "has no policy" : "a link above covers")"
+                )
             } catch {
-                failures.append(LinkFailure(kind: kind, cgroup: records[id]?.path.cgroupDisplay ?? "id \(id)",
-                                            reason: "\(error)", scope: FailureScope(of: error)))
+                failures.append(
+                    LinkFailure(
+                        kind: kind,
+                        cgroup: records[id]?.path.cgroupDisplay ?? "id \(id)",
+                        reason: "\(error)",
+                        scope: FailureScope(of: error)
+                    )
+                )
             }
         }
         return (actions, failures)
@@ -480,10 +548,13 @@ public final class Transaction {
         }
         let restored = fixLinks(around: cgroup.path, id: cgroup.id)
         guard restored.failures.isEmpty else {
-            throw LinkFailure(kind: failure.kind, cgroup: failure.cgroup,
-                              reason: failure.reason + "; and putting back what was in force failed: "
-                                  + restored.failures.map(\.description).joined(separator: "; "),
-                              scope: .state)
+            throw LinkFailure(
+                kind: failure.kind,
+                cgroup: failure.cgroup,
+                reason: failure.reason + "; and putting back what was in force failed: "
+                    + restored.failures.map(\.description).joined(separator: "; "),
+                scope: .state
+            )
         }
     }
 }
@@ -509,7 +580,8 @@ public struct AppliedChange: Sendable, CustomStringConvertible {
     public let origin: Origin
 
     public var description: String {
-        var line = "\(kind.rawValue) policy \(kind == .detached ? "from" : "on") \(origin.display.map { "\($0) (\(cgroup.cgroupDisplay))" } ?? cgroup.cgroupDisplay)"
+        var line =
+            "\(kind.rawValue) policy \(kind == .detached ? "from" : "on") \(origin.display.map { "\($0) (\(cgroup.cgroupDisplay))" } ?? cgroup.cgroupDisplay)"
         if let policy { line += ": \(policy.summary)" }
         if let source { line += " (\(source))" }
         return line

@@ -14,7 +14,10 @@ public struct LabelSelector: Equatable, Sendable {
 
     public struct Requirement: Equatable, Sendable {
         public enum Operator: String, CaseIterable, Sendable {
-            case `in` = "In", notIn = "NotIn", exists = "Exists", doesNotExist = "DoesNotExist"
+            case `in` = "In"
+            case notIn = "NotIn"
+            case exists = "Exists"
+            case doesNotExist = "DoesNotExist"
 
             /// In and NotIn take a non-empty list of values; the others none.
             var takesValues: Bool { self == .in || self == .notIn }
@@ -58,7 +61,11 @@ public struct PodSelector: Equatable, Sendable {
         self.labels = labels
     }
 
-    public func matches(namespace podNamespace: String, name podName: String, labels podLabels: [String: String]) -> Bool {
+    public func matches(
+        namespace podNamespace: String,
+        name podName: String,
+        labels podLabels: [String: String]
+    ) -> Bool {
         globMatches(namespace, podNamespace) && globMatches(name, podName) && labels.matches(podLabels)
     }
 }
@@ -115,8 +122,12 @@ public enum PodAnnotations {
 
     /// The entry's policy with the pod's annotations applied; nil when the
     /// pod opts out. Problems are what was ignored.
-    public static func apply(_ annotations: [String: String], to policy: Policy)
-        -> (policy: Policy?, problems: [Problem]) {
+    public static func apply(
+        _ annotations: [String: String],
+        to policy: Policy
+    )
+        -> (policy: Policy?, problems: [Problem])
+    {
         var result = policy
         var problems: [Problem] = []
         for (key, value) in annotations.sorted(by: { $0.key < $1.key }) where key.hasPrefix(prefix) {

@@ -4,6 +4,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import KeepaliveCore
+
 import struct SystemPackage.FilePath
 
 /// A pod as CRI lists it (ListPodSandbox, PodSandboxStatus): kubelet puts the
@@ -54,9 +55,12 @@ public final class CRIClient: Sendable {
         var config = HTTP2ClientTransport.Posix.Config.defaults
         // A runtime restarting comes back in seconds: try again soon, not after minutes.
         config.backoff = .init(initial: .milliseconds(100), max: .seconds(2), multiplier: 1.6, jitter: 0.2)
-        let transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: endpoint.path),
-                                                       transportSecurity: .plaintext, config: config,
-                                                       eventLoopGroup: EventLoopTaskExecutor.runtimes.loop)
+        let transport = try HTTP2ClientTransport.Posix(
+            target: .unixDomainSocket(path: endpoint.path),
+            transportSecurity: .plaintext,
+            config: config,
+            eventLoopGroup: EventLoopTaskExecutor.runtimes.loop
+        )
         grpc = GRPCClient(transport: transport)
         runtime = Runtime_V1_RuntimeService.Client(wrapping: grpc)
     }
@@ -66,11 +70,16 @@ public final class CRIClient: Sendable {
     public func shutdown() { grpc.beginGracefulShutdown() }
 
     /// Runs `body` with a client of `endpoint`, then shuts it down.
-    public static func with<T: Sendable>(_ endpoint: RuntimeEndpoint,
-                                         _ body: @Sendable (CRIClient) async throws -> T) async throws -> T {
+    public static func with<T: Sendable>(
+        _ endpoint: RuntimeEndpoint,
+        _ body: @Sendable (CRIClient) async throws -> T
+    ) async throws -> T {
         let client = try CRIClient(endpoint: endpoint)
         return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await client.run(); return nil }
+            group.addTask {
+                try await client.run()
+                return nil
+            }
             defer { client.shutdown() }
             let result = try await body(client)
             client.shutdown()
@@ -97,7 +106,9 @@ public final class CRIClient: Sendable {
 
     /// A reply's reading, its failure an unexpected reply of this runtime's.
     private func read<T>(_ body: () throws(ReplyError) -> T) throws(RuntimeError) -> T {
-        do { return try body() } catch { throw .unexpectedReply(.cri, endpoint: endpoint.description, error.description) }
+        do { return try body() } catch {
+            throw .unexpectedReply(.cri, endpoint: endpoint.description, error.description)
+        }
     }
 
     /// The runtime's name and version: a cheap call that proves it answers.
@@ -111,14 +122,23 @@ public final class CRIClient: Sendable {
     /// The ready pods, or those whose labels match `labels` (CRI's own filter).
     public func pods(labels: [String: String] = [:]) async throws(RuntimeError) -> [PodInfo] {
         let reply = try await call("ListPodSandbox") {
-            try await runtime.listPodSandbox(.with {
-                $0.filter.state.state = .sandboxReady
-                $0.filter.labelSelector = labels
-            }, options: options(Self.listTimeout))
+            try await runtime.listPodSandbox(
+                .with {
+                    $0.filter.state.state = .sandboxReady
+                    $0.filter.labelSelector = labels
+                },
+                options: options(Self.listTimeout)
+            )
         }
         return reply.items.map { item in
-            PodInfo(sandboxID: item.id, uid: item.metadata.uid, namespace: item.metadata.namespace,
-                    name: item.metadata.name, labels: item.labels, annotations: item.annotations)
+            PodInfo(
+                sandboxID: item.id,
+                uid: item.metadata.uid,
+                namespace: item.metadata.namespace,
+                name: item.metadata.name,
+                labels: item.labels,
+                annotations: item.annotations
+            )
         }
     }
 
@@ -127,8 +147,13 @@ public final class CRIClient: Sendable {
     public func pod(sandboxID: String) async throws(RuntimeError) -> (pod: PodInfo, cgroup: FilePath?)? {
         let reply: Runtime_V1_PodSandboxStatusResponse
         do {
-            reply = try await runtime.podSandboxStatus(.with { $0.podSandboxID = sandboxID; $0.verbose = true },
-                                                       options: options(Self.listTimeout))
+            reply = try await runtime.podSandboxStatus(
+                .with {
+                    $0.podSandboxID = sandboxID
+                    $0.verbose = true
+                },
+                options: options(Self.listTimeout)
+            )
         } catch let error as RPCError where error.code == .notFound {
             return nil
         } catch let error as RPCError {
@@ -137,8 +162,14 @@ public final class CRIClient: Sendable {
             throw .unreachable(.cri, endpoint: endpoint.description, "PodSandboxStatus: \(error)")
         }
         let status = reply.status
-        let pod = PodInfo(sandboxID: status.id, uid: status.metadata.uid, namespace: status.metadata.namespace,
-                          name: status.metadata.name, labels: status.labels, annotations: status.annotations)
+        let pod = PodInfo(
+            sandboxID: status.id,
+            uid: status.metadata.uid,
+            namespace: status.metadata.namespace,
+            name: status.metadata.name,
+            labels: status.labels,
+            annotations: status.annotations
+        )
         guard let json = reply.info["info"] else { return (pod, nil) }
         return (pod, try read { () throws(ReplyError) in try RuntimeReplies.podCgroup(verboseInfo: json) })
     }
@@ -146,10 +177,13 @@ public final class CRIClient: Sendable {
     /// The running containers, with their pods' names (from their sandboxes).
     public func containers(inPod sandboxID: String? = nil) async throws(RuntimeError) -> [ContainerInfo] {
         let reply = try await call("ListContainers") {
-            try await runtime.listContainers(.with {
-                $0.filter.state.state = .containerRunning
-                if let sandboxID { $0.filter.podSandboxID = sandboxID }
-            }, options: options(Self.listTimeout))
+            try await runtime.listContainers(
+                .with {
+                    $0.filter.state.state = .containerRunning
+                    if let sandboxID { $0.filter.podSandboxID = sandboxID }
+                },
+                options: options(Self.listTimeout)
+            )
         }
         guard !reply.containers.isEmpty else { return [] }
         let sandboxes = try await call("ListPodSandbox") {
@@ -158,16 +192,27 @@ public final class CRIClient: Sendable {
         let pods = Dictionary(sandboxes.items.map { ($0.id, $0.metadata) }, uniquingKeysWith: { first, _ in first })
         return reply.containers.map { item in
             let pod = pods[item.podSandboxID]
-            return ContainerInfo(id: item.id, name: item.metadata.name, labels: item.labels,
-                                 podNamespace: pod?.namespace, podName: pod?.name, source: "CRI at \(endpoint)")
+            return ContainerInfo(
+                id: item.id,
+                name: item.metadata.name,
+                labels: item.labels,
+                podNamespace: pod?.namespace,
+                podName: pod?.name,
+                source: "CRI at \(endpoint)"
+            )
         }
     }
 
     /// A container's cgroup (below the hierarchy's root) and pid, from its verbose status.
     public func containerCgroup(id: String) async throws(RuntimeError) -> (cgroup: FilePath?, pid: Int32?) {
         let reply = try await call("ContainerStatus") {
-            try await runtime.containerStatus(.with { $0.containerID = id; $0.verbose = true },
-                                              options: options(Self.listTimeout))
+            try await runtime.containerStatus(
+                .with {
+                    $0.containerID = id
+                    $0.verbose = true
+                },
+                options: options(Self.listTimeout)
+            )
         }
         guard let json = reply.info["info"] else { return (nil, nil) }
         return try read { () throws(ReplyError) in try RuntimeReplies.container(verboseInfo: json) }

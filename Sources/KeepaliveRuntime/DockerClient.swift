@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KeepaliveCore
 import NIOCore
+
 import struct SystemPackage.FilePath
 
 /// A read-only client of the Docker-compatible API (docker, and podman's
@@ -12,8 +13,8 @@ public struct DockerClient: Sendable {
     public let endpoint: RuntimeEndpoint
     private let http: UnixHTTPClient
 
-    static let apiVersion = "v1.41"          // docker 20.10 and podman 4 both speak it
-    static let libpodVersion = "v4.0.0"      // podman's own API, for its cgroup path
+    static let apiVersion = "v1.41"  // docker 20.10 and podman 4 both speak it
+    static let libpodVersion = "v4.0.0"  // podman's own API, for its cgroup path
     static let timeout = Duration.seconds(5)
     static let probeTimeout = Duration.seconds(2)
 
@@ -32,15 +33,24 @@ public struct DockerClient: Sendable {
     public func containers() async throws(RuntimeError) -> [ContainerInfo] {
         let reply = try await get("/\(Self.apiVersion)/containers/json", timeout: Self.timeout)
         return try read(reply) { json throws(ReplyError) in try RuntimeReplies.containers(listed: json) }.map { item in
-            ContainerInfo(id: item.id, name: RuntimeReplies.containerName(item.names?.first ?? item.id),
-                          labels: item.labels ?? [:], podNamespace: nil, podName: nil,
-                          source: "Docker-compatible API at \(endpoint)")
+            ContainerInfo(
+                id: item.id,
+                name: RuntimeReplies.containerName(item.names?.first ?? item.id),
+                labels: item.labels ?? [:],
+                podNamespace: nil,
+                podName: nil,
+                source: "Docker-compatible API at \(endpoint)"
+            )
         }
     }
 
     /// A container by id, name or unique id prefix, as docker resolves them; nil if none.
     public func container(_ reference: String) async throws(RuntimeError) -> RuntimeReplies.Inspected? {
-        guard let escaped = reference.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(.init(charactersIn: "-_."))) else {
+        guard
+            let escaped = reference.addingPercentEncoding(
+                withAllowedCharacters: .alphanumerics.union(.init(charactersIn: "-_."))
+            )
+        else {
             return nil
         }
         let reply = try await get("/\(Self.apiVersion)/containers/\(escaped)/json", timeout: Self.timeout)
@@ -52,9 +62,13 @@ public struct DockerClient: Sendable {
     /// own account (libpod State.CgroupPath), else the process's cgroup
     /// checked against the runtime's naming (docker-<id>.scope, /docker/<id>).
     public func cgroup(of container: RuntimeReplies.Inspected) async throws(RuntimeError) -> FilePath {
-        let reply = try await get("/\(Self.libpodVersion)/libpod/containers/\(container.id)/json", timeout: Self.timeout)
+        let reply = try await get(
+            "/\(Self.libpodVersion)/libpod/containers/\(container.id)/json",
+            timeout: Self.timeout
+        )
         if reply.status == .ok,
-           let path = try read(reply, { json throws(ReplyError) in try RuntimeReplies.libpodCgroup(inspected: json) }) {
+            let path = try read(reply, { json throws(ReplyError) in try RuntimeReplies.libpodCgroup(inspected: json) })
+        {
             return path
         }
         guard let pid = container.pid, pid > 0 else {
@@ -75,7 +89,10 @@ public struct DockerClient: Sendable {
 
     /// A reply's body read by `body`; another status than 200, or a shape it
     /// does not know, is an unexpected reply.
-    private func read<T>(_ reply: UnixHTTPClient.Reply, _ body: (Data) throws(ReplyError) -> T) throws(RuntimeError) -> T {
+    private func read<T>(
+        _ reply: UnixHTTPClient.Reply,
+        _ body: (Data) throws(ReplyError) -> T
+    ) throws(RuntimeError) -> T {
         guard reply.status == .ok else {
             throw unexpected("status \(reply.status.code): \(String(buffer: reply.body).prefix(200))")
         }
@@ -97,7 +114,10 @@ enum ProcessCgroup {
         do {
             text = try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
         } catch {
-            throw .noCgroup(what, "cannot read /proc/\(pid)/cgroup (the process exited?): \(error.localizedDescription)")
+            throw .noCgroup(
+                what,
+                "cannot read /proc/\(pid)/cgroup (the process exited?): \(error.localizedDescription)"
+            )
         }
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
             throw .noCgroup(what, "/proc/\(pid)/cgroup has no cgroup v2 line")

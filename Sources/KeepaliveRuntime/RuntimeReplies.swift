@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import Foundation
 import KeepaliveCore
+
 import struct SystemPackage.FilePath
 
 /// What keepalive reads in the runtimes' replies, apart from how they are
@@ -42,7 +43,9 @@ public enum RuntimeReplies {
     /// A container's cgroup and pid from its verbose status.
     public static func container(verboseInfo json: String) throws(ReplyError) -> (cgroup: FilePath?, pid: Int32?) {
         let info: Container = try decode(Data(json.utf8), "ContainerStatus verbose info")
-        guard let cgroupsPath = info.runtimeSpec?.linux?.cgroupsPath, !cgroupsPath.isEmpty else { return (nil, info.pid) }
+        guard let cgroupsPath = info.runtimeSpec?.linux?.cgroupsPath, !cgroupsPath.isEmpty else {
+            return (nil, info.pid)
+        }
         return (try path(cgroupsPath), info.pid)
     }
 
@@ -54,7 +57,11 @@ public enum RuntimeReplies {
         public let names: [String]?
         public let labels: [String: String]?
 
-        enum CodingKeys: String, CodingKey { case id = "Id", names = "Names", labels = "Labels" }
+        enum CodingKeys: String, CodingKey {
+            case id = "Id"
+            case names = "Names"
+            case labels = "Labels"
+        }
     }
 
     /// A container as GET /containers/{id}/json tells it.
@@ -64,7 +71,12 @@ public enum RuntimeReplies {
         public let pid: Int32?
         public let labels: [String: String]
 
-        private enum CodingKeys: String, CodingKey { case id = "Id", name = "Name", state = "State", config = "Config" }
+        private enum CodingKeys: String, CodingKey {
+            case id = "Id"
+            case name = "Name"
+            case state = "State"
+            case config = "Config"
+        }
         private enum StateKeys: String, CodingKey { case pid = "Pid" }
         private enum ConfigKeys: String, CodingKey { case labels = "Labels" }
 
@@ -72,7 +84,10 @@ public enum RuntimeReplies {
             let container = try decoder.container(keyedBy: CodingKeys.self)
             id = try container.decode(String.self, forKey: .id)
             name = try container.decode(String.self, forKey: .name)
-            pid = try container.nestedContainer(keyedBy: StateKeys.self, forKey: .state).decodeIfPresent(Int32.self, forKey: .pid)
+            pid = try container.nestedContainer(keyedBy: StateKeys.self, forKey: .state).decodeIfPresent(
+                Int32.self,
+                forKey: .pid
+            )
             if container.contains(.config), try !container.decodeNil(forKey: .config) {
                 let config = try container.nestedContainer(keyedBy: ConfigKeys.self, forKey: .config)
                 labels = try config.decodeIfPresent([String: String].self, forKey: .labels) ?? [:]
@@ -82,8 +97,14 @@ public enum RuntimeReplies {
         }
 
         public func info(source: String) -> ContainerInfo {
-            ContainerInfo(id: id, name: RuntimeReplies.containerName(name), labels: labels, podNamespace: nil, podName: nil,
-                          source: source)
+            ContainerInfo(
+                id: id,
+                name: RuntimeReplies.containerName(name),
+                labels: labels,
+                podNamespace: nil,
+                podName: nil,
+                source: source
+            )
         }
     }
 

@@ -32,8 +32,16 @@ struct UnixHTTPClient: Sendable {
                 var headers = HTTPHeaders()
                 headers.add(name: "Host", value: "localhost")  // required by HTTP/1.1; the API ignores it
                 headers.add(name: "Connection", value: "close")
-                try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: target,
-                                                               headers: headers)))
+                try await outbound.write(
+                    .head(
+                        HTTPRequestHead(
+                            version: .http1_1,
+                            method: .GET,
+                            uri: target,
+                            headers: headers
+                        )
+                    )
+                )
                 try await outbound.write(.end(nil))
                 var status: HTTPResponseStatus?
                 var body = ByteBuffer()
@@ -70,7 +78,10 @@ enum HTTPClientError: Error, CustomStringConvertible {
 }
 
 /// Runs `operation`, or throws HTTPClientError.timedOut once `timeout` has passed.
-func withDeadline<T: Sendable>(_ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+func withDeadline<T: Sendable>(
+    _ timeout: Duration,
+    _ operation: @escaping @Sendable () async throws -> T
+) async throws -> T {
     try await withThrowingTaskGroup(of: T.self) { group in
         group.addTask { try await operation() }
         group.addTask {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import BPF
 import KeepaliveCore
+
 import struct SystemPackage.FilePath
 
 /// The runtimes keepalive may ask, as the flags, the policy file and the
@@ -83,7 +84,9 @@ public struct WorkloadLocator: Sendable {
                 let found = try await CRIClient.with(endpoint) { client in
                     var found: [(FilePath, ContainerInfo)] = []
                     for info in try await client.containers()
-                    where info.name == reference || info.id == reference || (reference.count >= 12 && info.id.hasPrefix(reference)) {
+                    where info.name == reference || info.id == reference
+                        || (reference.count >= 12 && info.id.hasPrefix(reference))
+                    {
                         guard let path = try await client.containerCgroup(id: info.id).cgroup else {
                             throw RuntimeError.noCgroup("container \(info.name)", "its status names no cgroup")
                         }
@@ -97,7 +100,10 @@ public struct WorkloadLocator: Sendable {
             }
         }
         if matches.count > 1 {
-            throw RuntimeError.ambiguous(reference, matches: matches.map { "\($0.info.origin.display ?? $0.info.id) (\($0.info.source))" })
+            throw RuntimeError.ambiguous(
+                reference,
+                matches: matches.map { "\($0.info.origin.display ?? $0.info.id) (\($0.info.source))" }
+            )
         }
         // A runtime that did not answer might have one more: no proof the match is the only one.
         if let failure = failures.first { throw failure }
@@ -105,7 +111,10 @@ public struct WorkloadLocator: Sendable {
             return (try existing(match.path, "container \(match.info.name)"), match.info.origin)
         }
         guard !looked.isEmpty else {
-            throw RuntimeError.noEndpoint(.docker, looked: runtimes.docker.description + ", " + runtimes.cri.description)
+            throw RuntimeError.noEndpoint(
+                .docker,
+                looked: runtimes.docker.description + ", " + runtimes.cri.description
+            )
         }
         throw RuntimeError.noSuchContainer(reference, looked: looked.joined(separator: ", "))
     }
@@ -116,7 +125,9 @@ public struct WorkloadLocator: Sendable {
     public func podCgroup(_ pod: PodInfo, client: CRIClient) async throws -> FilePath {
         if let status = try await client.pod(sandboxID: pod.sandboxID), let cgroup = status.cgroup { return cgroup }
         for container in try await client.containers(inPod: pod.sandboxID) {
-            if let cgroup = try await client.containerCgroup(id: container.id).cgroup { return cgroup.removingLastComponent() }
+            if let cgroup = try await client.containerCgroup(id: container.id).cgroup {
+                return cgroup.removingLastComponent()
+            }
         }
         let found: FilePath?
         do {
@@ -125,7 +136,10 @@ public struct WorkloadLocator: Sendable {
             throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none, and \(error)")
         }
         guard let found else {
-            throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none, and no pod\(pod.uid) directory exists")
+            throw RuntimeError.noCgroup(
+                "pod \(pod.qualifiedName)",
+                "its status names none, and no pod\(pod.uid) directory exists"
+            )
         }
         return found
     }

@@ -10,7 +10,8 @@ extension AgentConfig {
     public func entry(for pod: PodInfo) -> (spec: Int, policy: Policy, problems: [PodAnnotations.Problem])? {
         for (index, spec) in policies.enumerated().reversed() {
             guard case .pods(let selector) = spec.target,
-                  selector.matches(namespace: pod.namespace, name: pod.name, labels: pod.labels) else { continue }
+                selector.matches(namespace: pod.namespace, name: pod.name, labels: pod.labels)
+            else { continue }
             guard spec.annotations == .allow else { return (index, spec.policy, []) }
             let chosen = PodAnnotations.apply(pod.annotations, to: spec.policy)
             guard let policy = chosen.policy else { return nil }  // keepalive.dev/enabled: "false"
@@ -23,7 +24,8 @@ extension AgentConfig {
     public func entry(for container: ContainerInfo) -> (spec: Int, policy: Policy)? {
         for (index, spec) in policies.enumerated().reversed() {
             guard case .containers(let selector) = spec.target,
-                  selector.matches(name: container.name, labels: container.labels) else { continue }
+                selector.matches(name: container.name, labels: container.labels)
+            else { continue }
             return (index, spec.policy)
         }
         return nil

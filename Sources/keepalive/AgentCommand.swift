@@ -19,16 +19,28 @@ struct AgentCommand: AsyncParsableCommand, StateCommand {
     @Option(help: ArgumentHelp("YAML policy file.", valueName: "path"))
     var config: String
 
-    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics, and /readyz and /livez.",
-                               valueName: "host:port"))
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://HOST:PORT/metrics, and /readyz and /livez.",
+            valueName: "host:port"
+        )
+    )
     var metricsAddress: String?
 
-    @Option(help: ArgumentHelp("CRI socket for pods: entries (the file's runtime.cri comes first; else $CONTAINER_RUNTIME_ENDPOINT, else the usual sockets).",
-                               valueName: "unix:///path"))
+    @Option(
+        help: ArgumentHelp(
+            "CRI socket for pods: entries (the file's runtime.cri comes first; else $CONTAINER_RUNTIME_ENDPOINT, else the usual sockets).",
+            valueName: "unix:///path"
+        )
+    )
     var runtimeEndpoint: String?
 
-    @Option(help: ArgumentHelp("Docker-compatible API socket for containers: entries (the file's runtime.docker comes first; else $DOCKER_HOST, $CONTAINER_HOST, the usual sockets).",
-                               valueName: "unix:///path"))
+    @Option(
+        help: ArgumentHelp(
+            "Docker-compatible API socket for containers: entries (the file's runtime.docker comes first; else $DOCKER_HOST, $CONTAINER_HOST, the usual sockets).",
+            valueName: "unix:///path"
+        )
+    )
     var dockerEndpoint: String?
 
     @Flag(help: "Check the policy file and exit (needs no privilege).")
@@ -48,7 +60,8 @@ struct AgentCommand: AsyncParsableCommand, StateCommand {
             print("\(config): ok, \(parsed.policies.count) policy entries")
             return
         }
-        let style = LineLogHandler.Style.onStderr, level: Logger.Level = options.verbose ? .debug : .info
+        let style = LineLogHandler.Style.onStderr
+        let level: Logger.Level = options.verbose ? .debug : .info
         LoggingSystem.bootstrap { _ in LineLogHandler(style: style, logLevel: level) }
         let logger = Logger(label: "keepalive.agent")
         _ = try Agent.loadConfig(config)  // a bad file stops the start, before anything changes
@@ -56,8 +69,13 @@ struct AgentCommand: AsyncParsableCommand, StateCommand {
         logger.info("starting keepalive \(KeepaliveVersion.string): policy file \(config), pin path \(options.pinPath)")
         Libbpf.route(to: logger)
         let endpoints = [RuntimeKind.cri: runtimeEndpoint, .docker: dockerEndpoint].compactMapValues { $0 }
-        let agent = Agent(configPath: config, metricsAddress: once ? nil : metricsAddress,
-                          state: options.state(cgroups), logger: logger, endpoints: endpoints)
+        let agent = Agent(
+            configPath: config,
+            metricsAddress: once ? nil : metricsAddress,
+            state: options.state(cgroups),
+            logger: logger,
+            endpoints: endpoints
+        )
         try await agent.run(once: once)
     }
 }

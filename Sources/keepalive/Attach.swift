@@ -11,10 +11,12 @@ struct Attach: AsyncParsableCommand, StateCommand {
     @OptionGroup var target: TargetOptions
     @OptionGroup var values: PolicyArguments
 
-    @Flag(help: """
-        Also apply the policy now to the subtree's TCP sockets that already exist (BPF TCP iterator). \
-        Under application precedence a socket whose program turned keepalive on keeps its own values.
-        """)
+    @Flag(
+        help: """
+            Also apply the policy now to the subtree's TCP sockets that already exist (BPF TCP iterator). \
+            Under application precedence a socket whose program turned keepalive on keeps its own values.
+            """
+    )
     var existing = false
 
     @OptionGroup var options: StateOptions
@@ -32,17 +34,26 @@ struct Attach: AsyncParsableCommand, StateCommand {
         if let lacking = features.unsupported(by: policy) { throw lacking }
         if existing { try features.require(.existingSockets) }
         let (cgroup, origin) = try await target.resolve(cgroups)
-        guard let change = try state.transaction(create: true, { session in
-            report(session.report)
-            return try session.transaction.apply(policy, to: cgroup, origin: origin)
-        }) else { throw CommandError("no pinned state at \(state.root)") }  // create: true makes one
-        print("\(change.rawValue) policy on \(origin.display.map { "\($0) (\(cgroup.display))" } ?? cgroup.display): \(policy.summary)")
+        guard
+            let change = try state.transaction(
+                create: true,
+                { session in
+                    report(session.report)
+                    return try session.transaction.apply(policy, to: cgroup, origin: origin)
+                }
+            )
+        else { throw CommandError("no pinned state at \(state.root)") }  // create: true makes one
+        print(
+            "\(change.rawValue) policy on \(origin.display.map { "\($0) (\(cgroup.display))" } ?? cgroup.display): \(policy.summary)"
+        )
         if existing {
             let result = try SocketIterator(pinRoot: state.root, cgroups: cgroups, for: .existingSockets)
                 .run(cgroup, applying: true, owners: false)
             for failure in result.unreachable { printError("keepalive: warning: \(failure)") }
-            print("updated \(result.applied) existing sockets in \(result.namespaces) network namespaces"
-                  + (result.keptOwn > 0 ? "; \(result.keptOwn) kept the keepalive their program set" : ""))
+            print(
+                "updated \(result.applied) existing sockets in \(result.namespaces) network namespaces"
+                    + (result.keptOwn > 0 ? "; \(result.keptOwn) kept the keepalive their program set" : "")
+            )
         }
     }
 }

@@ -30,10 +30,11 @@ struct Detach: AsyncParsableCommand, StateCommand {
         }
         let (cgroup, origin) = try await target.resolve(cgroups)
         let shown = origin.display.map { "\($0) (\(cgroup.display))" } ?? cgroup.display
-        let removed = try state.transaction(create: false) { session in
-            report(session.report)
-            return try session.transaction.remove(cgroup.id)
-        } ?? false
+        let removed =
+            try state.transaction(create: false) { session in
+                report(session.report)
+                return try session.transaction.remove(cgroup.id)
+            } ?? false
         guard removed else { throw CommandError("no policy on \(shown)") }
         print("removed policy from \(shown)")
     }

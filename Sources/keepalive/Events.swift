@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import KeepaliveCore
+
 import struct SystemPackage.FilePath
 
 struct Events: ParsableCommand, JSONOutputCommand, StateCommand {
@@ -46,7 +47,11 @@ struct Events: ParsableCommand, JSONOutputCommand, StateCommand {
             let (events, head) = try state.reapedEvents(after: next)
             next = head
             for row in rows.rows(events) {
-                if json { try printJSON(row, oneLine: true) } else { print(row.fields.filter { $0.column != nil }.map(\.text).joined(separator: "  ")) }
+                if json {
+                    try printJSON(row, oneLine: true)
+                } else {
+                    print(row.fields.filter { $0.column != nil }.map(\.text).joined(separator: "  "))
+                }
             }
             fflush(nil)
         }
@@ -70,30 +75,49 @@ struct EventRows {
         return events.map { event in
             let owner = owners[event.inode]?.first
             let cgroup = path(of: event.cgroupID, below: event.policyPath)
-            return Row(fields: [
-                Field("time", "TIME", .string(time.string(from: Date(timeIntervalSince1970: event.time)))),
-                Field("sequence", nil, .unsigned(event.sequence)),
-                Field("cgroup", "CGROUP", cgroup.map { .string($0.cgroupDisplay) } ?? .null,
-                      shown: cgroup?.cgroupDisplay ?? "id \(event.cgroupID)"),
-                Field("cgroup_id", nil, .unsigned(event.cgroupID)),
-                Field("policy_cgroup", nil, event.policyPath.map { .string($0.cgroupDisplay) } ?? .null),
-            ] + event.policyOrigin.fields + [
-                Field("pid", nil, owner.map { .integer(Int64($0.pid)) } ?? .null),
-                Field("command", "PROCESS", owner.map { .string($0.command) } ?? .null,
-                      shown: owner.map { "\($0.command)[\($0.pid)]" } ?? "-"),
-                Field("local", "LOCAL", .string(event.local)),
-                Field("remote", "REMOTE", .string(event.remote)),
-                Field("reason", "REASON", .string(event.reason.key)),
-                Field("silent_ms", "SILENT", .unsigned(event.silentMilliseconds),
-                      shown: String(format: "%.1fs", Double(event.silentMilliseconds) / 1000)),
-                Field(PolicyOption.keepidle.key, nil, .unsigned(event.keepidle)),
-                Field(PolicyOption.keepintvl.key, nil, .unsigned(event.keepintvl)),
-                Field(PolicyOption.keepcnt.key, nil, .unsigned(UInt64(event.keepcnt))),
-                Field(PolicyOption.userTimeout.key, "POLICY", .unsigned(UInt64(event.userTimeout)),
-                      shown: "idle=\(event.keepidle) intvl=\(event.keepintvl) cnt=\(event.keepcnt) user_timeout=\(event.userTimeout)"),
-                // Last: POLICY and REASON keep their places for what reads the table.
-                Field("rule", "RULE", event.rule.map { .string(event.ruleLabel ?? "\($0 + 1)") } ?? .null),
-            ])
+            return Row(
+                fields: [
+                    Field("time", "TIME", .string(time.string(from: Date(timeIntervalSince1970: event.time)))),
+                    Field("sequence", nil, .unsigned(event.sequence)),
+                    Field(
+                        "cgroup",
+                        "CGROUP",
+                        cgroup.map { .string($0.cgroupDisplay) } ?? .null,
+                        shown: cgroup?.cgroupDisplay ?? "id \(event.cgroupID)"
+                    ),
+                    Field("cgroup_id", nil, .unsigned(event.cgroupID)),
+                    Field("policy_cgroup", nil, event.policyPath.map { .string($0.cgroupDisplay) } ?? .null),
+                ] + event.policyOrigin.fields + [
+                    Field("pid", nil, owner.map { .integer(Int64($0.pid)) } ?? .null),
+                    Field(
+                        "command",
+                        "PROCESS",
+                        owner.map { .string($0.command) } ?? .null,
+                        shown: owner.map { "\($0.command)[\($0.pid)]" } ?? "-"
+                    ),
+                    Field("local", "LOCAL", .string(event.local)),
+                    Field("remote", "REMOTE", .string(event.remote)),
+                    Field("reason", "REASON", .string(event.reason.key)),
+                    Field(
+                        "silent_ms",
+                        "SILENT",
+                        .unsigned(event.silentMilliseconds),
+                        shown: String(format: "%.1fs", Double(event.silentMilliseconds) / 1000)
+                    ),
+                    Field(PolicyOption.keepidle.key, nil, .unsigned(event.keepidle)),
+                    Field(PolicyOption.keepintvl.key, nil, .unsigned(event.keepintvl)),
+                    Field(PolicyOption.keepcnt.key, nil, .unsigned(UInt64(event.keepcnt))),
+                    Field(
+                        PolicyOption.userTimeout.key,
+                        "POLICY",
+                        .unsigned(UInt64(event.userTimeout)),
+                        shown:
+                            "idle=\(event.keepidle) intvl=\(event.keepintvl) cnt=\(event.keepcnt) user_timeout=\(event.userTimeout)"
+                    ),
+                    // Last: POLICY and REASON keep their places for what reads the table.
+                    Field("rule", "RULE", event.rule.map { .string(event.ruleLabel ?? "\($0 + 1)") } ?? .null),
+                ]
+            )
         }
     }
 

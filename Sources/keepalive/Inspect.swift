@@ -36,22 +36,24 @@ struct Inspect: AsyncParsableCommand, JSONOutputCommand, StateCommand {
     }
 
     static func row(_ s: SocketReport, origin: Origin, rules: [Rule]) -> Row {
-        Row(fields: [
-            Field("pid", "PID", s.owners.first.map { .integer(Int64($0.pid)) } ?? .null),
-            Field("command", "COMMAND", s.owners.first.map { .string($0.command) } ?? .null),
-            Field("pids", nil, .list(s.owners.map { .integer(Int64($0.pid)) })),
-            Field("state", "STATE", .string(s.state)),
-            Field("local", "LOCAL", .string(s.local)),
-            Field("remote", "REMOTE", .string(s.remote)),
-            Field("keepalive", "KEEPALIVE", .bool(s.keepalive), shown: s.keepalive ? "on" : "off"),
-            Field(PolicyOption.keepidle.key, PolicyOption.keepidle.column, .integer(Int64(s.keepidle))),
-            Field(PolicyOption.keepintvl.key, PolicyOption.keepintvl.column, .integer(Int64(s.keepintvl))),
-            Field(PolicyOption.keepcnt.key, PolicyOption.keepcnt.column, .integer(Int64(s.keepcnt))),
-            Field(PolicyOption.userTimeout.key, PolicyOption.userTimeout.column, .integer(Int64(s.userTimeout))),
-            Field("cgroup_id", nil, .unsigned(s.cgroupID)),
-            Field("inode", nil, .unsigned(s.inode)),
-            Field(Precedence.key, "PRECEDENCE", s.precedence.map { .string($0.name) } ?? .null),
-            Field("rule", "RULE", s.rule.map { .string(Rule.label(rules, $0)) } ?? .null),
-        ] + origin.fields)
+        Row(
+            fields: [
+                Field("pid", "PID", s.owners.first.map { .integer(Int64($0.pid)) } ?? .null),
+                Field("command", "COMMAND", s.owners.first.map { .string($0.command) } ?? .null),
+                Field("pids", nil, .list(s.owners.map { .integer(Int64($0.pid)) })),
+                Field("state", "STATE", .string(s.state)),
+                Field("local", "LOCAL", .string(s.local)),
+                Field("remote", "REMOTE", .string(s.remote)),
+                Field("keepalive", "KEEPALIVE", .bool(s.keepalive), shown: s.keepalive ? "on" : "off"),
+                Field(PolicyOption.keepidle.key, PolicyOption.keepidle.column, .integer(Int64(s.keepidle))),
+                Field(PolicyOption.keepintvl.key, PolicyOption.keepintvl.column, .integer(Int64(s.keepintvl))),
+                Field(PolicyOption.keepcnt.key, PolicyOption.keepcnt.column, .integer(Int64(s.keepcnt))),
+                Field(PolicyOption.userTimeout.key, PolicyOption.userTimeout.column, .integer(Int64(s.userTimeout))),
+                Field("cgroup_id", nil, .unsigned(s.cgroupID)),
+                Field("inode", nil, .unsigned(s.inode)),
+                Field(Precedence.key, "PRECEDENCE", s.precedence.map { .string($0.name) } ?? .null),
+                Field("rule", "RULE", s.rule.map { .string(Rule.label(rules, $0)) } ?? .null),
+            ] + origin.fields
+        )
     }
 }

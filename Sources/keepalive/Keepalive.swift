@@ -22,8 +22,10 @@ struct Keepalive: AsyncParsableCommand {
             libraries, /usr/share/doc/keepalive.
             """,
         version: KeepaliveVersion.string,
-        subcommands: [Attach.self, Detach.self, Status.self, Inspect.self, Events.self, Run.self,
-                      AgentCommand.self, Prepare.self]
+        subcommands: [
+            Attach.self, Detach.self, Status.self, Inspect.self, Events.self, Run.self,
+            AgentCommand.self, Prepare.self,
+        ]
     )
 
     /// Errors as one line (JSON under --json) and a non-zero exit; help and version as usual.
@@ -45,15 +47,19 @@ struct Keepalive: AsyncParsableCommand {
                 try command.run()
             }
         } catch {
-            fail(error, json: (command as? any JSONOutputCommand)?.json ?? false,
-                 verbose: (command as? any StateCommand)?.options.verbose ?? false)
+            fail(
+                error,
+                json: (command as? any JSONOutputCommand)?.json ?? false,
+                verbose: (command as? any StateCommand)?.options.verbose ?? false
+            )
         }
     }
 
     static func fail(_ error: any Error, json: Bool, verbose: Bool = false) -> Never {
         let code = exitCode(for: error)
         if code == .success { exit(withError: error) }  // --help, --version: printed, exit 0
-        if verbose, let load = error as? LoadError, !load.log.isEmpty { printError(load.log) }  // the verifier's whole log
+        // The verifier's whole log.
+        if verbose, let load = error as? LoadError, !load.log.isEmpty { printError(load.log) }
         let line = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
         let message = line.hasPrefix("Error: ") ? String(line.dropFirst(7)) : line
         if json {

@@ -14,13 +14,22 @@ struct StateOptions: ParsableArguments {
     static let pinPathVariable = "KEEPALIVE_PIN_PATH"
     static let cgroupRootVariable = "KEEPALIVE_CGROUP_ROOT"
 
-    @Option(name: .long, help: ArgumentHelp("bpffs directory of keepalive's pinned state (or \(Self.pinPathVariable)).",
-                                            valueName: "path"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "bpffs directory of keepalive's pinned state (or \(Self.pinPathVariable)).",
+            valueName: "path"
+        )
+    )
     var pinPath: String = environment(Self.pinPathVariable) ?? PinnedState.defaultRoot
 
-    @Option(name: .long, help: ArgumentHelp(
-        "cgroup2 mount (or a directory holding it at unified/) to use instead of the one in /proc/self/mountinfo (or \(Self.cgroupRootVariable)).",
-        valueName: "path"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "cgroup2 mount (or a directory holding it at unified/) to use instead of the one in /proc/self/mountinfo (or \(Self.cgroupRootVariable)).",
+            valueName: "path"
+        )
+    )
     var cgroupRoot: String?
 
     @Flag(name: .long, help: "Print libbpf's messages and the whole verifier log of a program the kernel refuses.")
@@ -40,7 +49,9 @@ struct StateOptions: ParsableArguments {
         }
         Libbpf.route(to: logger)
         let root = cgroupRoot ?? environment(Self.cgroupRootVariable)
-        let discovered: Result<CgroupFS, CgroupError> = Result { () throws(CgroupError) in try CgroupFS.discover(root: root) }
+        let discovered: Result<CgroupFS, CgroupError> = Result { () throws(CgroupError) in
+            try CgroupFS.discover(root: root)
+        }
         if case .failure(let error) = discovered, root != nil {
             throw CommandError("\(error) (from --cgroup-root or \(Self.cgroupRootVariable))")
         }
@@ -74,20 +85,36 @@ struct TargetOptions: ParsableArguments {
     @Option(help: ArgumentHelp("A process whose cgroup to use, instead of a path.", valueName: "pid"))
     var pid: Int32?
 
-    @Option(help: ArgumentHelp("A docker or podman container (name, id or id prefix; through the Docker-compatible API), or a CRI container (name or id).",
-                               valueName: "name|id"))
+    @Option(
+        help: ArgumentHelp(
+            "A docker or podman container (name, id or id prefix; through the Docker-compatible API), or a CRI container (name or id).",
+            valueName: "name|id"
+        )
+    )
     var container: String?
 
-    @Option(help: ArgumentHelp("A Kubernetes pod on this node, through CRI: its own cgroup, so every container it has and will have.",
-                               valueName: "namespace/name"))
+    @Option(
+        help: ArgumentHelp(
+            "A Kubernetes pod on this node, through CRI: its own cgroup, so every container it has and will have.",
+            valueName: "namespace/name"
+        )
+    )
     var pod: String?
 
-    @Option(help: ArgumentHelp("CRI socket for --pod and --container (else $CONTAINER_RUNTIME_ENDPOINT, else \(RuntimeKind.cri.usualSockets.joined(separator: ", "))).",
-                               valueName: "unix:///path"))
+    @Option(
+        help: ArgumentHelp(
+            "CRI socket for --pod and --container (else $CONTAINER_RUNTIME_ENDPOINT, else \(RuntimeKind.cri.usualSockets.joined(separator: ", "))).",
+            valueName: "unix:///path"
+        )
+    )
     var runtimeEndpoint: String?
 
-    @Option(help: ArgumentHelp("Docker-compatible API socket for --container (else $DOCKER_HOST, $CONTAINER_HOST, \(RuntimeKind.docker.usualSockets.joined(separator: ", "))).",
-                               valueName: "unix:///path"))
+    @Option(
+        help: ArgumentHelp(
+            "Docker-compatible API socket for --container (else $DOCKER_HOST, $CONTAINER_HOST, \(RuntimeKind.docker.usualSockets.joined(separator: ", "))).",
+            valueName: "unix:///path"
+        )
+    )
     var dockerEndpoint: String?
 
     var given: Int { [cgroup != nil, unit != nil, pid != nil, container != nil, pod != nil].filter { $0 }.count }
@@ -106,9 +133,14 @@ struct TargetOptions: ParsableArguments {
         if let unit { return (try resolver.cgroup(ofUnit: unit), .none) }
         if let pid { return (try resolver.cgroup(ofPID: pid), .none) }
         if pod != nil || container != nil {
-            let locator = WorkloadLocator(runtimes: try Runtimes(cri: runtimeEndpoint, docker: dockerEndpoint,
-                                                                 environment: ProcessInfo.processInfo.environment),
-                                          cgroups: cgroups)
+            let locator = WorkloadLocator(
+                runtimes: try Runtimes(
+                    cri: runtimeEndpoint,
+                    docker: dockerEndpoint,
+                    environment: ProcessInfo.processInfo.environment
+                ),
+                cgroups: cgroups
+            )
             if let pod { return try await locator.pod(pod) }
             if let container { return try await locator.container(container) }
         }
@@ -118,31 +150,49 @@ struct TargetOptions: ParsableArguments {
 }
 
 /// A policy's values as flags, parsed and range-checked by PolicyOption as
-/// argument-parser reads them. Each property is named after its option.
+/// argument-parser reads them; names and help come from its definition.
 struct PolicyArguments: ParsableArguments {
-    @Option(parsing: .unconditional, help: help(.keepidle, "s"), transform: flagValue(.keepidle))
+    @Option(name: flag(.keepidle), parsing: .unconditional, help: help(.keepidle), transform: flagValue(.keepidle))
     var keepidle: Int32?
-    @Option(parsing: .unconditional, help: help(.keepintvl, "s"), transform: flagValue(.keepintvl))
+    @Option(name: flag(.keepintvl), parsing: .unconditional, help: help(.keepintvl), transform: flagValue(.keepintvl))
     var keepintvl: Int32?
-    @Option(parsing: .unconditional, help: help(.keepcnt, "n"), transform: flagValue(.keepcnt))
+    @Option(name: flag(.keepcnt), parsing: .unconditional, help: help(.keepcnt), transform: flagValue(.keepcnt))
     var keepcnt: Int32?
-    @Option(parsing: .unconditional, help: help(.userTimeout, "ms"), transform: flagValue(.userTimeout))
+    @Option(
+        name: flag(.userTimeout),
+        parsing: .unconditional,
+        help: help(.userTimeout),
+        transform: flagValue(.userTimeout)
+    )
     var userTimeout: Int32?
-    @Option(parsing: .unconditional, help: help(.syncnt, "n"), transform: flagValue(.syncnt))
+    @Option(name: flag(.syncnt), parsing: .unconditional, help: help(.syncnt), transform: flagValue(.syncnt))
     var syncnt: Int32?
-    @Option(parsing: .unconditional, help: help(.maxseg, "bytes"), transform: flagValue(.maxseg))
+    @Option(name: flag(.maxseg), parsing: .unconditional, help: help(.maxseg), transform: flagValue(.maxseg))
     var maxseg: Int32?
-    @Option(parsing: .unconditional, help: help(.windowClamp, "bytes"), transform: flagValue(.windowClamp))
+    @Option(
+        name: flag(.windowClamp),
+        parsing: .unconditional,
+        help: help(.windowClamp),
+        transform: flagValue(.windowClamp)
+    )
     var windowClamp: Int32?
 
     // Checked in validate(), so that a bad value reads "--precedence 'x' is neither ...".
-    @Option(help: ArgumentHelp("Who wins when the program sets keepalive itself: \(Precedence.application.name) (default) or \(Precedence.policy.name).",
-                               valueName: Precedence.allCases.map(\.name).joined(separator: "|")))
+    @Option(
+        help: ArgumentHelp(
+            "Who wins when the program sets keepalive itself: \(Precedence.application.name) (default) or \(Precedence.policy.name).",
+            valueName: Precedence.allCases.map(\.name).joined(separator: "|")
+        )
+    )
     var precedence: String?
 
-    @Option(name: .customLong("rule"), help: ArgumentHelp(
-        "A rule by destination, tried in order (repeatable): 'remote=CIDR,remote_ports=N,local_ports=N,name=NAME,keepalive=off' and option values, lists by repeating a key.",
-        valueName: "key=value,..."))
+    @Option(
+        name: .customLong("rule"),
+        help: ArgumentHelp(
+            "A rule by destination, tried in order (repeatable): 'remote=CIDR,remote_ports=N,local_ports=N,name=NAME,keepalive=off' and option values, lists by repeating a key.",
+            valueName: "key=value,..."
+        )
+    )
     var rules: [String] = []
 
     @Option(help: .hidden)
@@ -150,9 +200,13 @@ struct PolicyArguments: ParsableArguments {
 
     func validate() throws {
         if deferAccept != nil {
-            throw ValidationError("--defer-accept: TCP_DEFER_ACCEPT cannot be set from BPF (bpf_setsockopt refuses it); use libkeepalive_listen.so or libkeepalive_socket.so")
+            throw ValidationError(
+                "--defer-accept: TCP_DEFER_ACCEPT cannot be set from BPF (bpf_setsockopt refuses it); use libkeepalive_listen.so or libkeepalive_socket.so"
+            )
         }
-        do { _ = try precedence.map(Precedence.init(parsing:)) } catch { throw ValidationError("--precedence \(error.problem)") }
+        do { _ = try precedence.map(Precedence.init(parsing:)) } catch {
+            throw ValidationError("--precedence \(error.problem)")
+        }
         _ = try parsedRules()
     }
 
@@ -186,12 +240,17 @@ struct PolicyArguments: ParsableArguments {
     /// `try?`s below cannot lose one.
     var policy: Policy {
         let values = PolicyOption.allCases.reduce(into: [PolicyOption: Int32]()) { $0[$1] = value($1) }
-        return Policy(values, precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application,
-                      rules: (try? parsedRules()) ?? [])
+        return Policy(
+            values,
+            precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application,
+            rules: (try? parsedRules()) ?? []
+        )
     }
 
-    private static func help(_ option: PolicyOption, _ unit: String) -> ArgumentHelp {
-        ArgumentHelp(option.help, valueName: unit)
+    private static func flag(_ option: PolicyOption) -> NameSpecification { .customLong(option.flag) }
+
+    private static func help(_ option: PolicyOption) -> ArgumentHelp {
+        ArgumentHelp(option.help, valueName: option.unit.valueName)
     }
 
     private static func flagValue(_ option: PolicyOption) -> @Sendable (String) throws -> Int32 {

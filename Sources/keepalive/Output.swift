@@ -5,7 +5,13 @@ import KeepaliveCore
 
 /// A value as JSON has it; `text` is how a table shows it.
 enum JSONValue: Encodable, Sendable {
-    case string(String), integer(Int64), unsigned(UInt64), bool(Bool), null, list([JSONValue]), object(Row)
+    case string(String)
+    case integer(Int64)
+    case unsigned(UInt64)
+    case bool(Bool)
+    case null
+    case list([JSONValue])
+    case object(Row)
 
     func encode(to encoder: Encoder) throws {
         var container = encoder.singleValueContainer()
@@ -74,7 +80,8 @@ struct Row: Encodable, Sendable {
 func printTable(_ rows: [Row]) {
     guard let first = rows.first else { return }
     let columns = first.fields.indices.filter { first.fields[$0].column != nil }
-    let cells = [columns.map { first.fields[$0].column! }]
+    let cells =
+        [columns.map { first.fields[$0].column! }]
         + rows.map { row in columns.map { row.fields[$0].text } }
     let widths = columns.indices.map { i in cells.map { $0[i].count }.max() ?? 0 }
     for line in cells {
@@ -86,7 +93,9 @@ func printTable(_ rows: [Row]) {
 /// Prints a value as JSON (keys sorted, slashes as they are), indented or on one line.
 func printJSON(_ value: some Encodable, oneLine: Bool = false) throws {
     let encoder = JSONEncoder()
-    encoder.outputFormatting = oneLine ? [.sortedKeys, .withoutEscapingSlashes]
+    encoder.outputFormatting =
+        oneLine
+        ? [.sortedKeys, .withoutEscapingSlashes]
         : [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }

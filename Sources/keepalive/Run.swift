@@ -35,11 +35,16 @@ struct Run: ParsableCommand, StateCommand {
 
     @OptionGroup var options: StateOptions
 
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "command"))
+    @Argument(
+        parsing: .postTerminator,
+        help: ArgumentHelp("The command and its arguments, after --.", valueName: "command")
+    )
     var command: [String] = []
 
     func validate() throws {
-        guard !command.isEmpty else { throw ValidationError("give the command after --, e.g. keepalive run -- curl https://example.org") }
+        guard !command.isEmpty else {
+            throw ValidationError("give the command after --, e.g. keepalive run -- curl https://example.org")
+        }
     }
 
     /// Signals keepalive passes on to the command. SIGINT and SIGQUIT from a
@@ -70,12 +75,15 @@ struct Run: ParsableCommand, StateCommand {
 
     private func runCovered(missing: [String]) throws {
         guard missing.isEmpty else {
-            throw CommandError("--mode bpf: missing privilege: \(missing.joined(separator: ", ")) (run as root, or --mode preload)")
+            throw CommandError(
+                "--mode bpf: missing privilege: \(missing.joined(separator: ", ")) (run as root, or --mode preload)"
+            )
         }
         let policy = values.policy
         let cgroups = try options.cgroups()
         let state = options.state(cgroups)
-        if let lacking = try state.kernelFeatures().unsupported(by: policy) { throw lacking }  // before the cgroup is made
+        // Before the cgroup is made.
+        if let lacking = try state.kernelFeatures().unsupported(by: policy) { throw lacking }
         let run = try RunCgroup.enter(cgroups, description: "keepalive run: \(command.joined(separator: " "))")
         let child: pid_t
         do {
@@ -94,12 +102,18 @@ struct Run: ParsableCommand, StateCommand {
         let status = waitForwardingSignals(to: child)
         if run.isPopulated {
             // Its children run on, covered; the next keepalive command removes it once they are gone.
-            if !quiet { printError("keepalive: \(command[0])'s children still run in \(run.cgroup.display): the policy stays until they exit") }
+            if !quiet {
+                printError(
+                    "keepalive: \(command[0])'s children still run in \(run.cgroup.display): the policy stays until they exit"
+                )
+            }
         } else {
             do {
                 _ = try state.transaction(create: false) { try $0.transaction.remove(run.cgroup.id) }
             } catch {
-                printError("keepalive: the policy on \(run.cgroup.display) stays until the next keepalive command: \(error)")
+                printError(
+                    "keepalive: the policy on \(run.cgroup.display) stays until the next keepalive command: \(error)"
+                )
             }
             run.remove()
         }
@@ -117,7 +131,9 @@ struct Run: ParsableCommand, StateCommand {
         let library = Self.socketLibrary()
         // Found as the loader will look for it, or said now rather than by ld.so in every process.
         guard dlopen(library, RTLD_LAZY | RTLD_LOCAL) != nil else {
-            throw CommandError("--mode preload: cannot load \(library): \(dlerror().map { String(cString: $0) } ?? "not found") (is the keepalive package installed?)")
+            throw CommandError(
+                "--mode preload: cannot load \(library): \(dlerror().map { String(cString: $0) } ?? "not found") (is the keepalive package installed?)"
+            )
         }
         let preloaded = ProcessInfo.processInfo.environment["LD_PRELOAD"].map { [$0] } ?? []
         setenv("LD_PRELOAD", ([library] + preloaded).joined(separator: ":"), 1)
@@ -131,7 +147,9 @@ struct Run: ParsableCommand, StateCommand {
         if !quiet {
             printError("keepalive: preload mode (\(library)): \(policy.valuesSummary)")
             if let path = Self.executable(command[0]), ELFFile.isStaticallyLinked(path) {
-                printError("keepalive: warning: \(path) is statically linked: the preload library cannot reach it (run as root for the bpf mode)")
+                printError(
+                    "keepalive: warning: \(path) is statically linked: the preload library cannot reach it (run as root for the bpf mode)"
+                )
             }
         }
         // Nothing of keepalive's own is left to do: the command takes this process over.
@@ -166,7 +184,8 @@ struct Run: ParsableCommand, StateCommand {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t(), all = sigset_t()
+        var none = sigset_t()
+        var all = sigset_t()
         sigemptyset(&none)
         sigfillset(&all)
         posix_spawnattr_setsigmask(&attributes, &none)
@@ -174,7 +193,7 @@ struct Run: ParsableCommand, StateCommand {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         let argv = command.map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
+        defer { for pointer in argv + envp { free(pointer) } }
         var pid = pid_t()
         let result = posix_spawnp(&pid, command[0], nil, &attributes, argv, envp)
         guard result == 0 else { throw CommandError("cannot run \(command[0]): \(String(cString: strerror(result)))") }
@@ -220,14 +239,17 @@ enum ELFFile {
         guard let handle = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? handle.close() }  // read-only: closing loses nothing
         guard let header = try? handle.read(upToCount: 64), header.count == 64,
-              header.starts(with: [0x7f, 0x45, 0x4c, 0x46]), header[4] == 2 /* ELFCLASS64 */ else { return false }
+            header.starts(with: [0x7f, 0x45, 0x4c, 0x46]), header[4] == 2  // ELFCLASS64
+        else { return false }
         func integer<T: FixedWidthInteger>(_ data: Data, _ offset: Int, _: T.Type) -> T {
             data[offset..<offset + MemoryLayout<T>.size].reversed().reduce(0) { $0 << 8 | T($1) }
         }
         let programHeaders = integer(header, 32, UInt64.self)
-        let entrySize = Int(integer(header, 54, UInt16.self)), count = Int(integer(header, 56, UInt16.self))
+        let entrySize = Int(integer(header, 54, UInt16.self))
+        let count = Int(integer(header, 56, UInt16.self))
         guard entrySize >= 4, count > 0, (try? handle.seek(toOffset: programHeaders)) != nil,
-              let table = try? handle.read(upToCount: entrySize * count), table.count == entrySize * count else { return false }
+            let table = try? handle.read(upToCount: entrySize * count), table.count == entrySize * count
+        else { return false }
         let types = (0..<count).map { integer(table, $0 * entrySize, UInt32.self) }
         return !types.contains(3)  // PT_INTERP
     }

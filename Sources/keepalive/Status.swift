@@ -5,7 +5,8 @@ import KeepaliveCore
 struct Status: ParsableCommand, JSONOutputCommand, StateCommand {
     static let configuration = CommandConfiguration(
         abstract: "List every cgroup with a policy: values in force, sockets configured, connections reaped.",
-        discussion: "It first checks the pinned state against the kernel's links and repairs what differs; it says what it repaired."
+        discussion:
+            "It first checks the pinned state against the kernel's links and repairs what differs; it says what it repaired."
     )
 
     @Flag(help: "Print JSON.")
@@ -17,7 +18,8 @@ struct Status: ParsableCommand, JSONOutputCommand, StateCommand {
         let cgroups = try options.cgroups()
         let state = options.state(cgroups)
         let kernel = KernelReport(try state.kernelFeatures())
-        let output = try state.transaction(create: false) { try StatusOutput(state.root, kernel, $0) }
+        let output =
+            try state.transaction(create: false) { try StatusOutput(state.root, kernel, $0) }
             ?? StatusOutput(state.root, kernel)
         if json { try printJSON(output) } else { output.printText() }
     }
@@ -41,10 +43,12 @@ struct KernelReport: Encodable, Sendable {
     init(_ features: KernelFeatures) {
         release = KernelRelease.current
         build = features.build.rawValue
-        self.features = Dictionary(uniqueKeysWithValues: KernelFeatures.Feature.allCases.map { feature in
-            let lacking = features.lacking(feature)
-            return (feature.key, Feature(on: lacking == nil, lacking: lacking?.what, since: lacking?.since))
-        })
+        self.features = Dictionary(
+            uniqueKeysWithValues: KernelFeatures.Feature.allCases.map { feature in
+                let lacking = features.lacking(feature)
+                return (feature.key, Feature(on: lacking == nil, lacking: lacking?.what, since: lacking?.since))
+            }
+        )
         offLines = KernelFeatures.Feature.allCases.compactMap(features.offLine)
     }
 
@@ -87,8 +91,12 @@ struct StatusOutput: Encodable, Sendable {
     init(_ pinPath: String, _ kernel: KernelReport, _ session: PinnedState.Session) throws {
         self.pinPath = pinPath
         self.kernel = kernel
-        programs = Programs(version: session.programs.version, hash: String(session.programs.hash, radix: 16),
-                            countingReaped: session.countingReaped, kernelMemoryBytes: try session.kernelMemory())
+        programs = Programs(
+            version: session.programs.version,
+            hash: String(session.programs.hash, radix: 16),
+            countingReaped: session.countingReaped,
+            kernelMemoryBytes: try session.kernelMemory()
+        )
         var rows: [Row] = []
         for entry in session.transaction.entries() {
             let rules = try session.ruleCounters(of: entry.record)
@@ -104,31 +112,48 @@ struct StatusOutput: Encodable, Sendable {
         failed = session.report.failed
     }
 
-    static func row(_ entry: Transaction.Entry, _ counters: PolicyCounters, rules ruleCounters: [PolicyCounters]) -> Row {
+    static func row(_ entry: Transaction.Entry, _ counters: PolicyCounters, rules ruleCounters: [PolicyCounters]) -> Row
+    {
         let policy = entry.record.policy
         let options = PolicyOption.allCases.map { option in
-            Field(option.key, option.column,
-                  .integer(Int64(option == .userTimeout ? policy.effectiveUserTimeout : policy[option])),
-                  shown: policy.shown(option, separator: " "))
+            Field(
+                option.key,
+                option.column,
+                .integer(Int64(option == .userTimeout ? policy.effectiveUserTimeout : policy[option])),
+                shown: policy.shown(option, separator: " ")
+            )
         }
-        return Row(fields: [
-            Field("cgroup", "CGROUP", .string(entry.record.path.cgroupDisplay)),
-            Field("cgroup_id", nil, .unsigned(entry.cgroupID)),
-        ] + entry.record.origin.fields + options + [
-            Field("user_timeout_derived", nil, .bool(policy.derivesUserTimeout)),
-            Field("sockets_configured", "SOCKETS", .unsigned(counters.configured)),
-            Field("reaped", "REAPED", .unsigned(counters.reaped)),
-            Field("reaped_keepalive", nil, .unsigned(counters.reapedKeepalive)),
-            Field("reaped_user_timeout", nil, .unsigned(counters.reapedUserTimeout)),
-            Field(Precedence.key, "PRECEDENCE", .string(policy.precedence.name)),
-            Field("attached", "ATTACHED", .bool(entry.linked),
-                  shown: entry.linked ? "yes" : entry.covered ? "inherited" : "NO"),
-            Field("covered", nil, .bool(entry.covered)),
-            Field("owner", "BY", .string(entry.record.owner.rawValue)),
-            Field(Rule.rulesKey, "RULES", .list(zip(policy.rules.indices, ruleCounters).map {
-                .object(ruleRow(policy, $0, $1))
-            }), shown: policy.rules.isEmpty ? "-" : "\(policy.rules.count)"),
-        ])
+        return Row(
+            fields: [
+                Field("cgroup", "CGROUP", .string(entry.record.path.cgroupDisplay)),
+                Field("cgroup_id", nil, .unsigned(entry.cgroupID)),
+            ] + entry.record.origin.fields + options + [
+                Field("user_timeout_derived", nil, .bool(policy.derivesUserTimeout)),
+                Field("sockets_configured", "SOCKETS", .unsigned(counters.configured)),
+                Field("reaped", "REAPED", .unsigned(counters.reaped)),
+                Field("reaped_keepalive", nil, .unsigned(counters.reapedKeepalive)),
+                Field("reaped_user_timeout", nil, .unsigned(counters.reapedUserTimeout)),
+                Field(Precedence.key, "PRECEDENCE", .string(policy.precedence.name)),
+                Field(
+                    "attached",
+                    "ATTACHED",
+                    .bool(entry.linked),
+                    shown: entry.linked ? "yes" : entry.covered ? "inherited" : "NO"
+                ),
+                Field("covered", nil, .bool(entry.covered)),
+                Field("owner", "BY", .string(entry.record.owner.rawValue)),
+                Field(
+                    Rule.rulesKey,
+                    "RULES",
+                    .list(
+                        zip(policy.rules.indices, ruleCounters).map {
+                            .object(ruleRow(policy, $0, $1))
+                        }
+                    ),
+                    shown: policy.rules.isEmpty ? "-" : "\(policy.rules.count)"
+                ),
+            ]
+        )
     }
 
     /// One rule: what it matches, the values it gives, and its counters.
@@ -136,31 +161,40 @@ struct StatusOutput: Encodable, Sendable {
         let rule = policy.rules[index]
         let values = rule.values(under: policy)
         let options = PolicyOption.allCases.map { option in
-            Field(option.key, nil, rule.off ? .null : .integer(Int64(option == .userTimeout ? values.effectiveUserTimeout : values[option])))
+            Field(
+                option.key,
+                nil,
+                rule.off
+                    ? .null : .integer(Int64(option == .userTimeout ? values.effectiveUserTimeout : values[option]))
+            )
         }
-        return Row(fields: [
-            Field("index", nil, .integer(Int64(index + 1))),
-            Field(Rule.nameKey, nil, rule.name.map(JSONValue.string) ?? .null),
-            Field(Rule.remoteKey, nil, .list(rule.remote.map { .string($0.description) })),
-            Field(Rule.remotePortsKey, nil, .list(rule.remotePorts.map { .integer(Int64($0)) })),
-            Field(Rule.localPortsKey, nil, .list(rule.localPorts.map { .integer(Int64($0)) })),
-            Field(Rule.keepaliveKey, nil, .bool(!rule.off)),
-        ] + options + [
-            Field("user_timeout_derived", nil, .bool(!rule.off && values.derivesUserTimeout)),
-            Field("sockets_matched", nil, .unsigned(counters.configured)),
-            Field("reaped", nil, .unsigned(counters.reaped)),
-            Field("reaped_keepalive", nil, .unsigned(counters.reapedKeepalive)),
-            Field("reaped_user_timeout", nil, .unsigned(counters.reapedUserTimeout)),
-        ])
+        return Row(
+            fields: [
+                Field("index", nil, .integer(Int64(index + 1))),
+                Field(Rule.nameKey, nil, rule.name.map(JSONValue.string) ?? .null),
+                Field(Rule.remoteKey, nil, .list(rule.remote.map { .string($0.description) })),
+                Field(Rule.remotePortsKey, nil, .list(rule.remotePorts.map { .integer(Int64($0)) })),
+                Field(Rule.localPortsKey, nil, .list(rule.localPorts.map { .integer(Int64($0)) })),
+                Field(Rule.keepaliveKey, nil, .bool(!rule.off)),
+            ] + options + [
+                Field("user_timeout_derived", nil, .bool(!rule.off && values.derivesUserTimeout)),
+                Field("sockets_matched", nil, .unsigned(counters.configured)),
+                Field("reaped", nil, .unsigned(counters.reaped)),
+                Field("reaped_keepalive", nil, .unsigned(counters.reapedKeepalive)),
+                Field("reaped_user_timeout", nil, .unsigned(counters.reapedUserTimeout)),
+            ]
+        )
     }
 
     /// A rule in the text output: what it matches, the values it gives, its counters.
     static func ruleLine(_ policy: Policy, _ index: Int, _ counters: PolicyCounters, cgroup: String) -> String {
         let rule = policy.rules[index]
-        let matched = [(Rule.remoteKey, rule.remote.map(\.description)),
-                       (Rule.remotePortsKey, rule.remotePorts.map(String.init)),
-                       (Rule.localPortsKey, rule.localPorts.map(String.init))]
-            .filter { !$0.1.isEmpty }.map { "\($0.0)=\($0.1.joined(separator: ","))" }.joined(separator: " ")
+        let matched = [
+            (Rule.remoteKey, rule.remote.map(\.description)),
+            (Rule.remotePortsKey, rule.remotePorts.map(String.init)),
+            (Rule.localPortsKey, rule.localPorts.map(String.init)),
+        ]
+        .filter { !$0.1.isEmpty }.map { "\($0.0)=\($0.1.joined(separator: ","))" }.joined(separator: " ")
         let given = rule.off ? "\(Rule.keepaliveKey)=off" : rule.values(under: policy).valuesSummary
         return "rule \(index + 1)\(rule.name.map { " (\($0))" } ?? "") of \(cgroup): \(matched) -> \(given); "
             + "\(counters.configured) sockets matched, \(counters.reaped) reaped"
@@ -172,8 +206,10 @@ struct StatusOutput: Encodable, Sendable {
             print("no policies")
             return
         }
-        print("programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath); "
-              + "its maps take \(kibibytes(programs.kernelMemoryBytes)) KiB of kernel memory")
+        print(
+            "programs \(programs.version) (\(programs.hash.prefix(12))) in force at \(pinPath); "
+                + "its maps take \(kibibytes(programs.kernelMemoryBytes)) KiB of kernel memory"
+        )
         if policies.isEmpty { print("no policies") } else { printTable(policies) }
         for line in ruleLines { print(line) }
         for line in repaired { print("repaired: \(line)") }
@@ -183,13 +219,18 @@ struct StatusOutput: Encodable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case pinPath = "pin_path", kernel, programs, policies, repaired, dropped, keptUnknown = "kept_unknown", failed
+        case pinPath = "pin_path"
+        case kernel, programs, policies, repaired, dropped
+        case keptUnknown = "kept_unknown"
+        case failed
     }
 }
 
 extension StatusOutput.Programs {
     enum CodingKeys: String, CodingKey {
-        case version, hash, countingReaped = "counting_reaped", kernelMemoryBytes = "kernel_memory_bytes"
+        case version, hash
+        case countingReaped = "counting_reaped"
+        case kernelMemoryBytes = "kernel_memory_bytes"
     }
 }
 

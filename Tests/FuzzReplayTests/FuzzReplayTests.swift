@@ -12,7 +12,8 @@ import Testing
     static func inputs(_ target: String) -> [URL] {
         ["corpus", "crashes"].flatMap { kind in
             let directory = fuzz.appendingPathComponent(kind).appendingPathComponent(target)
-            return ((try? FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)) ?? [])
+            return
+                ((try? FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)) ?? [])
                 .filter { !$0.lastPathComponent.hasPrefix(".") }
         }
     }

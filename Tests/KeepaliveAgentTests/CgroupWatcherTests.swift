@@ -3,9 +3,11 @@ import Foundation
 import Glibc
 import NIOCore
 import Testing
+
+import struct SystemPackage.FilePath
+
 @testable import KeepaliveAgent
 @testable import KeepaliveCore
-import struct SystemPackage.FilePath
 
 /// inotify's records as the watcher decodes them: directories only, the
 /// path rebuilt from the watch, overflow and removed watches understood.
@@ -15,7 +17,10 @@ import struct SystemPackage.FilePath
 
     init() throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("ka-watch-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: root.appendingPathComponent("pods"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: root.appendingPathComponent("pods"),
+            withIntermediateDirectories: true
+        )
         watcher = try CgroupWatcher(cgroups: CgroupFS(mount: FilePath(root.path)))
     }
 
@@ -23,7 +28,9 @@ import struct SystemPackage.FilePath
     func record(wd: Int32, mask: UInt32, name: [UInt8]) -> [UInt8] {
         let padded = name.isEmpty ? [] : name + [UInt8](repeating: 0, count: 16 - name.count % 16)
         var bytes: [UInt8] = []
-        for value in [UInt32(bitPattern: wd), mask, 0, UInt32(padded.count)] { withUnsafeBytes(of: value) { bytes += $0 } }
+        for value in [UInt32(bitPattern: wd), mask, 0, UInt32(padded.count)] {
+            withUnsafeBytes(of: value) { bytes += $0 }
+        }
         return bytes + padded
     }
 
@@ -36,9 +43,11 @@ import struct SystemPackage.FilePath
         bytes += record(wd: 99, mask: UInt32(IN_CREATE | IN_ISDIR), name: Array("unknown-watch".utf8))
         bytes += record(wd: -1, mask: UInt32(IN_Q_OVERFLOW), name: [])
         let odd = FilePath.Component(platformString: [CChar(bitPattern: 0xff), 0x62, 0])!
-        #expect(watcher.decode(ByteBuffer(bytes: bytes)) == [
-            .appeared("pods/pod-a"), .vanished(FilePath("pods").appending(odd)), .overflow,
-        ])
+        #expect(
+            watcher.decode(ByteBuffer(bytes: bytes)) == [
+                .appeared("pods/pod-a"), .vanished(FilePath("pods").appending(odd)), .overflow,
+            ]
+        )
     }
 
     @Test func aRemovedWatchIsForgotten() throws {

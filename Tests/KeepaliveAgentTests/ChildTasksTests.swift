@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 import Synchronization
 import Testing
+
 import struct SystemPackage.FilePath
+
 @testable import KeepaliveAgent
 
 @Suite(.timeLimit(.minutes(1))) struct ChildTasksTests {
@@ -52,7 +54,9 @@ import struct SystemPackage.FilePath
     @Test func aKeyRunsOneTaskAtATimeAndRestartReplacesIt() async throws {
         let (tasks, trace) = (ChildTasks<String>(), Trace())
         try await running(tasks) {
-            let started = [tasks.start("a", Self.endless("first", trace)), tasks.start("a", Self.endless("second", trace))]
+            let started = [
+                tasks.start("a", Self.endless("first", trace)), tasks.start("a", Self.endless("second", trace)),
+            ]
             #expect(started == [true, false])
             try await Self.until { trace.all == ["first started"] }
             tasks.restart("a", Self.endless("third", trace))
@@ -90,8 +94,10 @@ import struct SystemPackage.FilePath
         let lines = LogLines()
         var log = ProblemLog(logger: lines.logger())
         let cgroup = Problem.cgroup(FilePath("svc/a"))
-        let said = [log.report(cgroup, "cannot enforce svc/a: EPERM"), log.report(cgroup, "cannot enforce svc/a: EPERM"),
-                    log.report(cgroup, "cannot enforce svc/a: ENOMEM")]
+        let said = [
+            log.report(cgroup, "cannot enforce svc/a: EPERM"), log.report(cgroup, "cannot enforce svc/a: EPERM"),
+            log.report(cgroup, "cannot enforce svc/a: ENOMEM"),
+        ]
         #expect(said == [true, false, true])
         #expect(lines.count(.error, containing: "cannot enforce svc/a") == 2)
         log.report(cgroup, nil)

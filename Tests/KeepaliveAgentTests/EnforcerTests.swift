@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 import Foundation
-@testable import KeepaliveCore
 import NIOPosix
 import Synchronization
 import Testing
+
 import struct SystemPackage.FilePath
+
 @testable import KeepaliveAgent
+@testable import KeepaliveCore
 @testable import KeepaliveRuntime
 
 /// An Enforcer over fakes: a directory tree for the cgroups, the pinned
@@ -29,10 +31,15 @@ final class Harness {
         let inputs = Mutex<[Enforcer.Input]>([])
     }
 
-    static let quick = Identification.Timing(identifyFor: .milliseconds(300), slowest: .milliseconds(20),
-                                             podFirstAsk: .zero, podEvery: .milliseconds(5),
-                                             containerEvery: .milliseconds(5), hurriedEvery: .milliseconds(2),
-                                             hurriedFor: .milliseconds(200))
+    static let quick = Identification.Timing(
+        identifyFor: .milliseconds(300),
+        slowest: .milliseconds(20),
+        podFirstAsk: .zero,
+        podEvery: .milliseconds(5),
+        containerEvery: .milliseconds(5),
+        hurriedEvery: .milliseconds(2),
+        hurriedFor: .milliseconds(200)
+    )
 
     init(_ policyFile: String, features: KernelFeatures = .everything, timing: Identification.Timing = quick) throws {
         tree = try FakeCgroupTree()
@@ -40,11 +47,18 @@ final class Harness {
         try policyFile.write(to: configFile, atomically: true, encoding: .utf8)
         let runtimes: [any WorkloadRuntime] = [docker, cri]
         // The test reads the store only between awaited calls of the enforcer: never at once.
-        nonisolated(unsafe) let parts = Enforcer.Parts(configPath: configFile.path, config: try Agent.loadConfig(configFile.path),
-                                   store: store, cgroups: tree.cgroups, features: features,
-                                   makeRuntimes: { _, _, _ in runtimes }, logger: log.logger(), health: health,
-                                   metrics: metrics, timing: timing)
-        enforcer = try Enforcer(parts, on: thread.next())
+        nonisolated(unsafe) let parts = Enforcer.Parts(
+            configPath: configFile.path,
+            store: store,
+            cgroups: tree.cgroups,
+            features: features,
+            makeRuntimes: { _, _, _ in runtimes },
+            logger: log.logger(),
+            health: health,
+            metrics: metrics,
+            timing: timing
+        )
+        enforcer = try Enforcer(parts, config: try Agent.loadConfig(configFile.path), on: thread.next())
         watcher = try CgroupWatcher(cgroups: tree.cgroups)
     }
 
@@ -168,7 +182,9 @@ extension Enforcer {
                   - remote: 10.0.0.0/8
                     keepidle: 5
             """
-        let features = KernelFeatures(present: KernelFeatures.everything.present.subtracting(KernelFeatures.Feature.rules.requirements))
+        let features = KernelFeatures(
+            present: KernelFeatures.everything.present.subtracting(KernelFeatures.Feature.rules.requirements)
+        )
         try await Harness(file, features: features).run { h in
             try h.tree.mkdir("svc/a")
             try h.tree.mkdir("rules/a")
@@ -327,8 +343,14 @@ extension Enforcer {
 
     @Test func aFullPassPlacesEachWorkloadOnceAndKeepsWhatAFailedRuntimeHad() async throws {
         try await Harness(Self.pods).run { h in
-            let container = ContainerInfo(id: Self.sandbox, name: "redis-1", labels: [:], podNamespace: nil,
-                                          podName: nil, source: "fake")
+            let container = ContainerInfo(
+                id: Self.sandbox,
+                name: "redis-1",
+                labels: [:],
+                podNamespace: nil,
+                podName: nil,
+                source: "fake"
+            )
             try h.tree.mkdir("docker/\(Self.sandbox)")
             h.docker.state.withLock { $0.containers = [(container, FilePath("docker/\(Self.sandbox)"))] }
             try await h.enforcer.fullPass(h.watcher)
@@ -340,8 +362,14 @@ extension Enforcer {
             try await h.enforcer.fullPass(h.watcher)
             #expect(h.store.inForce == ["docker/\(Self.sandbox)": 40])
             // One that names it and no entry selects it does: withdrawn.
-            let renamed = ContainerInfo(id: Self.sandbox, name: "postgres-1", labels: [:], podNamespace: nil,
-                                        podName: nil, source: "fake")
+            let renamed = ContainerInfo(
+                id: Self.sandbox,
+                name: "postgres-1",
+                labels: [:],
+                podNamespace: nil,
+                podName: nil,
+                source: "fake"
+            )
             h.docker.state.withLock {
                 $0.down = false
                 $0.containers = [(renamed, FilePath("docker/\(Self.sandbox)"))]

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 import Foundation
-@testable import KeepaliveCore
 import Logging
 import Synchronization
+
 import struct SystemPackage.FilePath
+
 @testable import KeepaliveAgent
+@testable import KeepaliveCore
 @testable import KeepaliveRuntime
 
 /// The pinned state in memory: the policies by cgroup id, every call
@@ -28,8 +30,12 @@ final class FakeStore: PolicyStore {
     func changedByAnother() -> Bool { changedElsewhere }
     func remake() throws { calls.append("remake") }
 
-    func reconcile(_ desired: [Transaction.Desire], keeping: (UInt64, PolicyRecord) -> Bool) throws
-        -> (Transaction.Report, Transaction.Outcome) {
+    func reconcile(
+        _ desired: [Transaction.Desire],
+        keeping: (UInt64, PolicyRecord) -> Bool
+    ) throws
+        -> (Transaction.Report, Transaction.Outcome)
+    {
         calls.append("reconcile")
         if let broken { throw broken }
         let wanted = Set(desired.map(\.cgroup.id))
@@ -68,15 +74,25 @@ final class FakeStore: PolicyStore {
         var outcome = Transaction.Outcome()
         for want in desired {
             guard !failingCgroups.contains(want.cgroup.path) else {
-                outcome.failures.append(Transaction.Failure(cgroup: want.cgroup.path, error: StateError.full(capacity: 1)))
+                outcome.failures.append(
+                    Transaction.Failure(cgroup: want.cgroup.path, error: StateError.full(capacity: 1))
+                )
                 continue
             }
             let record = PolicyRecord(policy: want.policy, owner: .agent, path: want.cgroup.path, origin: want.origin)
             guard policies[want.cgroup.id] != record else { continue }
             let kind: AppliedChange.Kind = policies[want.cgroup.id] == nil ? .attached : .updated
             policies[want.cgroup.id] = record
-            outcome.changes.append(AppliedChange(kind: kind, cgroup: want.cgroup.path, cgroupID: want.cgroup.id,
-                                                 policy: want.policy, source: want.source, origin: want.origin))
+            outcome.changes.append(
+                AppliedChange(
+                    kind: kind,
+                    cgroup: want.cgroup.path,
+                    cgroupID: want.cgroup.id,
+                    policy: want.policy,
+                    source: want.source,
+                    origin: want.origin
+                )
+            )
         }
         return outcome
     }
@@ -85,8 +101,16 @@ final class FakeStore: PolicyStore {
         var outcome = Transaction.Outcome()
         for id in ids {
             guard let record = policies.removeValue(forKey: id) else { continue }
-            outcome.changes.append(AppliedChange(kind: .detached, cgroup: record.path, cgroupID: id, policy: nil,
-                                                 source: nil, origin: record.origin))
+            outcome.changes.append(
+                AppliedChange(
+                    kind: .detached,
+                    cgroup: record.path,
+                    cgroupID: id,
+                    policy: nil,
+                    source: nil,
+                    origin: record.origin
+                )
+            )
         }
         return outcome
     }
@@ -134,30 +158,48 @@ final class FakeRuntime: WorkloadRuntime {
         var listed: [ListedWorkload] = []
         if config.selectsPods {
             for pod in pods {
-                listed.append(ListedWorkload(id: pod.sandboxID, name: pod.qualifiedName, origin: pod.origin,
-                                             entry: config.selecting(pod)) { [self] in
-                    self.state.withLock { $0.locateCalls += 1 }
-                    guard let path = podCgroups[pod.sandboxID] else {
-                        throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none")
+                listed.append(
+                    ListedWorkload(
+                        id: pod.sandboxID,
+                        name: pod.qualifiedName,
+                        origin: pod.origin,
+                        entry: config.selecting(pod)
+                    ) { [self] in
+                        self.state.withLock { $0.locateCalls += 1 }
+                        guard let path = podCgroups[pod.sandboxID] else {
+                            throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none")
+                        }
+                        return path
                     }
-                    return path
-                })
+                )
             }
         }
         if config.selectsContainers {
             for (container, path) in containers {
-                listed.append(ListedWorkload(id: container.id, name: container.name, origin: container.origin,
-                                             entry: config.selecting(container)) { [self] in
-                    self.state.withLock { $0.locateCalls += 1 }
-                    return path
-                })
+                listed.append(
+                    ListedWorkload(
+                        id: container.id,
+                        name: container.name,
+                        origin: container.origin,
+                        entry: config.selecting(container)
+                    ) { [self] in
+                        self.state.withLock { $0.locateCalls += 1 }
+                        return path
+                    }
+                )
             }
         }
         return listed
     }
 
-    func identify(_ name: CgroupNaming.Kind, at directory: Cgroup, _ config: AgentConfig, fullList: Bool)
-        async throws(RuntimeError) -> Identified? {
+    func identify(
+        _ name: CgroupNaming.Kind,
+        at directory: Cgroup,
+        _ config: AgentConfig,
+        fullList: Bool
+    )
+        async throws(RuntimeError) -> Identified?
+    {
         state.withLock { $0.identifyCalls += 1 }
         try call()
         switch name {
@@ -176,10 +218,21 @@ final class FakeRuntime: WorkloadRuntime {
 }
 
 extension PodInfo {
-    static func named(_ namespace: String, _ name: String, uid: String, labels: [String: String] = [:],
-                      annotations: [String: String] = [:]) -> PodInfo {
-        PodInfo(sandboxID: "sandbox-\(uid)", uid: uid, namespace: namespace, name: name, labels: labels,
-                annotations: annotations)
+    static func named(
+        _ namespace: String,
+        _ name: String,
+        uid: String,
+        labels: [String: String] = [:],
+        annotations: [String: String] = [:]
+    ) -> PodInfo {
+        PodInfo(
+            sandboxID: "sandbox-\(uid)",
+            uid: uid,
+            namespace: namespace,
+            name: name,
+            labels: labels,
+            annotations: annotations
+        )
     }
 }
 
@@ -226,7 +279,10 @@ struct FakeCgroupTree {
 
     @discardableResult
     func mkdir(_ path: String) throws -> Cgroup {
-        try FileManager.default.createDirectory(at: root.appendingPathComponent(path), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: root.appendingPathComponent(path),
+            withIntermediateDirectories: true
+        )
         return cgroups.cgroup(at: FilePath(path))!
     }
 

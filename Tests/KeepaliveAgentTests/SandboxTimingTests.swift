@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Testing
+
 @testable import KeepaliveAgent
 
 /// The sandbox probe's first ask follows what the runtime took for the
@@ -9,8 +10,14 @@ import Testing
     /// asked as the probe asks: first at `firstAsk`, then every 5 ms. The
     /// asks it took, and when the answer came.
     func probe(_ timing: inout SandboxTiming, ready: Duration) -> (asks: Int, known: Duration) {
-        var earlier = Duration.zero, at = timing.firstAsk, asks = 1
-        while at < ready { earlier = at; at += .milliseconds(5); asks += 1 }
+        var earlier = Duration.zero
+        var at = timing.firstAsk
+        var asks = 1
+        while at < ready {
+            earlier = at
+            at += .milliseconds(5)
+            asks += 1
+        }
         timing.known(between: earlier, and: at)
         return (asks, at)
     }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Testing
+
 @testable import KeepaliveCore
 
 @Suite struct AgentConfigTests {
@@ -18,9 +19,11 @@ import Testing
                 precedence: policy
             """
         let config = try AgentConfig.parse(text, file: "k.yaml")
-        #expect(config.policies.map(\.target) == [
-            .cgroup("system.slice/postgresql.service"), .cgroup("kubepods.slice/*"), .unit("nginx.service"),
-        ])
+        #expect(
+            config.policies.map(\.target) == [
+                .cgroup("system.slice/postgresql.service"), .cgroup("kubepods.slice/*"), .unit("nginx.service"),
+            ]
+        )
         #expect(config.policies[0].policy == Policy([.keepidle: 30, .keepintvl: 5, .keepcnt: 3, .userTimeout: 45000]))
         #expect(config.policies[1].policy == Policy([.keepidle: 60]))
         #expect(config.policies[2].policy.precedence == .policy)
@@ -46,39 +49,65 @@ import Testing
               - pods:
             """
         let config = try AgentConfig.parse(text, file: "k.yaml")
-        #expect(config.runtimeEndpoints == [.cri: try RuntimeEndpoint(parsing: "/run/containerd/containerd.sock"),
-                                            .docker: try RuntimeEndpoint(parsing: "unix:///run/podman/podman.sock")])
-        #expect(config.policies.map(\.target) == [
-            .pods(PodSelector(namespace: "shop", labels: LabelSelector(matchLabels: ["tier": "db"], expressions: [
-                .init(key: "env", operator: .in, values: ["prod", "staging"]), .init(key: "canary", operator: .doesNotExist),
-            ]))),
-            .containers(ContainerSelector(name: "redis-*", labels: LabelSelector(matchLabels: ["com.example.team": "cache"]))),
-            .pods(PodSelector()),
-        ])
+        #expect(
+            config.runtimeEndpoints == [
+                .cri: try RuntimeEndpoint(parsing: "/run/containerd/containerd.sock"),
+                .docker: try RuntimeEndpoint(parsing: "unix:///run/podman/podman.sock"),
+            ]
+        )
+        #expect(
+            config.policies.map(\.target) == [
+                .pods(
+                    PodSelector(
+                        namespace: "shop",
+                        labels: LabelSelector(
+                            matchLabels: ["tier": "db"],
+                            expressions: [
+                                .init(key: "env", operator: .in, values: ["prod", "staging"]),
+                                .init(key: "canary", operator: .doesNotExist),
+                            ]
+                        )
+                    )
+                ),
+                .containers(
+                    ContainerSelector(
+                        name: "redis-*",
+                        labels: LabelSelector(matchLabels: ["com.example.team": "cache"])
+                    )
+                ),
+                .pods(PodSelector()),
+            ]
+        )
         #expect(config.policies.map(\.annotations) == [.ignore, .allow, .allow])
         #expect(config.policies.map(\.policy.keepidle) == [30, 60, 15])
     }
 
     @Test func parsesRulesInOrderWithListsOrSingleValues() throws {
-        let config = try AgentConfig.parse("""
-        policies:
-          - unit: app.service
-            keepidle: 60
-            rules:
-              - remote: ["10.20.0.0/16", "fd00:20::/32"]
-                remote_ports: [5432, 6432]
-                keepidle: 5
-                user_timeout: 20000
-              - name: loopback
-                remote: 127.0.0.0/8
-                keepalive: off
-              - local_ports: 8443
-                keepidle: 30
-        """, file: "f")
+        let config = try AgentConfig.parse(
+            """
+            policies:
+              - unit: app.service
+                keepidle: 60
+                rules:
+                  - remote: ["10.20.0.0/16", "fd00:20::/32"]
+                    remote_ports: [5432, 6432]
+                    keepidle: 5
+                    user_timeout: 20000
+                  - name: loopback
+                    remote: 127.0.0.0/8
+                    keepalive: off
+                  - local_ports: 8443
+                    keepidle: 30
+            """,
+            file: "f"
+        )
         let policy = config.policies[0].policy
         #expect(policy.keepidle == 60 && policy.rules.count == 3)
         #expect(policy.rules[0].remote.map(\.description) == ["10.20.0.0/16", "fd00:20::/32"])
-        #expect(policy.rules[0].remotePorts == [5432, 6432] && policy.rules[0].options == [.keepidle: 5, .userTimeout: 20000])
+        #expect(
+            policy.rules[0].remotePorts == [5432, 6432]
+                && policy.rules[0].options == [.keepidle: 5, .userTimeout: 20000]
+        )
         #expect(policy.rules[1].name == "loopback" && policy.rules[1].off)
         #expect(policy.rules[2].localPorts == [8443])
         // A rule's values: its own, else the entry's; the user timeout derived from the rule's own.
@@ -99,12 +128,23 @@ import Testing
         ("rules: [ { remote: 10.0.0.0/8, keepalive: on } ]", "keepalive: only 'off'"),
         ("rules: [ { remote: 10.0.0.0/8, keepalive: off, keepidle: 5 } ]", "keepalive=off takes no values"),
         ("rules: [ { remote: 10.0.0.0/8, keepidel: 5 } ]", "unknown key 'keepidel'"),
-        ("rules: [ { remote: 10.0.0.0/8, keepidle: 0 } ]", "keepidle: 0 is for policies; a rule gives a value (1..32767)"),
-        ("rules: [ { name: a, remote: 10.0.0.0/8 }, { name: a, remote: 10.1.0.0/16 } ]", "rule 2 (a): the name is taken"),
+        (
+            "rules: [ { remote: 10.0.0.0/8, keepidle: 0 } ]",
+            "keepidle: 0 is for policies; a rule gives a value (1..32767)"
+        ),
+        (
+            "rules: [ { name: a, remote: 10.0.0.0/8 }, { name: a, remote: 10.1.0.0/16 } ]",
+            "rule 2 (a): the name is taken"
+        ),
         ("rules: [ { name: '7', remote: 10.0.0.0/8 } ]", "must not be a number"),
-        ("rules: [" + Array(repeating: "{ remote_ports: 1 }", count: 17).joined(separator: ", ") + "]",
-         "17 rules: a policy holds at most 16"),
-        ("rules: [ { remote: [" + (1...9).map { "10.0.\($0).0/24" }.joined(separator: ", ") + "] } ]", "at most 8 CIDRs"),
+        (
+            "rules: [" + Array(repeating: "{ remote_ports: 1 }", count: 17).joined(separator: ", ") + "]",
+            "17 rules: a policy holds at most 16"
+        ),
+        (
+            "rules: [ { remote: [" + (1...9).map { "10.0.\($0).0/24" }.joined(separator: ", ") + "] } ]",
+            "at most 8 CIDRs"
+        ),
     ])
     func rejectsABadRuleNamingIt(rules: String, problem: String) {
         do {
@@ -131,14 +171,23 @@ import Testing
         ("policies:\n  - cgroup: x\n    keepidle: [1]\n", 3, "'keepidle' must be a whole number"),
         ("policies:\n  cgroup: x\n", 2, "must be a list of mappings"),
         ("policies:\n  - keepidle: 5\n", 2, "needs one of 'cgroup', 'unit', 'pods' or 'containers'"),
-        ("policies:\n  - cgroup: x\n    unit: y.service\n", 3, "give one of 'cgroup', 'unit', 'pods' or 'containers', once"),
+        (
+            "policies:\n  - cgroup: x\n    unit: y.service\n", 3,
+            "give one of 'cgroup', 'unit', 'pods' or 'containers', once"
+        ),
         ("policies:\n  - pods: { namspace: x }\n", 2, "unknown key 'namspace' in 'pods'"),
         ("policies:\n  - pods: [x]\n", 2, "'pods' must be a mapping"),
         ("policies:\n  - pods: { labels: [a] }\n", 2, "'pods.labels' must be a mapping"),
         ("policies:\n  - containers: { namespace: x }\n", 2, "unknown key 'namespace' in 'containers'"),
         ("policies:\n  - pods:\n      expressions: [ { key: a, operator: In } ]\n", 3, "In needs a non-empty 'values'"),
-        ("policies:\n  - pods:\n      expressions: [ { key: a, operator: Exists, values: [b] } ]\n", 3, "Exists takes no 'values'"),
-        ("policies:\n  - pods:\n      expressions: [ { key: a, operator: Like } ]\n", 3, "'operator' must be one of In, NotIn, Exists, DoesNotExist"),
+        (
+            "policies:\n  - pods:\n      expressions: [ { key: a, operator: Exists, values: [b] } ]\n", 3,
+            "Exists takes no 'values'"
+        ),
+        (
+            "policies:\n  - pods:\n      expressions: [ { key: a, operator: Like } ]\n", 3,
+            "'operator' must be one of In, NotIn, Exists, DoesNotExist"
+        ),
         ("policies:\n  - pods:\n      expressions: [ { operator: Exists } ]\n", 3, "needs 'key' and 'operator'"),
         ("policies:\n  - pods: {}\n    annotations: maybe\n", 3, "'annotations' must be 'allow' or 'ignore'"),
         ("policies:\n  - cgroup: x\n    annotations: allow\n", 3, "applies to 'pods' entries only"),

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 import Testing
+
 import struct SystemPackage.FilePath
+
 @testable import KeepaliveCore
 
 @Suite struct CgroupTests {
@@ -26,7 +28,9 @@ import struct SystemPackage.FilePath
     }
 
     @Test func noCgroup2() {
-        #expect(CgroupFS.cgroup2MountPoint(inMountinfo: "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n") == nil)
+        #expect(
+            CgroupFS.cgroup2MountPoint(inMountinfo: "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n") == nil
+        )
     }
 
     @Test func resolveRejectsPathsOutsideTheMount() {
@@ -38,7 +42,9 @@ import struct SystemPackage.FilePath
     /// The root cgroup only when named: never from an empty or relative path.
     @Test(arguments: ["", ".", "./", "a/..", "a/./b"])
     func resolveRefusesPathsThatOnlyLookLikeTheRoot(argument: String) {
-        #expect(throws: CgroupError.ambiguous(argument)) { try CgroupFS(mount: "/sys/fs/cgroup/unified").resolve(argument) }
+        #expect(throws: CgroupError.ambiguous(argument)) {
+            try CgroupFS(mount: "/sys/fs/cgroup/unified").resolve(argument)
+        }
     }
 
     @Test func displaysOddBytesEscaped() {

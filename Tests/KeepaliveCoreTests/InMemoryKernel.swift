@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 import Glibc
-@testable import KeepaliveCore
+
 import struct SystemPackage.FilePath
+
+@testable import KeepaliveCore
 
 /// A kernel in memory for the Transaction's logic: a cgroup tree, the policy
 /// map, and each kind's links as the kernel would report them. Faults can
@@ -47,9 +49,11 @@ final class InMemoryKernel: StateKernel {
     func cgroup(_ path: String) -> Cgroup { Cgroup(path: FilePath(path), id: cgroups[FilePath(path)]!) }
 
     func linked(_ kind: Attachment = .sockops) -> Set<String> {
-        Set(links[kind]!.filter { $0.value == .current }.keys.map { pin in
-            cgroups.first { String($0.value) == pin }.map { $0.key.string } ?? "id \(pin)"
-        })
+        Set(
+            links[kind]!.filter { $0.value == .current }.keys.map { pin in
+                cgroups.first { String($0.value) == pin }.map { $0.key.string } ?? "id \(pin)"
+            }
+        )
     }
 
     // MARK: StateKernel
@@ -82,7 +86,9 @@ final class InMemoryKernel: StateKernel {
         _ = try record.encoded()
         if freshCounters { zeroedSlots.append(record.slot) }
         if !record.policy.rules.isEmpty {
-            if ruleSets[id] == nil && ruleSets.count >= ruleCapacity { throw StateError.rulesFull(capacity: ruleCapacity) }
+            if ruleSets[id] == nil && ruleSets.count >= ruleCapacity {
+                throw StateError.rulesFull(capacity: ruleCapacity)
+            }
             if freshRuleCounters { zeroedRuleSlots.append(record.ruleSlot) }
             ruleSets[id] = (record.policy.rules, record.ruleSlot)
             operations.append("rules \(record.path)")

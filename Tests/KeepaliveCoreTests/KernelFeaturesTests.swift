@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Testing
+
 @testable import KeepaliveCore
 
 /// What a kernel's probed requirements make of keepalive: the build of the
@@ -22,13 +23,19 @@ import Testing
 
     @Test func eachFeatureOffIsOneLineNamingWhatTheKernelLacks() {
         #expect(KernelFeatures.Feature.allCases.compactMap(KernelFeatures.everything.offLine) == [])
-        #expect(Self.linux515.offLine(.unlimitedDepth)
-                == "sockets over 32 cgroup levels below their policy: off: this kernel has no bpf_loop (Linux 5.17)")
+        #expect(
+            Self.linux515.offLine(.unlimitedDepth)
+                == "sockets over 32 cgroup levels below their policy: off: this kernel has no bpf_loop (Linux 5.17)"
+        )
         // The first requirement missing is named: the iterator is there, its helpers are not.
-        #expect(Self.linux510.offLine(.existingSockets)
-                == "existing sockets: off: this kernel has no bpf_setsockopt in TCP iterators (Linux 5.15)")
-        #expect(Self.linux510.offLine(.inspect)
-                == "inspect: off: this kernel has no bpf_getsockopt in TCP iterators (Linux 5.15)")
+        #expect(
+            Self.linux510.offLine(.existingSockets)
+                == "existing sockets: off: this kernel has no bpf_setsockopt in TCP iterators (Linux 5.15)"
+        )
+        #expect(
+            Self.linux510.offLine(.inspect)
+                == "inspect: off: this kernel has no bpf_getsockopt in TCP iterators (Linux 5.15)"
+        )
         #expect(KernelFeatures.Feature.allCases.filter { !Self.linux510.has($0) } == KernelFeatures.Feature.allCases)
     }
 
@@ -37,8 +44,10 @@ import Testing
         #expect(throws: KernelLacks(feature: nil, requirement: .skcToTCPSockInSockOps)) {
             try KernelFeatures(present: [.btf]).requireBase()
         }
-        #expect("\(KernelLacks(feature: nil, requirement: .btf))"
-                == "keepalive's BPF programs cannot run here: this kernel has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) (Linux 5.4)")
+        #expect(
+            "\(KernelLacks(feature: nil, requirement: .btf))"
+                == "keepalive's BPF programs cannot run here: this kernel has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) (Linux 5.4)"
+        )
     }
 
     @Test func aPolicyAsksForWhatItUses() {
@@ -53,8 +62,10 @@ import Testing
         // A rule's own option counts too.
         let ruled = Policy([:], rules: [Rule(localPorts: [80], options: [.maxseg: 1200])])
         #expect(Self.linux515.unsupported(by: ruled) == nil)
-        #expect(KernelFeatures(present: Self.linux515.present.subtracting([.maxsegInSetsockopt]))
-                    .unsupported(by: ruled)?.feature == .maxseg)
+        #expect(
+            KernelFeatures(present: Self.linux515.present.subtracting([.maxsegInSetsockopt]))
+                .unsupported(by: ruled)?.feature == .maxseg
+        )
     }
 
     @Test func theTransactionRefusesSuchAPolicyBeforeChangingAnything() throws {

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 import Testing
+
 import struct SystemPackage.FilePath
+
 @testable import KeepaliveCore
 
 @Suite struct PolicyTests {
@@ -30,7 +32,9 @@ import struct SystemPackage.FilePath
         #expect(record.values.user_timeout == 75_000 && record.slot == 7)
         #expect(PolicyRecord(record) == PolicyRecord(policy: derived, owner: .agent, path: "pods/a", slot: 7))
         let explicit = Policy([.keepidle: 30, .keepcnt: 3, .userTimeout: 75_000])
-        let roundTrip = { (policy: Policy) in try PolicyRecord(PolicyRecord(policy: policy, owner: .cli, path: "x").encoded()).policy }
+        let roundTrip = { (policy: Policy) in
+            try PolicyRecord(PolicyRecord(policy: policy, owner: .cli, path: "x").encoded()).policy
+        }
         #expect(try roundTrip(explicit) == explicit)
         #expect(try roundTrip(explicit) != derived)
     }
@@ -70,7 +74,9 @@ import struct SystemPackage.FilePath
 
     @Test(arguments: ["", "abc", "15x", " 15", "0x10", "1.5", "1e3"])
     func rejectsNonNumbers(text: String) {
-        #expect(throws: PolicyError.notANumber(option: .keepidle, value: text)) { try PolicyOption.keepidle.parse(text) }
+        #expect(throws: PolicyError.notANumber(option: .keepidle, value: text)) {
+            try PolicyOption.keepidle.parse(text)
+        }
     }
 
     @Test func errorIsOneLineNamingOptionAndRange() {
@@ -80,7 +86,10 @@ import struct SystemPackage.FilePath
     }
 
     @Test func namesComeFromTheSharedHeader() {
-        #expect(PolicyOption.allCases.map(\.key) ==
-            ["keepidle", "keepintvl", "keepcnt", "user_timeout", "syncnt", "maxseg", "window_clamp"])
+        #expect(
+            PolicyOption.allCases.map(\.key) == [
+                "keepidle", "keepintvl", "keepcnt", "user_timeout", "syncnt", "maxseg", "window_clamp",
+            ]
+        )
     }
 }

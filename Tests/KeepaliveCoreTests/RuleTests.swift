@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import CLibBPF
 import Testing
+
 @testable import KeepaliveCore
 
 /// Rules by destination: the blocks and the command line's form, and the
@@ -21,7 +22,9 @@ import Testing
         #expect(try CIDR(parsing: "::1").description == "::1/128")
     }
 
-    @Test(arguments: ["10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0/8", "10.0.0.0/8/8", "fe80::1%eth0/64", "", "::/129"])
+    @Test(arguments: [
+        "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0/8", "10.0.0.0/8/8", "fe80::1%eth0/64", "", "::/129",
+    ])
     func refusesWhatIsNotABlock(text: String) {
         #expect(throws: RuleError.self) { try CIDR(parsing: text) }
     }
@@ -39,29 +42,37 @@ import Testing
     }
 
     @Test func theRecordCarriesEachRulesResolvedValuesAndReadsBack() throws {
-        let policy = Policy([.keepidle: 60, .keepcnt: 4], rules: [
-            try Rule(parsing: "name=db,remote=192.0.2.0/24,remote=2001:db8::/32,remote_ports=5432,keepidle=5"),
-            try Rule(parsing: "remote=127.0.0.0/8,keepalive=off"),
-            try Rule(parsing: "local_ports=8443,local_ports=9443,user_timeout=7000"),
-        ])
+        let policy = Policy(
+            [.keepidle: 60, .keepcnt: 4],
+            rules: [
+                try Rule(parsing: "name=db,remote=192.0.2.0/24,remote=2001:db8::/32,remote_ports=5432,keepidle=5"),
+                try Rule(parsing: "remote=127.0.0.0/8,keepalive=off"),
+                try Rule(parsing: "local_ports=8443,local_ports=9443,user_timeout=7000"),
+            ]
+        )
         let set = try #require(PolicyRecord(policy: policy, owner: .cli, path: "a", ruleSlot: 9).encodedRules)
         #expect(set.count == 3 && set.slot == 9)
-        #expect(set.rules.0.values.keepidle == 5 && set.rules.0.values.keepcnt == 4)  // the policy's where the rule gives none
+        // The policy's where the rule gives none.
+        #expect(set.rules.0.values.keepidle == 5 && set.rules.0.values.keepcnt == 4)
         #expect(set.rules.0.values.user_timeout == ka_derived_user_timeout(5, 15, 4))
         #expect(set.rules.0.flags & KA_RULE_USER_TIMEOUT_DERIVED != 0 && set.rules.1.flags & KA_RULE_OFF != 0)
         #expect(set.rules.2.values.user_timeout == 7000 && set.rules.2.local_port_count == 2)
         #expect(RuleSetRecord.rules(of: set) == policy.rules)
-        let record = PolicyRecord(try PolicyRecord(policy: policy, owner: .cli, path: "a", ruleSlot: 9).encoded(),
-                                  rules: (RuleSetRecord.rules(of: set), set.slot))
+        let record = PolicyRecord(
+            try PolicyRecord(policy: policy, owner: .cli, path: "a", ruleSlot: 9).encoded(),
+            rules: (RuleSetRecord.rules(of: set), set.slot)
+        )
         #expect(record.policy == policy && record.ruleSlot == 9 && !record.rulesMissing)
         // The flag without the rules: a record whose rules are gone, said so.
         #expect(PolicyRecord(try PolicyRecord(policy: policy, owner: .cli, path: "a").encoded()).rulesMissing)
     }
 
     @Test func matchingIsFirstRuleWinsAsTheProgramTriesThem() throws {
-        let rules = [try Rule(parsing: "remote=192.0.2.0/24,remote_ports=5432,keepidle=5"),
-                     try Rule(parsing: "remote=192.0.2.0/24,keepalive=off"),
-                     try Rule(parsing: "local_ports=8443,keepidle=30")]
+        let rules = [
+            try Rule(parsing: "remote=192.0.2.0/24,remote_ports=5432,keepidle=5"),
+            try Rule(parsing: "remote=192.0.2.0/24,keepalive=off"),
+            try Rule(parsing: "local_ports=8443,keepidle=30"),
+        ]
         let first = { (remote: String, rport: UInt16, lport: UInt16) in
             rules.firstIndex { $0.matches(remote: Self.address(remote), remotePort: rport, localPort: lport) }
         }
@@ -79,8 +90,10 @@ import Testing
     @Test(arguments: 0..<40)
     func theBoundsHoldEveryAddressInTheRulesThatCoverIt(seed: UInt64) throws {
         var random = SplitMix(seed)
-        let edges: [String] = ["0.0.0.0/0", "::/0", "::ffff:0:0/96", "255.255.255.255/32",
-                               "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "::/128"]
+        let edges: [String] = [
+            "0.0.0.0/0", "::/0", "::ffff:0:0/96", "255.255.255.255/32",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "::/128",
+        ]
         let rules = try (0..<(seed == 0 ? 16 : 1 + random.below(16))).map { _ in
             let blocks = try (0..<(seed == 0 ? 8 : random.below(9))).map { _ -> CIDR in
                 if random.below(8) == 0 { return try CIDR(parsing: edges[random.below(edges.count)]) }
@@ -100,8 +113,10 @@ import Testing
         for rule in rules {
             for block in rule.remote {
                 let range = block.addresses
-                probes += [range.lowerBound, range.lowerBound &- 1, range.upperBound, range.upperBound &+ 1,
-                           range.lowerBound + (range.upperBound - range.lowerBound) / 2]
+                probes += [
+                    range.lowerBound, range.lowerBound &- 1, range.upperBound, range.upperBound &+ 1,
+                    range.lowerBound + (range.upperBound - range.lowerBound) / 2,
+                ]
             }
         }
         probes += (0..<200).map { _ in UInt128(random.next()) << 64 | UInt128(random.next()) }
@@ -119,7 +134,8 @@ import Testing
     /// step for step: the last bound at most the address.
     static func search(_ bounds: RemoteBounds, _ address: UInt128) -> UInt16 {
         guard bounds.starts[0] <= address else { return 0 }
-        var at = 0, step = Int(KA_RULE_BOUNDS) / 2
+        var at = 0
+        var step = Int(KA_RULE_BOUNDS) / 2
         while step > 0 {
             if bounds.starts[at + step] <= address { at += step }
             step >>= 1

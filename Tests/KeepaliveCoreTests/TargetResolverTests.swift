@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 import Foundation
 import Testing
-@testable import KeepaliveCore
+
 import struct SystemPackage.FilePath
+
+@testable import KeepaliveCore
 
 /// Glob and unit resolution over a directory tree shaped like a cgroup
 /// hierarchy (the resolver only reads directories, so any tree will do).
@@ -12,9 +14,14 @@ import struct SystemPackage.FilePath
 
     init() throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("ka-resolver-\(UUID().uuidString)")
-        for path in ["kubepods.slice/pod-a", "kubepods.slice/pod-b/ctr", "system.slice/nginx.service",
-                     "system.slice/app.slice/db.service", "other"] {
-            try FileManager.default.createDirectory(at: root.appendingPathComponent(path), withIntermediateDirectories: true)
+        for path in [
+            "kubepods.slice/pod-a", "kubepods.slice/pod-b/ctr", "system.slice/nginx.service",
+            "system.slice/app.slice/db.service", "other",
+        ] {
+            try FileManager.default.createDirectory(
+                at: root.appendingPathComponent(path),
+                withIntermediateDirectories: true
+            )
         }
         resolver = TargetResolver(cgroups: CgroupFS(mount: FilePath(root.path)))
     }
@@ -32,13 +39,17 @@ import struct SystemPackage.FilePath
     }
 
     @Test func laterEntriesWinOnTheSameCgroup() throws {
-        let resolution = resolver.resolve(try config("""
-            policies:
-              - cgroup: "kubepods.slice/*"
-                keepidle: 1
-              - cgroup: kubepods.slice/pod-a
-                keepidle: 2
-            """))
+        let resolution = resolver.resolve(
+            try config(
+                """
+                policies:
+                  - cgroup: "kubepods.slice/*"
+                    keepidle: 1
+                  - cgroup: kubepods.slice/pod-a
+                    keepidle: 2
+                """
+            )
+        )
         #expect(resolution.matches.values.first { $0.cgroup.path == "kubepods.slice/pod-a" }?.spec == 1)
     }
 
@@ -48,20 +59,26 @@ import struct SystemPackage.FilePath
     }
 
     @Test func aNewDirectoryIsResolvedFromWhereItIs() throws {
-        let file = try config("""
+        let file = try config(
+            """
             policies:
               - cgroup: "kubepods.slice/*/ctr"
               - unit: late.service
-            """)
-        try FileManager.default.createDirectory(at: root.appendingPathComponent("kubepods.slice/pod-c/ctr"),
-                                                withIntermediateDirectories: true)
+            """
+        )
+        try FileManager.default.createDirectory(
+            at: root.appendingPathComponent("kubepods.slice/pod-c/ctr"),
+            withIntermediateDirectories: true
+        )
         let cgroups = resolver.cgroups
         let pod = try #require(cgroups.cgroup(at: "kubepods.slice/pod-c"))
         let appeared = resolver.resolve(file, appeared: pod)
         #expect(paths(appeared) == ["kubepods.slice/pod-c/ctr"])
         #expect(appeared.watch == ["kubepods.slice/pod-c"])
-        try FileManager.default.createDirectory(at: root.appendingPathComponent("system.slice/late.service"),
-                                                withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: root.appendingPathComponent("system.slice/late.service"),
+            withIntermediateDirectories: true
+        )
         let unit = try #require(cgroups.cgroup(at: "system.slice/late.service"))
         #expect(paths(resolver.resolve(file, appeared: unit)) == ["system.slice/late.service"])
         let unrelated = try #require(cgroups.cgroup(at: "other"))

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 import Glibc
 import Testing
-@testable import KeepaliveCore
+
 import struct SystemPackage.FilePath
+
+@testable import KeepaliveCore
 
 /// The Transaction against an in-memory kernel: the invariant (each kind's
 /// program linked exactly at the topmost cgroups whose policy wants it), the
@@ -21,7 +23,9 @@ import struct SystemPackage.FilePath
     }
 
     @Test func eachPolicyCountsInASlotOfItsOwnAndFreedSlotsAreReused() throws {
-        let a = kernel.mkdir("a"), b = kernel.mkdir("b"), c = kernel.mkdir("c")
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
+        let c = kernel.mkdir("c")
         let txn = try transaction()
         try txn.apply(Policy(), to: a)
         try txn.apply(Policy(), to: b)
@@ -49,14 +53,16 @@ import struct SystemPackage.FilePath
     static let dbRule = Rule(name: "db", remote: [try! CIDR(parsing: "10.20.0.0/16")], options: [.keepidle: 5])
 
     @Test func rulesGoInBeforeTheirPolicyWithCountersOfTheirOwnAndLeaveWithIt() throws {
-        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
         let txn = try transaction()
         try txn.apply(Policy([.keepidle: 60], rules: [Self.dbRule]), to: a)
         try txn.apply(Policy([:], rules: [Self.dbRule]), to: b)
         #expect(kernel.ruleSets[a.id]?.slot == 0 && kernel.ruleSets[b.id]?.slot == 1)
         #expect(kernel.zeroedRuleSlots == [0, 1])
         #expect(kernel.operations.firstIndex(of: "rules a")! < kernel.operations.firstIndex(of: "write a")!)
-        try txn.apply(Policy([.keepidle: 30], rules: [Self.dbRule]), to: a)  // other values, the same rules: counting on
+        // Other values, the same rules: counting goes on.
+        try txn.apply(Policy([.keepidle: 30], rules: [Self.dbRule]), to: a)
         #expect(kernel.ruleSets[a.id]?.slot == 0 && kernel.zeroedRuleSlots == [0, 1])
         try txn.apply(Policy([.keepidle: 30], rules: [Self.dbRule, Rule(localPorts: [8443], off: true)]), to: a)
         #expect(kernel.ruleSets[a.id]?.slot == 0 && kernel.ruleSets[a.id]?.rules.count == 2)
@@ -70,18 +76,31 @@ import struct SystemPackage.FilePath
     }
 
     @Test func repairRemovesRulesNoPolicyHasAndAPolicyMissingItsRulesSaysSo() throws {
-        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
         kernel.ruleSets[a.id] = ([Self.dbRule], 3)  // a crash after the rules, before the policy
-        kernel.policies[b.id] = PolicyRecord(policy: Policy([:], rules: [Self.dbRule]), owner: .cli, path: b.path, ruleSlot: 2)
+        kernel.policies[b.id] = PolicyRecord(
+            policy: Policy([:], rules: [Self.dbRule]),
+            owner: .cli,
+            path: b.path,
+            ruleSlot: 2
+        )
         let report = try transaction().repair()
         #expect(kernel.ruleSets.isEmpty)
-        #expect(report.repaired.contains("removed the rules kept for cgroup id \(a.id), which no policy has"), "\(report.repaired)")
-        #expect(kernel.policies[b.id]?.policy.rules == [] && report.repaired.contains { $0.contains("b") && $0.contains("rules") })
+        #expect(
+            report.repaired.contains("removed the rules kept for cgroup id \(a.id), which no policy has"),
+            "\(report.repaired)"
+        )
+        #expect(
+            kernel.policies[b.id]?.policy.rules == []
+                && report.repaired.contains { $0.contains("b") && $0.contains("rules") }
+        )
     }
 
     @Test func aFullRuleMapIsAnErrorAndChangesNothing() throws {
         kernel.ruleCapacity = 1
-        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
         let txn = try transaction()
         try txn.apply(Policy([:], rules: [Self.dbRule]), to: a)
         #expect(throws: StateError.self) { try txn.apply(Policy([:], rules: [Self.dbRule]), to: b) }
@@ -90,7 +109,8 @@ import struct SystemPackage.FilePath
     }
 
     @Test func repairGivesPoliciesThatShareASlotOneEach() throws {
-        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
         kernel.policies[a.id] = PolicyRecord(policy: Policy(), owner: .cli, path: a.path, slot: 4)
         kernel.policies[b.id] = PolicyRecord(policy: Policy(), owner: .cli, path: b.path, slot: 4)
         let report = try transaction().repair()
@@ -99,23 +119,34 @@ import struct SystemPackage.FilePath
     }
 
     @Test func nestedPoliciesShareTheTopmostLink() throws {
-        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c"), grandchild = kernel.mkdir("p/c/g")
+        let parent = kernel.mkdir("p")
+        let child = kernel.mkdir("p/c")
+        let grandchild = kernel.mkdir("p/c/g")
         let txn = try transaction()
         try txn.apply(Policy(), to: child)
         try txn.apply(Policy(), to: grandchild)
         #expect(kernel.linked() == ["p/c"])
         try txn.apply(Policy(), to: parent)  // covers the child now: its link goes, after the parent's came
         #expect(kernel.linked() == ["p"])
-        #expect(kernel.operations.firstIndex(of: "link sock_ops p")! < kernel.operations.firstIndex(of: "unlink sock_ops \(child.id)")!)
+        #expect(
+            kernel.operations.firstIndex(of: "link sock_ops p")! < kernel.operations.firstIndex(
+                of: "unlink sock_ops \(child.id)"
+            )!
+        )
         #expect(try txn.remove(parent.id))  // handed down to the child before the parent's link goes
         #expect(kernel.linked() == ["p/c"])
-        #expect(kernel.operations.lastIndex(of: "link sock_ops p/c")! < kernel.operations.lastIndex(of: "unlink sock_ops \(parent.id)")!)
+        #expect(
+            kernel.operations.lastIndex(of: "link sock_ops p/c")! < kernel.operations.lastIndex(
+                of: "unlink sock_ops \(parent.id)"
+            )!
+        )
         #expect(try txn.remove(child.id))
         #expect(kernel.linked() == ["p/c/g"])
     }
 
     @Test func precedenceMovesTheSetsockoptLinkOnly() throws {
-        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c")
+        let parent = kernel.mkdir("p")
+        let child = kernel.mkdir("p/c")
         let txn = try transaction()
         try txn.apply(Policy(), to: parent)
         try txn.apply(Policy([:], precedence: .policy), to: child)
@@ -144,7 +175,8 @@ import struct SystemPackage.FilePath
 
     @Test func aFullMapIsAClearErrorAndChangesNothing() throws {
         kernel.capacity = 1
-        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
         try transaction().apply(Policy(), to: a)
         #expect(throws: StateError.full(capacity: 1)) { try transaction().apply(Policy(), to: b) }
         #expect(Set(kernel.policies.keys) == [a.id] && kernel.linked() == ["a"])
@@ -154,8 +186,11 @@ import struct SystemPackage.FilePath
 
     @Test func reloadAtCapacityRemovesStalePoliciesFirst() throws {
         kernel.capacity = 3
-        let old = (0..<3).map { kernel.mkdir("x/\($0)") }, new = (0..<3).map { kernel.mkdir("y/\($0)") }
-        let desire = { (cgroups: [Cgroup]) in cgroups.map { Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1") } }
+        let old = (0..<3).map { kernel.mkdir("x/\($0)") }
+        let new = (0..<3).map { kernel.mkdir("y/\($0)") }
+        let desire = { (cgroups: [Cgroup]) in
+            cgroups.map { Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1") }
+        }
         #expect(try transaction().reconcile(desire(old)).failures.isEmpty)
         let outcome = try transaction().reconcile(desire(new))
         #expect(outcome.failures.isEmpty)
@@ -164,7 +199,8 @@ import struct SystemPackage.FilePath
     }
 
     @Test func reconcileLeavesTheCLIsPoliciesAlone() throws {
-        let mine = kernel.mkdir("mine"), theirs = kernel.mkdir("theirs")
+        let mine = kernel.mkdir("mine")
+        let theirs = kernel.mkdir("theirs")
         try transaction().apply(Policy(), to: theirs, owner: .cli)
         _ = try transaction().reconcile([Transaction.Desire(cgroup: mine, policy: Policy(), source: "f:1")])
         _ = try transaction().reconcile([])
@@ -172,8 +208,11 @@ import struct SystemPackage.FilePath
     }
 
     @Test func anIncompleteResolutionWithdrawsNothing() throws {
-        let seen = kernel.mkdir("seen"), unseen = kernel.mkdir("unseen")
-        let desire = { (cgroups: [Cgroup]) in cgroups.map { Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1") } }
+        let seen = kernel.mkdir("seen")
+        let unseen = kernel.mkdir("unseen")
+        let desire = { (cgroups: [Cgroup]) in
+            cgroups.map { Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1") }
+        }
         _ = try transaction().reconcile(desire([seen, unseen]))
         _ = try transaction().reconcile(desire([seen]), keeping: { _, _ in true })  // a directory could not be read
         #expect(Set(kernel.policies.keys) == [seen.id, unseen.id])
@@ -182,28 +221,37 @@ import struct SystemPackage.FilePath
     }
 
     @Test func oneFailingCgroupDoesNotBlockTheOthers() throws {
-        let bad = kernel.mkdir("bad"), good = kernel.mkdir("good"), gone = kernel.mkdir("gone")
+        let bad = kernel.mkdir("bad")
+        let good = kernel.mkdir("good")
+        let gone = kernel.mkdir("gone")
         kernel.failingLinks[bad.id] = EACCES
         kernel.rmdir("gone")  // vanished between resolution and the pass
-        let outcome = try transaction().reconcile([bad, gone, good].map {
-            Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1")
-        })
+        let outcome = try transaction().reconcile(
+            [bad, gone, good].map {
+                Transaction.Desire(cgroup: $0, policy: Policy(), source: "f:1")
+            }
+        )
         #expect(kernel.linked() == ["good"])
-        #expect(outcome.failures.map(\.scope) == [.cgroup, .vanished] || outcome.failures.map(\.scope) == [.vanished, .cgroup])
+        #expect(
+            outcome.failures.map(\.scope) == [.cgroup, .vanished]
+                || outcome.failures.map(\.scope) == [.vanished, .cgroup]
+        )
         #expect(outcome.failures.first { $0.cgroup == gone.path }?.scope == .vanished)
     }
 
     // MARK: repair
 
     @Test func policiesAreDroppedOnlyWhenTheirCgroupIsProvenGone() throws {
-        let gone = kernel.mkdir("gone"), locked = kernel.mkdir("locked"), busy = kernel.mkdir("busy")
+        let gone = kernel.mkdir("gone")
+        let locked = kernel.mkdir("locked")
+        let busy = kernel.mkdir("busy")
         let replaced = kernel.mkdir("replaced")
         for cgroup in [gone, locked, busy, replaced] { try transaction().apply(Policy(), to: cgroup) }
         kernel.rmdir("gone")
         kernel.rmdir("replaced")
-        kernel.mkdir("replaced")                 // same path, another cgroup: the old one is gone
+        kernel.mkdir("replaced")  // same path, another cgroup: the old one is gone
         kernel.unreadable[locked.path] = EACCES  // a delegated cgroup made 0700 by its owner
-        kernel.unreadable[busy.path] = EMFILE    // out of descriptors
+        kernel.unreadable[busy.path] = EMFILE  // out of descriptors
         let report = try transaction().repair()
         #expect(Set(kernel.policies.keys) == [locked.id, busy.id])
         #expect(report.dropped.sorted() == ["gone (cgroup removed)", "replaced (cgroup removed)"])
@@ -213,7 +261,8 @@ import struct SystemPackage.FilePath
 
     @Test func repairRemovesALinkBelowACoveringLink() throws {
         // Killed while attaching a parent above a linked child: both linked.
-        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c")
+        let parent = kernel.mkdir("p")
+        let child = kernel.mkdir("p/c")
         try transaction().apply(Policy(), to: child)
         kernel.policies[parent.id] = PolicyRecord(policy: Policy(), owner: .cli, path: parent.path, slot: 1)
         kernel.links[.sockops]![String(parent.id)] = .current
@@ -257,7 +306,8 @@ import struct SystemPackage.FilePath
     }
 
     @Test func repairingTwiceChangesNothingMore() throws {
-        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c")
+        let parent = kernel.mkdir("p")
+        let child = kernel.mkdir("p/c")
         try transaction().apply(Policy(), to: child)
         kernel.policies[parent.id] = PolicyRecord(policy: Policy(), owner: .cli, path: parent.path)
         _ = try transaction().repair()
@@ -267,7 +317,8 @@ import struct SystemPackage.FilePath
     }
 
     @Test func everyChangeAnnouncesItselfOnce() throws {
-        let a = kernel.mkdir("a"), b = kernel.mkdir("b")
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
         let txn = try transaction()
         try txn.apply(Policy(), to: a)
         try txn.apply(Policy(), to: b)
@@ -277,14 +328,19 @@ import struct SystemPackage.FilePath
     }
 
     @Test func statusReadsCoverageFromTheLinks() throws {
-        let parent = kernel.mkdir("p"), child = kernel.mkdir("p/c"), lone = kernel.mkdir("lone")
+        let parent = kernel.mkdir("p")
+        let child = kernel.mkdir("p/c")
+        let lone = kernel.mkdir("lone")
         let txn = try transaction()
         try txn.apply(Policy(), to: parent)
         try txn.apply(Policy(), to: child)
         kernel.policies[lone.id] = PolicyRecord(policy: Policy(), owner: .cli, path: lone.path)
         let entries = try transaction().entries()
-        #expect(entries.map { "\($0.record.path) \($0.linked) \($0.covered)" } ==
-            ["lone false false", "p true true", "p/c false true"])
+        #expect(
+            entries.map { "\($0.record.path) \($0.linked) \($0.covered)" } == [
+                "lone false false", "p true true", "p/c false true",
+            ]
+        )
     }
 }
 

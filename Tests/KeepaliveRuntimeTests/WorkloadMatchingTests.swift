@@ -1,13 +1,18 @@
 // SPDX-License-Identifier: MIT
 import KeepaliveCore
 import Testing
+
 @testable import KeepaliveRuntime
 
 /// Which entry a pod or container falls under: Kubernetes' label-selector
 /// semantics, globs, the last entry winning, annotations within what it allows.
 @Suite struct WorkloadMatchingTests {
-    func pod(_ namespace: String, _ name: String, labels: [String: String] = [:],
-             annotations: [String: String] = [:]) -> PodInfo {
+    func pod(
+        _ namespace: String,
+        _ name: String,
+        labels: [String: String] = [:],
+        annotations: [String: String] = [:]
+    ) -> PodInfo {
         PodInfo(sandboxID: "s", uid: "u", namespace: namespace, name: name, labels: labels, annotations: annotations)
     }
 
@@ -17,7 +22,8 @@ import Testing
         let requirement = { (op: LabelSelector.Requirement.Operator, values: Set<String>) in
             LabelSelector(expressions: [.init(key: "env", operator: op, values: values)])
         }
-        let prod = ["env": "prod"], none: [String: String] = [:]
+        let prod = ["env": "prod"]
+        let none: [String: String] = [:]
         #expect(requirement(.in, ["prod", "qa"]).matches(prod) && !requirement(.in, ["qa"]).matches(prod))
         #expect(!requirement(.in, ["prod"]).matches(none))
         #expect(!requirement(.notIn, ["prod"]).matches(prod) && requirement(.notIn, ["prod"]).matches(none))
@@ -29,7 +35,8 @@ import Testing
     }
 
     @Test func theLastEntryThatSelectsAPodWins() throws {
-        let file = try config("""
+        let file = try config(
+            """
             policies:
               - pods: { namespace: "shop*" }
                 keepidle: 10
@@ -37,14 +44,16 @@ import Testing
                 keepidle: 20
               - cgroup: "kubepods/*"
                 keepidle: 30
-            """)
+            """
+        )
         #expect(file.entry(for: pod("shop", "db-0", labels: ["tier": "db"]))?.spec == 1)
         #expect(file.entry(for: pod("shop-eu", "web"))?.policy.keepidle == 10)
         #expect(file.entry(for: pod("other", "web")) == nil)
     }
 
     @Test func annotationsReplaceOnlyTheirOwnValues() throws {
-        let file = try config("""
+        let file = try config(
+            """
             policies:
               - pods: {}
                 keepidle: 30
@@ -52,31 +61,58 @@ import Testing
               - pods: { namespace: strict }
                 annotations: ignore
                 keepidle: 40
-            """)
-        let chosen = file.entry(for: pod("a", "b", annotations: [
-            "keepalive.dev/keepidle": "7", "keepalive.dev/user-timeout": "9000", "keepalive.dev/precedence": "policy",
-            "keepalive.dev/keepcnt": "1000", "keepalive.dev/typo": "1", "other.io/keepidle": "1",
-        ]))
+            """
+        )
+        let chosen = file.entry(
+            for: pod(
+                "a",
+                "b",
+                annotations: [
+                    "keepalive.dev/keepidle": "7", "keepalive.dev/user-timeout": "9000",
+                    "keepalive.dev/precedence": "policy",
+                    "keepalive.dev/keepcnt": "1000", "keepalive.dev/typo": "1", "other.io/keepidle": "1",
+                ]
+            )
+        )
         #expect(chosen?.policy == Policy([.keepidle: 7, .keepintvl: 5, .userTimeout: 9000], precedence: .policy))
         #expect(chosen?.problems.map(\.key) == ["keepalive.dev/keepcnt", "keepalive.dev/typo"])
-        #expect(chosen?.problems.first?.description
-                == "annotation keepalive.dev/keepcnt=\"1000\" ignored: 1000 is out of range (0 for the system default, or 1..127 count)")
+        #expect(
+            chosen?.problems.first?.description
+                == "annotation keepalive.dev/keepcnt=\"1000\" ignored: 1000 is out of range (0 for the system default, or 1..127 count)"
+        )
         #expect(file.entry(for: pod("a", "b", annotations: ["keepalive.dev/enabled": "false"])) == nil)
         #expect(file.entry(for: pod("a", "b", annotations: ["keepalive.dev/enabled": "true"]))?.policy.keepidle == 30)
         #expect(file.entry(for: pod("a", "b", annotations: ["keepalive.dev/enabled": "no"]))?.problems.count == 1)
-        let strict = file.entry(for: pod("strict", "b", annotations: ["keepalive.dev/keepidle": "7",
-                                                                       "keepalive.dev/enabled": "false"]))
+        let strict = file.entry(
+            for: pod(
+                "strict",
+                "b",
+                annotations: [
+                    "keepalive.dev/keepidle": "7",
+                    "keepalive.dev/enabled": "false",
+                ]
+            )
+        )
         #expect(strict?.policy.keepidle == 40 && strict?.problems == [])
     }
 
     @Test func containersByNameGlobAndLabels() throws {
-        let file = try config("""
+        let file = try config(
+            """
             policies:
               - containers: { name: "redis-*", labels: { com.example.team: cache } }
                 keepidle: 60
-            """)
+            """
+        )
         let container = { (name: String, team: String) in
-            ContainerInfo(id: "i", name: name, labels: ["com.example.team": team], podNamespace: nil, podName: nil, source: "")
+            ContainerInfo(
+                id: "i",
+                name: name,
+                labels: ["com.example.team": team],
+                podNamespace: nil,
+                podName: nil,
+                source: ""
+            )
         }
         #expect(file.entry(for: container("redis-1", "cache"))?.policy.keepidle == 60)
         #expect(file.entry(for: container("redis-1", "db")) == nil)

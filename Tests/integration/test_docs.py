@@ -31,7 +31,7 @@ def table_names(text, header, pattern):
 def test_every_metric_in_the_code_is_in_the_docs_table_and_the_reverse():
     source = read("Sources", "KeepaliveAgent", "AgentMetrics.swift")
     in_code = set()
-    for subsystem, name, unit in re.findall(r'named\((nil|"[a-z_]+"), "([a-z_]+)", "([a-z_]*)"', source):
+    for subsystem, name, unit in re.findall(r'named\(\s*(nil|"[a-z_]+"),\s*"([a-z_]+)",\s*"([a-z_]*)"', source):
         parts = ["keepalive"] + ([subsystem.strip('"')] if subsystem != "nil" else []) + [name] + ([unit] if unit else [])
         in_code.add("_".join(parts))
     assert len(in_code) >= 15, in_code  # the pattern still reads the source

@@ -2,6 +2,7 @@
 import KeepaliveCore
 import KeepaliveRuntime
 import Synchronization
+
 import struct SystemPackage.FilePath
 
 /// Kubernetes' CRI (containerd, CRI-O): pods and their containers, through
@@ -52,7 +53,10 @@ final class CRIRuntime: WorkloadRuntime {
     }
 
     func shutdown() {
-        for client in clients.withLock({ clients in defer { clients = [:] }; return Array(clients.values) }) {
+        for client in clients.withLock({ clients in
+            defer { clients = [:] }
+            return Array(clients.values)
+        }) {
             client.shutdown()
         }
     }
@@ -67,29 +71,47 @@ final class CRIRuntime: WorkloadRuntime {
         var listed: [ListedWorkload] = []
         if config.selectsPods {
             for pod in try await client.pods() {
-                listed.append(ListedWorkload(id: pod.sandboxID, name: pod.qualifiedName, origin: pod.origin,
-                                             entry: config.selecting(pod)) { () async throws -> FilePath in
-                    try await locator.podCgroup(pod, client: client)
-                })
+                listed.append(
+                    ListedWorkload(
+                        id: pod.sandboxID,
+                        name: pod.qualifiedName,
+                        origin: pod.origin,
+                        entry: config.selecting(pod)
+                    ) { () async throws -> FilePath in
+                        try await locator.podCgroup(pod, client: client)
+                    }
+                )
             }
         }
         if config.selectsContainers {
             for container in try await client.containers() {
-                listed.append(ListedWorkload(id: container.id, name: container.origin.display ?? container.id,
-                                             origin: container.origin, entry: config.selecting(container)) {
-                    () async throws -> FilePath in
-                    guard let path = try await client.containerCgroup(id: container.id).cgroup else {
-                        throw RuntimeError.noCgroup("container \(container.name)", "its status names no cgroup")
+                listed.append(
+                    ListedWorkload(
+                        id: container.id,
+                        name: container.origin.display ?? container.id,
+                        origin: container.origin,
+                        entry: config.selecting(container)
+                    ) {
+                        () async throws -> FilePath in
+                        guard let path = try await client.containerCgroup(id: container.id).cgroup else {
+                            throw RuntimeError.noCgroup("container \(container.name)", "its status names no cgroup")
+                        }
+                        return path
                     }
-                    return path
-                })
+                )
             }
         }
         return listed
     }
 
-    func identify(_ name: CgroupNaming.Kind, at directory: Cgroup, _ config: AgentConfig, fullList: Bool)
-        async throws(RuntimeError) -> Identified? {
+    func identify(
+        _ name: CgroupNaming.Kind,
+        at directory: Cgroup,
+        _ config: AgentConfig,
+        fullList: Bool
+    )
+        async throws(RuntimeError) -> Identified?
+    {
         switch name {
         case .pod(let uid) where config.selectsPods:
             // kubelet labels every sandbox with its pod's uid: CRI filters on it.

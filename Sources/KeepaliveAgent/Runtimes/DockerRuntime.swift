@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import KeepaliveCore
 import KeepaliveRuntime
+
 import struct SystemPackage.FilePath
 
 /// The Docker-compatible API (docker, podman): containers. Each call opens
@@ -26,21 +27,33 @@ struct DockerRuntime: WorkloadRuntime {
         var listed: [ListedWorkload] = []
         for client in clients {
             for container in try await client.containers() {
-                listed.append(ListedWorkload(id: container.id, name: container.origin.display ?? container.id,
-                                             origin: container.origin, entry: config.selecting(container)) {
-                    () async throws -> FilePath in
-                    guard let inspected = try await client.container(container.id) else {
-                        throw RuntimeError.noCgroup("container \(container.name)", "it is gone")
+                listed.append(
+                    ListedWorkload(
+                        id: container.id,
+                        name: container.origin.display ?? container.id,
+                        origin: container.origin,
+                        entry: config.selecting(container)
+                    ) {
+                        () async throws -> FilePath in
+                        guard let inspected = try await client.container(container.id) else {
+                            throw RuntimeError.noCgroup("container \(container.name)", "it is gone")
+                        }
+                        return try await client.cgroup(of: inspected)
                     }
-                    return try await client.cgroup(of: inspected)
-                })
+                )
             }
         }
         return listed
     }
 
-    func identify(_ name: CgroupNaming.Kind, at directory: Cgroup, _ config: AgentConfig, fullList: Bool)
-        async throws(RuntimeError) -> Identified? {
+    func identify(
+        _ name: CgroupNaming.Kind,
+        at directory: Cgroup,
+        _ config: AgentConfig,
+        fullList: Bool
+    )
+        async throws(RuntimeError) -> Identified?
+    {
         guard case .container(let id, let family) = name, family != .cri, config.selectsContainers else { return nil }
         for client in clients {
             if let inspected = try await client.container(id) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import KeepaliveCore
 import KeepaliveRuntime
+
 import struct SystemPackage.FilePath
 
 /// A container runtime the agent asks about pods and containers: CRI
@@ -19,7 +20,12 @@ protocol WorkloadRuntime: Sendable {
     /// runtime does not know it, or when the name is not of its kind.
     /// `fullList`: list everything rather than filter (for runtimes driven
     /// by something that labels nothing).
-    func identify(_ name: CgroupNaming.Kind, at directory: Cgroup, _ config: AgentConfig, fullList: Bool)
+    func identify(
+        _ name: CgroupNaming.Kind,
+        at directory: Cgroup,
+        _ config: AgentConfig,
+        fullList: Bool
+    )
         async throws(RuntimeError) -> Identified?
     /// Ends its connections (those `tasks` runs end).
     func shutdown()

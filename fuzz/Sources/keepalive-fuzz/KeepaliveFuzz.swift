@@ -8,8 +8,10 @@ import Glibc
 /// The target of this run, read once before libFuzzer calls back.
 private let target: String = {
     guard let name = getenv("KEEPALIVE_FUZZ_TARGET").map({ String(cString: $0) }),
-          FuzzTargets.names.contains(name) else {
-        let usage = "keepalive-fuzz: KEEPALIVE_FUZZ_TARGET must be one of \(FuzzTargets.names.joined(separator: ", "))\n"
+        FuzzTargets.names.contains(name)
+    else {
+        let usage =
+            "keepalive-fuzz: KEEPALIVE_FUZZ_TARGET must be one of \(FuzzTargets.names.joined(separator: ", "))\n"
         _ = usage.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
         exit(2)
     }
