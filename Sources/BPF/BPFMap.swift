@@ -16,6 +16,11 @@ public struct MapShape: Equatable, Sendable, CustomStringConvertible {
         self.valueSize = valueSize
     }
 
+    /// The shape of a map of `Key` to `Value`.
+    public init<Key, Value>(_ type: bpf_map_type, _: Key.Type, _: Value.Type) {
+        self.init(type: type, keySize: MemoryLayout<Key>.size, valueSize: MemoryLayout<Value>.size)
+    }
+
     public var description: String {
         "\(String(cString: libbpf_bpf_map_type_str(type))) map (key \(keySize) B, value \(valueSize) B)"
     }
@@ -116,15 +121,7 @@ public struct BPFMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendable {
     public let handle: MapHandle
 
     public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws {
-        handle = try MapHandle(
-            fd,
-            name: name,
-            expecting: MapShape(
-                type: type,
-                keySize: MemoryLayout<Key>.size,
-                valueSize: MemoryLayout<Value>.size
-            )
-        )
+        handle = try MapHandle(fd, name: name, expecting: MapShape(type, Key.self, Value.self))
     }
 
     public func lookup(_ key: Key) throws(SyscallError) -> Value? {
@@ -164,15 +161,7 @@ public struct BPFPerCPUMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendab
     private var stride: Int { (MemoryLayout<Value>.size + 7) & ~7 }
 
     public init(_ fd: FileDescriptor, name: String, type: bpf_map_type) throws {
-        handle = try MapHandle(
-            fd,
-            name: name,
-            expecting: MapShape(
-                type: type,
-                keySize: MemoryLayout<Key>.size,
-                valueSize: MemoryLayout<Value>.size
-            )
-        )
+        handle = try MapHandle(fd, name: name, expecting: MapShape(type, Key.self, Value.self))
         let cpus = Int(libbpf_num_possible_cpus())
         guard cpus > 0 else { throw SyscallError("count possible CPUs", errno: Int32(-cpus)) }
         self.cpus = cpus

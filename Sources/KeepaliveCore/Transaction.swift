@@ -305,16 +305,7 @@ public final class Transaction {
         for (id, record) in owned.sorted(by: { $0.1.path.depth > $1.1.path.depth }) {
             do {
                 try remove(id)
-                outcome.changes.append(
-                    AppliedChange(
-                        kind: .detached,
-                        cgroup: record.path,
-                        cgroupID: id,
-                        policy: nil,
-                        source: nil,
-                        origin: record.origin
-                    )
-                )
+                outcome.changes.append(.detached(record, id: id))
             } catch {
                 outcome.failures.append(Failure(cgroup: record.path, error: error))
             }
@@ -578,6 +569,18 @@ public struct AppliedChange: Sendable, CustomStringConvertible {
     public let policy: Policy?
     public let source: String?
     public let origin: Origin
+
+    /// A policy removed from the cgroup `record` names.
+    public static func detached(_ record: PolicyRecord, id: UInt64) -> AppliedChange {
+        AppliedChange(
+            kind: .detached,
+            cgroup: record.path,
+            cgroupID: id,
+            policy: nil,
+            source: nil,
+            origin: record.origin
+        )
+    }
 
     public var description: String {
         var line =

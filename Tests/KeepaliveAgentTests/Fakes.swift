@@ -101,16 +101,7 @@ final class FakeStore: PolicyStore {
         var outcome = Transaction.Outcome()
         for id in ids {
             guard let record = policies.removeValue(forKey: id) else { continue }
-            outcome.changes.append(
-                AppliedChange(
-                    kind: .detached,
-                    cgroup: record.path,
-                    cgroupID: id,
-                    policy: nil,
-                    source: nil,
-                    origin: record.origin
-                )
-            )
+            outcome.changes.append(.detached(record, id: id))
         }
         return outcome
     }
