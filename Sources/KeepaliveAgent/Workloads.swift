@@ -159,10 +159,11 @@ final class Workloads: Sendable {
         _ config: AgentConfig,
         fullList: Bool = false
     ) async throws(RuntimeError) -> Identified? {
+        let question = CgroupQuestion(name: name, directory: directory, config: config, fullList: fullList)
         var failure: RuntimeError?
         for runtime in runtimes {
             do {
-                if let found = try await runtime.identify(name, at: directory, config, fullList: fullList) {
+                if let found = try await runtime.identify(question) {
                     if case .pod(let pod, _, _) = found {
                         placed.withLock { $0[pod.sandboxID] = directory.path }
                     }

@@ -150,12 +150,7 @@ final class FakeRuntime: WorkloadRuntime {
         if config.selectsPods {
             for pod in pods {
                 listed.append(
-                    ListedWorkload(
-                        id: pod.sandboxID,
-                        name: pod.qualifiedName,
-                        origin: pod.origin,
-                        entry: config.selecting(pod)
-                    ) { [self] in
+                    ListedWorkload(pod, config) { [self] in
                         self.state.withLock { $0.locateCalls += 1 }
                         guard let path = podCgroups[pod.sandboxID] else {
                             throw RuntimeError.noCgroup("pod \(pod.qualifiedName)", "its status names none")
@@ -183,14 +178,8 @@ final class FakeRuntime: WorkloadRuntime {
         return listed
     }
 
-    func identify(
-        _ name: CgroupNaming.Kind,
-        at directory: Cgroup,
-        _ config: AgentConfig,
-        fullList: Bool
-    )
-        async throws(RuntimeError) -> Identified?
-    {
+    func identify(_ question: CgroupQuestion) async throws(RuntimeError) -> Identified? {
+        let (name, directory, config) = (question.name, question.directory, question.config)
         state.withLock { $0.identifyCalls += 1 }
         try call()
         switch name {

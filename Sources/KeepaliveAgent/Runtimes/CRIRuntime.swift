@@ -72,12 +72,7 @@ final class CRIRuntime: WorkloadRuntime {
         if config.selectsPods {
             for pod in try await client.pods() {
                 listed.append(
-                    ListedWorkload(
-                        id: pod.sandboxID,
-                        name: pod.qualifiedName,
-                        origin: pod.origin,
-                        entry: config.selecting(pod)
-                    ) { () async throws -> FilePath in
+                    ListedWorkload(pod, config) { () async throws -> FilePath in
                         try await locator.podCgroup(pod, client: client)
                     }
                 )
@@ -86,12 +81,7 @@ final class CRIRuntime: WorkloadRuntime {
         if config.selectsContainers {
             for container in try await client.containers() {
                 listed.append(
-                    ListedWorkload(
-                        id: container.id,
-                        name: container.origin.display ?? container.id,
-                        origin: container.origin,
-                        entry: config.selecting(container)
-                    ) {
+                    ListedWorkload(container, config) {
                         () async throws -> FilePath in
                         guard let path = try await client.containerCgroup(id: container.id).cgroup else {
                             throw RuntimeError.noCgroup("container \(container.name)", "its status names no cgroup")
@@ -104,18 +94,12 @@ final class CRIRuntime: WorkloadRuntime {
         return listed
     }
 
-    func identify(
-        _ name: CgroupNaming.Kind,
-        at directory: Cgroup,
-        _ config: AgentConfig,
-        fullList: Bool
-    )
-        async throws(RuntimeError) -> Identified?
-    {
+    func identify(_ question: CgroupQuestion) async throws(RuntimeError) -> Identified? {
+        let (name, directory, config) = (question.name, question.directory, question.config)
         switch name {
         case .pod(let uid) where config.selectsPods:
             // kubelet labels every sandbox with its pod's uid: CRI filters on it.
-            let pods = try await client().pods(labels: fullList ? [:] : ["io.kubernetes.pod.uid": uid])
+            let pods = try await client().pods(labels: question.fullList ? [:] : ["io.kubernetes.pod.uid": uid])
             return pods.first { $0.uid == uid }.map { .pod($0, directory, config.selecting($0)) }
         case .container(let id, let family) where family != .docker && config.selectsContainers && hasEndpoint:
             let container = try await client().containers().first { $0.id == id }

@@ -28,12 +28,7 @@ struct DockerRuntime: WorkloadRuntime {
         for client in clients {
             for container in try await client.containers() {
                 listed.append(
-                    ListedWorkload(
-                        id: container.id,
-                        name: container.origin.display ?? container.id,
-                        origin: container.origin,
-                        entry: config.selecting(container)
-                    ) {
+                    ListedWorkload(container, config) {
                         () async throws -> FilePath in
                         guard let inspected = try await client.container(container.id) else {
                             throw RuntimeError.noCgroup("container \(container.name)", "it is gone")
@@ -46,14 +41,8 @@ struct DockerRuntime: WorkloadRuntime {
         return listed
     }
 
-    func identify(
-        _ name: CgroupNaming.Kind,
-        at directory: Cgroup,
-        _ config: AgentConfig,
-        fullList: Bool
-    )
-        async throws(RuntimeError) -> Identified?
-    {
+    func identify(_ question: CgroupQuestion) async throws(RuntimeError) -> Identified? {
+        let (name, directory, config) = (question.name, question.directory, question.config)
         guard case .container(let id, let family) = name, family != .cri, config.selectsContainers else { return nil }
         for client in clients {
             if let inspected = try await client.container(id) {

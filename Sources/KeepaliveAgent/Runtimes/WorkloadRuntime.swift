@@ -18,17 +18,20 @@ protocol WorkloadRuntime: Sendable {
     func workloads(_ config: AgentConfig) async throws(RuntimeError) -> [ListedWorkload]
     /// What a new cgroup named like a workload's is, asked now: nil while the
     /// runtime does not know it, or when the name is not of its kind.
-    /// `fullList`: list everything rather than filter (for runtimes driven
-    /// by something that labels nothing).
-    func identify(
-        _ name: CgroupNaming.Kind,
-        at directory: Cgroup,
-        _ config: AgentConfig,
-        fullList: Bool
-    )
-        async throws(RuntimeError) -> Identified?
+    func identify(_ question: CgroupQuestion) async throws(RuntimeError) -> Identified?
     /// Ends its connections (those `tasks` runs end).
     func shutdown()
+}
+
+/// What the agent asks a runtime about a new cgroup.
+struct CgroupQuestion: Sendable {
+    /// What its name says it is.
+    let name: CgroupNaming.Kind
+    let directory: Cgroup
+    let config: AgentConfig
+    /// List everything rather than filter (for runtimes driven by something
+    /// that labels nothing).
+    let fullList: Bool
 }
 
 /// What a runtime needs from the agent: where its endpoints are, a task
@@ -59,6 +62,32 @@ struct ListedWorkload: Sendable {
     /// The entry that selects it, its values, and its annotations that were ignored.
     let entry: SelectingEntry?
     let locate: @Sendable () async throws -> FilePath
+}
+
+extension ListedWorkload {
+    init(_ pod: PodInfo, _ config: AgentConfig, locate: @escaping @Sendable () async throws -> FilePath) {
+        self.init(
+            id: pod.sandboxID,
+            name: pod.qualifiedName,
+            origin: pod.origin,
+            entry: config.selecting(pod),
+            locate: locate
+        )
+    }
+
+    init(
+        _ container: ContainerInfo,
+        _ config: AgentConfig,
+        locate: @escaping @Sendable () async throws -> FilePath
+    ) {
+        self.init(
+            id: container.id,
+            name: container.origin.display ?? container.id,
+            origin: container.origin,
+            entry: config.selecting(container),
+            locate: locate
+        )
+    }
 }
 
 /// The entry of the file that selects a workload, and the values it gets there.
