@@ -391,10 +391,13 @@ test-licensing: | $(BUILD)/.test-deps
 FORMATTED := $(shell git ls-files '*.swift' 2>/dev/null | grep -v '^Sources/CRI/')
 SWIFT_FORMAT ?= $(dir $(shell readlink -f $(SWIFT)))swift-format
 
+# The files come from git: outside a checkout there are none, and swift-format would read stdin.
 test-format:
+	@test -n "$(FORMATTED)" || { echo "test-format: no Swift files from git ls-files (not a git checkout?)" >&2; exit 1; }
 	$(SWIFT_FORMAT) lint --strict --parallel $(FORMATTED)
 
 format:
+	@test -n "$(FORMATTED)" || { echo "format: no Swift files from git ls-files (not a git checkout?)" >&2; exit 1; }
 	$(SWIFT_FORMAT) format --in-place --parallel $(FORMATTED)
 
 test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP) $(BUILD)/.versions

@@ -110,8 +110,10 @@ def rate_table():
     them with raw system calls."""
     plain, policy_app, policy_pol, empty = mkcg("plain"), mkcg("bpf-app"), mkcg("bpf-policy"), mkcg("empty")
     rules_missing, rules_last, previous = mkcg("bpf-rules-missing"), mkcg("bpf-rules-last"), mkcg("bpf-previous")
-    rules_own = mkcg("bpf-rules-own")
+    rules_own, observe_paths, observe_only = mkcg("bpf-rules-own"), mkcg("bpf-observe-paths"), mkcg("bpf-observe-only")
     keepalive("attach", policy_app)
+    keepalive("attach", observe_paths, "--observe-paths")
+    keepalive("attach", observe_only, "--observe")
     keepalive("attach", policy_pol, "--precedence", "policy")
     keepalive("attach", rules_missing, *[a for rule in MISSING_RULES for a in ("--rule", rule)])
     keepalive("attach", rules_last, *[a for rule in LAST_RULE_MATCHING for a in ("--rule", rule)])
@@ -130,6 +132,8 @@ def rate_table():
         BPF_RULES_MISSING: (rules_missing, "plain", "raw"),
         BPF_RULES_LAST: (rules_last, "plain", "raw"),
         BPF_RULES_OWN: (rules_own, "plain", "raw"),
+        BPF_OBSERVE_PATHS: (observe_paths, "plain", "raw"),
+        BPF_OBSERVE_ONLY: (observe_only, "plain", "raw"),
         GO_NONE: (plain, "go", "raw"),
         "BPF, Go-style client, precedence application": (policy_app, "go", "raw"),
         "BPF, Go-style client, precedence policy": (policy_pol, "go", "raw"),
@@ -152,6 +156,9 @@ BPF_PREVIOUS = "BPF, default policy, previous release"
 BPF_RULES_MISSING = "BPF, 16 rules of 8 blocks, none matching"
 BPF_RULES_LAST = "BPF, 16 rules, the last matching"
 BPF_RULES_OWN = "BPF, 16 rules, the last giving keepidle 5"
+BPF_OBSERVE_PATHS = "BPF, default policy observing paths"
+BPF_OBSERVE_ONLY = "BPF, observing only (sets nothing)"
+OBSERVE_COST = "sock_ops, default policy observing paths"
 
 
 # --- the program's own cost, from the kernel's accounting ---------------------
@@ -304,7 +311,8 @@ def main():
                  ("sock_ops, 16 rules, the last giving keepidle 5", *median_cost(mkcg("bpf-rules-own"))),
                  ("empty sock_ops program (the accounting's own floor)", *median_cost(mkcg("empty"), pin=PIN + "-empty")),
                  ("setsockopt, precedence policy, Go-style client",
-                  *median_cost(mkcg("bpf-policy"), setup="go", pin=os.path.join(PIN, "keepalive_setsockopt")))]
+                  *median_cost(mkcg("bpf-policy"), setup="go", pin=os.path.join(PIN, "keepalive_setsockopt"))),
+                 (OBSERVE_COST, *median_cost(mkcg("bpf-observe-paths")))]
         keepalive("detach", "--all")
         scale, agent = scale_rows()
         pod_figures = pods.pod_figures(PIN + "-pods")
@@ -361,6 +369,10 @@ def report(rates, costs, scale, agent, pod_figures, memory_figures):
     connection_ns = 1e9 / next(rate for name, rate, *_ in rates if name == NONE)
     rule_points = {name: (cost[1] * cost[2] - ns_per_conn) / connection_ns * 100
                    for name, cost in zip((BPF_RULES_MISSING, BPF_RULES_LAST, BPF_RULES_OWN), costs[1:4])}
+    observe_ns = next(ns * per_conn for name, ns, per_conn in costs if name == OBSERVE_COST)
+    print(f"\nobserving paths: {overhead[BPF_OBSERVE_PATHS] - overhead[BPF]:+.1f} points over the default policy "
+          f"in the rate table, {observe_ns - ns_per_conn:+.0f} ns per connection of the program's time "
+          f"(it runs on each segment sent: {next(c for n, _, c in costs if n == OBSERVE_COST):.1f} runs per connection)")
     print("\ntargets")
     targets = [
         (f"BPF no more expensive than the program doing it itself ({overhead[BPF]:+.1f}% vs {overhead[SELF_POLICY]:+.1f}%)",

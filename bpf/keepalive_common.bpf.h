@@ -17,6 +17,7 @@
  * IPPROTO_TCP and SOCK_STREAM are enums, and come from it. */
 #define AF_INET       2
 #define ETIMEDOUT     110
+#define ECONNRESET    104
 #define SOL_SOCKET    1
 #define SO_KEEPALIVE  9
 #define SOL_TCP       6

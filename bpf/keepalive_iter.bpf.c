@@ -78,7 +78,9 @@ static __always_inline int on_tcp_socket(struct bpf_iter__tcp *ctx, enum ka_buil
 		/* Under application precedence a socket whose program turned
 		 * keepalive on itself keeps its own values; keepalive: off
 		 * leaves every socket as it is. */
-		if (config->mode == KA_ITER_APPLY && values && !overrides && keepalive_on(tp)) {
+		if (policy->flags & KA_POLICY_OBSERVE_ONLY) {
+			/* sets nothing, now or later */
+		} else if (config->mode == KA_ITER_APPLY && values && !overrides && keepalive_on(tp)) {
 			record.flags |= KA_SOCKET_KEPT_OWN;
 		} else if (config->mode == KA_ITER_APPLY && values) {
 			apply_values(tp, tp, values, false, rule < KA_MAX_RULES);

@@ -126,6 +126,12 @@ enum ka_bpf_option {
 #define KA_POLICY_AGENT                 (1u << 1)  /* set by the agent's policy file */
 #define KA_POLICY_PRECEDENCE_POLICY     (1u << 2)  /* the policy overrides the program's setsockopt */
 #define KA_POLICY_HAS_RULES             (1u << 3)  /* ka_rules holds its rules, under the same cgroup id */
+#define KA_POLICY_OBSERVE_PATHS         (1u << 4)  /* its connections' idle gaps are observed (ka_paths) */
+#define KA_POLICY_OBSERVE_ONLY          (1u << 5)  /* sets nothing: counts what it would set, observes paths */
+
+/* Observation keys in files, flags and output. */
+#define KA_OBSERVE_KEY        "observe"         /* observe only */
+#define KA_OBSERVE_PATHS_KEY  "observe_paths"   /* enforce, and observe paths */
 
 /* Who wins when a program sets keepalive options itself. */
 #define KA_PRECEDENCE_KEY          "precedence"
@@ -287,6 +293,12 @@ enum ka_reaped_reason {
 #define KA_REAPED_KEEPALIVE_KEY     "keepalive"
 #define KA_REAPED_USER_TIMEOUT_KEY  "user_timeout"
 
+/* ka_event.reason only, never counted: a connection of a policy that observes
+ * paths, reset in answer to its first segment after an idle gap. */
+#define KA_EVENT_RESET              2
+#define KA_EVENT_RESET_KEY          "reset"
+_Static_assert(KA_EVENT_RESET == KA_REAPED_REASONS, "a reason the counters do not keep");
+
 /* Per policy (at its slot), per CPU: nothing is shared between CPUs. */
 struct ka_counters {
 	__u64 configured;                  /* sockets the policy configured */
@@ -324,13 +336,53 @@ struct ka_event {
 	__u64 boot_ns;         /* when: bpf_ktime_get_boot_ns() */
 	__u64 policy_cgroup_id;
 	struct ka_socket_id socket;
-	__u32 reason;          /* enum ka_reaped_reason */
+	__u32 reason;          /* enum ka_reaped_reason, or KA_EVENT_RESET */
 	__u32 silent_jiffies;  /* since the peer's last packet */
 	__u32 keepidle_jiffies;
 	__u32 keepintvl_jiffies;
 	__u32 keepcnt;
 	__u32 user_timeout_ms;
 	__u32 rule;            /* the rule that matches the connection, + 1; 0: the policy's own values */
+	__u32 idle_gap_ms;     /* the idle gap its first unanswered segment came after (policies that
+				  observe paths; in the record's padding before: 0 there, as for none) */
+};
+
+_Static_assert(sizeof(struct ka_event) == 112, "ka_event's size is the pinned ring's value size");
+
+/*
+ * Paths' idle limits, observed (KA_POLICY_OBSERVE_PATHS): per policy and
+ * remote, the idle gaps connections survived and the shortest they died of.
+ * An idle gap is the time without a packet either way before a segment the
+ * connection sends: survived when the peer answers it (or when the peer
+ * itself sends after a gap), died of when it is never answered (a timeout)
+ * or answered by a reset. Gaps under KA_PATH_MIN_GAP_MS are not idleness.
+ */
+#define KA_PATHS_MAX         4096    /* policy and remote pairs kept; the least recently seen go first */
+#define KA_PATH_MIN_GAP_MS   1000
+#define KA_PATH_DEATHS       8       /* deaths kept per path: the shortest gaps */
+#define KA_PATH_DEATH_RESET  1u      /* ka_path.deaths: the low bit says "by a reset" */
+
+/* A path: a policy's cgroup, a remote address (IPv4 as v4-mapped) and the
+ * service's port: the remote one for connections made, the local one for
+ * connections accepted (the other is ephemeral). */
+struct ka_path_key {
+	__u64 policy_cgroup_id;
+	__u8  remote_addr[16];
+	__u16 port;            /* host order */
+	__u8  accepted;        /* 1: connections accepted on local `port` */
+	__u8  reserved[5];
+};
+
+/* What was seen on a path, in "ka_paths". Times in milliseconds. */
+struct ka_path {
+	__u64 last_boot_ns;    /* the latest evidence: bpf_ktime_get_boot_ns() */
+	__u32 alive_max_ms;    /* the longest idle gap a connection answered after */
+	__u32 alive_count;     /* idle gaps answered after */
+	__u32 timeouts;        /* connections that died of a timeout after an idle gap */
+	__u32 resets;          /* ... of a reset answering the first segment after one */
+	/* The shortest idle gaps a connection died after, ascending, each
+	 * gap_ms << 1 | KA_PATH_DEATH_RESET for a reset; 0: none. */
+	__u32 deaths[KA_PATH_DEATHS];
 };
 
 /* ka_iter_config: what one run of the TCP iterator does (keepalive_iter.bpf.c). */

@@ -15,6 +15,10 @@ final class AgentMetrics: Sendable {
     /// The per-cgroup and per-option series the kernel's maps had at the last
     /// scrape, so that series of removed policies go away.
     private let kernelSeries = Mutex<[String: Counter]>([:])
+    /// The path gauges of the last scrape, likewise.
+    private let pathSeries = Mutex<[String: Gauge]>([:])
+    /// Paths exported: the ones with the most evidence, so that the series stay bounded.
+    static let pathsShown = 50
 
     /// Every family: its name's parts, unit and help, in one place.
     private enum Family {
@@ -128,6 +132,30 @@ final class AgentMetrics: Sendable {
         static var buildInfo: MetricNameDescriptor {
             named(nil, "build_info", "", "Always 1; the labels say which keepalive this is.")
         }
+        static var pathSurvived: MetricNameDescriptor {
+            named(
+                "path",
+                "survived_idle",
+                "seconds",
+                "The longest idle gap connections of this cgroup's policy to this path survived (policies that observe paths; the \(AgentMetrics.pathsShown) paths with the most evidence)."
+            )
+        }
+        static var pathDied: MetricNameDescriptor {
+            named(
+                "path",
+                "died_idle",
+                "seconds",
+                "The shortest idle gap above the longest survived that connections to this path died after: the path's idle limit is at most this (same paths)."
+            )
+        }
+        static var pathBelowLimit: MetricNameDescriptor {
+            named(
+                "path",
+                "below_limit",
+                "",
+                "1 if the policy's idle time is below this path's observed idle limit, 0 if above it; absent while the evidence does not tell (same paths)."
+            )
+        }
         static var kernelFeature: MetricNameDescriptor {
             named(
                 nil,
@@ -188,14 +216,14 @@ final class AgentMetrics: Sendable {
             ].compactMap { name, value in value.map { (name, $0) } }
             let labels = [("cgroup", record.path.cgroupDisplay)] + workload
             values.append((Family.socketsConfigured, labels, counters.configured))
-            for reason in ReapedReason.allCases {
+            for reason in ReapedReason.counted {
                 let count = reason == .keepalive ? counters.reapedKeepalive : counters.reapedUserTimeout
                 values.append((Family.deadConnections, labels + [("reason", reason.key)], count))
             }
             for (index, counters) in (snapshot.ruleCounters[id] ?? []).enumerated() {
                 let labels = labels + [("rule", Rule.label(record.policy.rules, index))]
                 values.append((Family.ruleSocketsMatched, labels, counters.configured))
-                for reason in ReapedReason.allCases {
+                for reason in ReapedReason.counted {
                     let count = reason == .keepalive ? counters.reapedKeepalive : counters.reapedUserTimeout
                     values.append((Family.ruleDeadConnections, labels + [("reason", reason.key)], count))
                 }
@@ -205,23 +233,76 @@ final class AgentMetrics: Sendable {
             values.append((Family.setsockoptErrors, [("option", option)], count))
         }
         kernelSeries.withLock { series in
-            var seen: Set<String> = []
-            for value in values {
-                let key =
-                    value.family.name + "\u{0}" + value.labels.map { "\($0.0)=\($0.1)" }.joined(separator: "\u{0}")
-                seen.insert(key)
-                let counter = series[key] ?? registry.makeCounter(descriptor: value.family, labels: value.labels)
-                series[key] = counter
-                counter.reset()
-                counter.increment(by: Int64(clamping: value.value))
-            }
-            for (key, counter) in series where !seen.contains(key) {
-                registry.unregisterCounter(counter)
-                series[key] = nil
-            }
+            Self.refresh(
+                &series,
+                to: values,
+                make: { registry.makeCounter(descriptor: $0, labels: $1) },
+                set: { counter, value in
+                    counter.reset()
+                    counter.increment(by: Int64(clamping: value))
+                },
+                unregister: registry.unregisterCounter
+            )
             policies.set(Int64(snapshot.policies.count))
             kernelMemory.set(Int64(clamping: snapshot.kernelMemory))
         }
+        setPaths(snapshot)
         return registry.emitToBuffer()
+    }
+
+    /// The bounds and verdicts of the paths with the most evidence.
+    private func setPaths(_ snapshot: PinnedState.Snapshot) {
+        let cgroups = Dictionary(uniqueKeysWithValues: snapshot.policies.map { ($0.id, $0.record.path.cgroupDisplay) })
+        let shown = snapshot.paths.sorted {
+            $0.evidence.survivals + $0.evidence.timeouts + $0.evidence.resets
+                > $1.evidence.survivals + $1.evidence.timeouts + $1.evidence.resets
+        }.prefix(Self.pathsShown)
+        var values: [(family: MetricNameDescriptor, labels: [(String, String)], value: Double)] = []
+        for report in shown {
+            let labels = [("cgroup", cgroups[report.key.policyCgroupID] ?? ""), ("path", report.key.display)]
+            if let survived = report.bounds.survived {
+                values.append((Family.pathSurvived, labels, Double(survived) / 1000))
+            }
+            if let died = report.bounds.died {
+                values.append((Family.pathDied, labels, Double(died.gapMilliseconds) / 1000))
+            }
+            switch report.verdict {
+            case .below: values.append((Family.pathBelowLimit, labels, 1))
+            case .above: values.append((Family.pathBelowLimit, labels, 0))
+            case .unknown, .off: break
+            }
+        }
+        pathSeries.withLock { series in
+            Self.refresh(
+                &series,
+                to: values,
+                make: { registry.makeGauge(descriptor: $0, labels: $1) },
+                set: { $0.set($1) },
+                unregister: registry.unregisterGauge
+            )
+        }
+    }
+
+    /// Brings one kind of series to `values`: each made where new and set;
+    /// those of the last scrape not among them (a policy or path gone) unregistered.
+    private static func refresh<Metric, Value>(
+        _ series: inout [String: Metric],
+        to values: [(family: MetricNameDescriptor, labels: [(String, String)], value: Value)],
+        make: (MetricNameDescriptor, [(String, String)]) -> Metric,
+        set: (Metric, Value) -> Void,
+        unregister: (Metric) -> Void
+    ) {
+        var seen: Set<String> = []
+        for value in values {
+            let key = value.family.name + "\u{0}" + value.labels.map { "\($0.0)=\($0.1)" }.joined(separator: "\u{0}")
+            seen.insert(key)
+            let metric = series[key] ?? make(value.family, value.labels)
+            series[key] = metric
+            set(metric, value.value)
+        }
+        for (key, metric) in series where !seen.contains(key) {
+            unregister(metric)
+            series[key] = nil
+        }
     }
 }

@@ -31,7 +31,7 @@ final class ReapedLog {
         for event in shown {
             let process = owners[event.inode]?.first.map { " \($0.command)[\($0.pid)]" } ?? ""
             logger.notice(
-                "reaped connection\(process) on \(event.policyOrigin.display.map { "\($0) " } ?? "")\(event.policyPath?.cgroupDisplay ?? "cgroup id \(event.policyCgroupID)")\(event.rule.map { " rule \(event.ruleLabel ?? "\($0 + 1)")" } ?? ""): \(event.local) -> \(event.remote), \(event.reason.key), peer silent \(event.silentMilliseconds) ms (keepidle=\(event.keepidle) keepintvl=\(event.keepintvl) keepcnt=\(event.keepcnt) user_timeout=\(event.userTimeout))"
+                "reaped connection\(process) on \(event.policyOrigin.display.map { "\($0) " } ?? "")\(event.policyPath?.cgroupDisplay ?? "cgroup id \(event.policyCgroupID)")\(event.rule.map { " rule \(event.ruleLabel ?? "\($0 + 1)")" } ?? ""): \(event.local) -> \(event.remote), \(event.reason.key), peer silent \(event.silentMilliseconds) ms (keepidle=\(event.keepidle) keepintvl=\(event.keepintvl) keepcnt=\(event.keepcnt) user_timeout=\(event.userTimeout))\(event.idleGapMilliseconds.map { ", after an idle gap of \($0) ms" } ?? "")"
             )
         }
         if events.count > shown.count {

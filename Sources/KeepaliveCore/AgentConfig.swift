@@ -159,6 +159,7 @@ public struct PolicySpec: Equatable, Sendable {
         var existing = true
         var annotations: (mode: AnnotationMode, node: Node)?
         var rules: [Rule] = []
+        var observe = (only: false, paths: false)
         for (keyNode, value) in mapping {
             let key = keyNode.string ?? ""
             if Target.keys.contains(key) {
@@ -174,10 +175,11 @@ public struct PolicySpec: Equatable, Sendable {
                     throw ConfigError(file: file, node: value, message: error.description)
                 }
             case Self.existingKey:
-                guard let scalar = value.scalar, scalar.style == .plain, let flag = Bool(scalar.string) else {
-                    throw ConfigError(file: file, node: value, message: "'\(key)' must be true or false")
-                }
-                existing = flag
+                existing = try Self.bool(key, value, file: file)
+            case Policy.Observation.onlyKey:
+                observe.only = try Self.bool(key, value, file: file)
+            case Policy.Observation.pathsKey:
+                observe.paths = try Self.bool(key, value, file: file)
             case Rule.rulesKey:
                 rules = try Self.rules(value, file: file)
             case Self.annotationsKey:
@@ -189,7 +191,10 @@ public struct PolicySpec: Equatable, Sendable {
                 guard let option = PolicyOption.allCases.first(where: { $0.key == key }) else {
                     let known =
                         (Target.keys + PolicyOption.allCases.map(\.key)
-                        + [Precedence.key, Rule.rulesKey, Self.existingKey, Self.annotationsKey]).joined(
+                        + [
+                            Precedence.key, Rule.rulesKey, Self.existingKey, Self.annotationsKey,
+                            Policy.Observation.onlyKey, Policy.Observation.pathsKey,
+                        ]).joined(
                             separator: ", "
                         )
                     throw ConfigError(file: file, node: keyNode, message: "unknown key '\(key)' (known: \(known))")
@@ -214,11 +219,24 @@ public struct PolicySpec: Equatable, Sendable {
         }
         self.init(
             target: target,
-            policy: Policy(values, precedence: precedence, rules: rules),
+            policy: Policy(
+                values,
+                precedence: precedence,
+                rules: rules,
+                observation: Policy.Observation(only: observe.only, paths: observe.paths)
+            ),
             existing: existing,
             annotations: annotations?.mode ?? .allow,
             source: "\(file):\(node.mark?.line ?? 0)"
         )
+    }
+
+    /// A plain true or false.
+    private static func bool(_ key: String, _ value: Node, file: String) throws(ConfigError) -> Bool {
+        guard let scalar = value.scalar, scalar.style == .plain, let flag = Bool(scalar.string) else {
+            throw ConfigError(file: file, node: value, message: "'\(key)' must be true or false")
+        }
+        return flag
     }
 
     /// `rules:`, a list of mappings: each key as `--rule` takes it, lists

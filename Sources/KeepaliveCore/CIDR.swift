@@ -87,6 +87,9 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/\(prefix)"
     }
 
+    /// The network address alone: "10.20.0.1", "2001:db8::1".
+    public var addressText: String { String(description.prefix { $0 != "/" }) }
+
     /// An address as 16 bytes (IPv4 v4-mapped), or nil.
     static func address(_ text: String) -> ([UInt8], Bool)? {
         var v4 = in_addr()

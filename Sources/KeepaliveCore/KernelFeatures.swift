@@ -143,6 +143,8 @@ public struct KernelFeatures: Sendable, Equatable {
         var wanted: [Feature] = []
         if !policy.rules.isEmpty { wanted.append(.rules) }
         if policy.precedence == .policy { wanted.append(.precedence) }
+        // Deaths are seen at the reaped-connection tracepoint: without it a path would only ever survive.
+        if policy.observation.observesPaths { wanted.append(.reapedCounting) }
         for (option, feature) in [(PolicyOption.windowClamp, Feature.windowClamp), (.maxseg, .maxseg)]
         where policy[option] != 0 || policy.rules.contains(where: { ($0.options[option] ?? 0) != 0 }) {
             wanted.append(feature)

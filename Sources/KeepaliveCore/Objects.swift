@@ -38,10 +38,10 @@ final class MainObject {
 
     /// The skeleton's maps, unwrapped once (it fills every field when it opens).
     struct Maps {
-        let policies, counters, errors, meta, events, eventsHead, rules, ruleCounters: OpaquePointer
+        let policies, counters, errors, meta, events, eventsHead, rules, ruleCounters, paths: OpaquePointer
 
         /// Every map, as libbpf pins them.
-        var all: [OpaquePointer] { [policies, counters, errors, meta, events, eventsHead, rules, ruleCounters] }
+        var all: [OpaquePointer] { [policies, counters, errors, meta, events, eventsHead, rules, ruleCounters, paths] }
     }
 
     /// The programs of the kernel's build, each pinned under its role's name
@@ -94,7 +94,7 @@ final class MainObject {
             }
         guard let policies = m.ka_policies_v3, let counters = m.ka_counters_v4, let errors = m.ka_errors,
             let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
-            let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters_v4,
+            let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters_v4, let paths = m.ka_paths,
             let sockops = chosen.0, let setsockopt = chosen.1, let reaped = chosen.2
         else {
             keepalive_bpf__destroy(skeleton)
@@ -108,7 +108,8 @@ final class MainObject {
             events: events,
             eventsHead: eventsHead,
             rules: rules,
-            ruleCounters: ruleCounters
+            ruleCounters: ruleCounters,
+            paths: paths
         )
         programs = Programs(
             sockops: sockops,

@@ -54,6 +54,8 @@ final class PinnedKernel: StateKernel, Sendable {
     let meta: BPFMap<UInt32, ka_meta>
     let events: BPFMap<UInt32, ka_event>
     let eventsHead: BPFMap<UInt32, UInt64>
+    /// Paths' idle gaps, observed for the policies that ask (bpf/keepalive.bpf.c, ka_paths).
+    let paths: BPFMap<ka_path_key, ka_path>
     let programs: LinkedPrograms
     let reapedProgram: BPFProgram?
     /// Programs of ours that links may still run: an upgrade in progress.
@@ -108,6 +110,7 @@ final class PinnedKernel: StateKernel, Sendable {
         meta = try map(maps.meta) { try BPFMap($0, name: $1, type: $2) }
         events = try map(maps.events) { try BPFMap($0, name: $1, type: $2) }
         eventsHead = try map(maps.eventsHead) { try BPFMap($0, name: $1, type: $2) }
+        paths = try map(maps.paths) { try BPFMap($0, name: $1, type: $2) }
         programs = LinkedPrograms(
             sockops: try linked(.sockops),
             setsockopt: object.programs.hasSetsockopt ? try linked(.setsockopt) : nil
@@ -297,7 +300,7 @@ final class PinnedKernel: StateKernel, Sendable {
     func kernelMemory() throws -> UInt64 {
         try [
             policies.handle, counters.handle, rules.handle, ruleCounters.handle, errors.handle, meta.handle,
-            events.handle, eventsHead.handle,
+            events.handle, eventsHead.handle, paths.handle,
         ].reduce(0) { $0 &+ (try $1.memory()) }
             &+ (try counters.chunksMemory()) &+ (try ruleCounters.chunksMemory())
     }

@@ -192,7 +192,7 @@ extension PinnedState {
         let maps = [
             kernel.policies.handle, kernel.counters.handle, kernel.errors.handle, kernel.meta.handle,
             kernel.events.handle, kernel.eventsHead.handle, kernel.rules.handle,
-            kernel.ruleCounters.handle,
+            kernel.ruleCounters.handle, kernel.paths.handle,
         ].map(\.name)
         let known = Set(
             maps + MainObject.Programs.pins + Attachment.allCases.map(\.linksDirectory) + OlderLayouts.pins

@@ -9,7 +9,8 @@ import Synchronization
 ///
 ///     <root>/ka_meta, ka_policies_v3, ka_rules,      maps, pinned by libbpf under
 ///            ka_counters_v4, ka_rule_counters_v4,    their names (bpf/*.bpf.c)
-///            ka_errors, ka_events, ka_events_head
+///            ka_errors, ka_events, ka_events_head,
+///            ka_paths
 ///     <root>/keepalive_sockops, keepalive_setsockopt,
 ///            keepalive_reaped                        the programs
 ///     <root>/links/<cgroup id>                       sock_ops: one link per covered subtree
@@ -110,6 +111,10 @@ public final class PinnedState: Sendable {
         /// The kernel memory the state's maps take (bytes).
         public func kernelMemory() throws -> UInt64 { try kernel.kernelMemory() }
         public func reapedEvents() throws -> [ReapedEvent] { try kernel.reapedEvents() }
+        /// Every path the policies that observe paths have seen.
+        public func observedPaths() throws -> [(key: PathKey, evidence: PathEvidence)] {
+            try kernel.observedPaths()
+        }
     }
 
     /// Runs `body` in a transaction, holding the state's lock. With `create` a
@@ -216,6 +221,8 @@ public final class PinnedState: Sendable {
         public var ruleCounters: [UInt64: [PolicyCounters]] = [:]
         public var setsockoptErrors: [(option: String, count: UInt64)] = []
         public var kernelMemory: UInt64 = 0
+        /// The paths of the policies that observe them, each remote on its own.
+        public var paths: [PathReport] = []
     }
 
     /// The policies in force and their counters, read from the maps pinned
@@ -231,6 +238,14 @@ public final class PinnedState: Sendable {
         }
         snapshot.setsockoptErrors = try kernel.setsockoptErrors()
         snapshot.kernelMemory = try kernel.kernelMemory()
+        let observing = snapshot.policies.filter { $0.record.policy.observation.observesPaths }
+        if !observing.isEmpty {
+            snapshot.paths = PathReport.reports(
+                try kernel.observedPaths(),
+                policies: Dictionary(uniqueKeysWithValues: observing.map { ($0.id, $0.record.policy) }),
+                systemKeepidle: PathReport.namespaceKeepidle()
+            )
+        }
         return snapshot
     }
 

@@ -53,14 +53,73 @@ public struct Policy: Equatable, Hashable, Sendable {
     public var precedence = Precedence.application
     /// Rules by destination, tried in order; the values above apply where none matches.
     public var rules: [Rule] = []
+    /// What the policy does with its connections: sets their options, observes their paths too, or only observes.
+    public var observation = Observation.none
+
+    /// Whether a policy watches its connections' idle gaps (ka_paths), and whether it also sets their options.
+    public enum Observation: Equatable, Hashable, Sendable {
+        /// Sets the options; observes nothing.
+        case none
+        /// Sets the options and observes paths (`observe_paths`).
+        case paths
+        /// Sets nothing: counts the sockets it would set and observes paths (`observe`).
+        case only
+
+        public static let onlyKey = KA_OBSERVE_KEY
+        public static let pathsKey = KA_OBSERVE_PATHS_KEY
+
+        /// From the two switches of flags and files; `observe` implies observing paths.
+        public init(only: Bool, paths: Bool) {
+            self = only ? .only : paths ? .paths : .none
+        }
+
+        public var observesPaths: Bool { self != .none }
+        /// In `status`: "-", "paths" (and sets), "only" (sets nothing).
+        public var name: String {
+            switch self {
+            case .none: "-"
+            case .paths: "paths"
+            case .only: "only"
+            }
+        }
+        public var setsOptions: Bool { self != .only }
+
+        var flags: UInt32 {
+            switch self {
+            case .none: 0
+            case .paths: KA_POLICY_OBSERVE_PATHS
+            case .only: KA_POLICY_OBSERVE_PATHS | KA_POLICY_OBSERVE_ONLY
+            }
+        }
+
+        init(flags: UInt32) {
+            self =
+                flags & KA_POLICY_OBSERVE_ONLY != 0 ? .only : flags & KA_POLICY_OBSERVE_PATHS != 0 ? .paths : .none
+        }
+
+        /// " observe" or " observe_paths", as summaries end.
+        var summary: String {
+            switch self {
+            case .none: ""
+            case .paths: " \(Self.pathsKey)"
+            case .only: " \(Self.onlyKey)"
+            }
+        }
+    }
 
     public init() {}
 
     /// A policy from already-validated values; options not given keep their defaults.
-    public init(_ values: [PolicyOption: Int32], precedence: Precedence = .application, rules: [Rule] = []) {
+    public init(
+        _ values: [PolicyOption: Int32],
+        precedence: Precedence = .application,
+        rules: [Rule] = [],
+        observation: Observation = .none
+    ) {
         for (option, value) in values { self[option] = value }
         self.precedence = precedence
         self.rules = rules
+        self.observation = observation
     }
 
     public subscript(option: PolicyOption) -> Int32 {
@@ -88,6 +147,7 @@ public struct Policy: Equatable, Hashable, Sendable {
     public var summary: String {
         valuesSummary + (precedence == .policy ? " \(Precedence.key)=\(precedence.name)" : "")
             + (rules.isEmpty ? "" : " " + rules.map { "rule=[\($0.summary)]" }.joined(separator: " "))
+            + observation.summary
     }
 
     /// The option values alone, as `summary` shows them.
@@ -158,6 +218,7 @@ public struct PolicyRecord: Equatable, Sendable {
         var policy = Policy()
         policy.setValues(record.values, derivedUserTimeout: record.flags & KA_POLICY_USER_TIMEOUT_DERIVED != 0)
         policy.precedence = record.flags & KA_POLICY_PRECEDENCE_POLICY != 0 ? .policy : .application
+        policy.observation = Policy.Observation(flags: record.flags)
         self.policy = policy
         owner = record.flags & KA_POLICY_AGENT != 0 ? .agent : .cli
         slot = record.slot
@@ -182,6 +243,7 @@ public struct PolicyRecord: Equatable, Sendable {
         if policy.derivesUserTimeout { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
         if policy.precedence == .policy { flags |= KA_POLICY_PRECEDENCE_POLICY }
         if !policy.rules.isEmpty { flags |= KA_POLICY_HAS_RULES }
+        flags |= policy.observation.flags
         var record = ka_policy()
         record.values = policy.encodedValues
         record.flags = flags

@@ -1,6 +1,5 @@
 // SPDX-License-Identifier: MIT
 import CLibBPF
-import Foundation
 
 /// The options a policy sets. Each is defined once, in `definition`: its
 /// names (policy key, CLI flag, environment variable, table column), its
@@ -147,7 +146,7 @@ public enum PolicyOption: String, CaseIterable, Sendable {
 
     public var key: String { definition.key }
     /// The CLI flag's name (without "--"): the key, in the CLI's spelling.
-    public var flag: String { key.replacingOccurrences(of: "_", with: "-") }
+    public var flag: String { key.replacing("_", with: "-") }
     public var environmentVariable: String { definition.environmentVariable }
     var bpfOption: ka_bpf_option { definition.bpfOption }
     public var defaultValue: Int32 { definition.defaultValue }

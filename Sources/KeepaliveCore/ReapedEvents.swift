@@ -11,16 +11,27 @@ public enum ReapedReason: Sendable, CaseIterable, Codable {
     case keepalive
     /// Data went unacknowledged: the user timeout (or retransmissions) gave up.
     case userTimeout
+    /// Reset in answer to the first segment after an idle gap (recorded for
+    /// policies that observe paths; never counted).
+    case reset
+
+    /// The reasons the kernel's counters keep.
+    public static let counted: [ReapedReason] = [.keepalive, .userTimeout]
 
     public var key: String {
         switch self {
         case .keepalive: KA_REAPED_KEEPALIVE_KEY
         case .userTimeout: KA_REAPED_USER_TIMEOUT_KEY
+        case .reset: KA_EVENT_RESET_KEY
         }
     }
 
     init(_ raw: UInt32) {
-        self = raw == KA_REAPED_USER_TIMEOUT.rawValue ? .userTimeout : .keepalive
+        switch raw {
+        case KA_REAPED_USER_TIMEOUT.rawValue: self = .userTimeout
+        case UInt32(KA_EVENT_RESET): self = .reset
+        default: self = .keepalive
+        }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -48,6 +59,8 @@ public struct ReapedEvent: Sendable {
     public let reason: ReapedReason
     /// Since the peer's last packet.
     public let silentMilliseconds: UInt64
+    /// The idle gap its first unanswered segment came after, where its policy observes paths.
+    public let idleGapMilliseconds: UInt32?
     /// The socket's values when it died (its own, or its namespace's defaults).
     public let keepidle: UInt64
     public let keepintvl: UInt64
@@ -71,6 +84,7 @@ public struct ReapedEvent: Sendable {
         (local, remote) = e.socket.endpoints
         reason = ReapedReason(e.reason)
         silentMilliseconds = clock.milliseconds(ofJiffies: e.silent_jiffies)
+        idleGapMilliseconds = e.idle_gap_ms == 0 ? nil : e.idle_gap_ms
         keepidle = clock.milliseconds(ofJiffies: e.keepidle_jiffies) / 1000
         keepintvl = clock.milliseconds(ofJiffies: e.keepintvl_jiffies) / 1000
         keepcnt = e.keepcnt

@@ -10,7 +10,9 @@ struct Events: ParsableCommand, JSONOutputCommand, StateCommand {
         abstract: "List the connections the kernel ended because the peer stopped answering (newest last).",
         discussion: """
             The kernel side keeps the last 1024, whether or not the agent runs. Only sockets in some \
-            policy's subtree are recorded: keepalive is not a general TCP tracer.
+            policy's subtree are recorded: keepalive is not a general TCP tracer. Under a policy that \
+            observes paths, each also shows the idle gap its first unanswered segment came after, and \
+            connections reset in answer to a segment after an idle gap are listed too (reason reset).
             """
     )
 
@@ -116,6 +118,12 @@ struct EventRows {
                     ),
                     // Last: POLICY and REASON keep their places for what reads the table.
                     Field("rule", "RULE", event.rule.map { .string(event.ruleLabel ?? "\($0 + 1)") } ?? .null),
+                    Field(
+                        "idle_gap_ms",
+                        "IDLE GAP",
+                        event.idleGapMilliseconds.map { .unsigned(UInt64($0)) } ?? .null,
+                        shown: event.idleGapMilliseconds.map { String(format: "%.1fs", Double($0) / 1000) } ?? "-"
+                    ),
                 ]
             )
         }

@@ -23,7 +23,7 @@ struct Keepalive: AsyncParsableCommand {
             """,
         version: KeepaliveVersion.string,
         subcommands: [
-            Attach.self, Detach.self, Status.self, Inspect.self, Events.self, Run.self,
+            Attach.self, Detach.self, Status.self, Inspect.self, Events.self, Paths.self, Run.self,
             AgentCommand.self, Prepare.self,
         ]
     )

@@ -195,6 +195,19 @@ struct PolicyArguments: ParsableArguments {
     )
     var rules: [String] = []
 
+    @Flag(
+        name: .customLong(Policy.Observation.onlyKey),
+        help:
+            "Set nothing: count the sockets the policy would set (per rule) and observe their paths' idle limits (keepalive paths)."
+    )
+    var observe = false
+
+    @Flag(
+        name: .customLong(Policy.Observation.pathsKey.replacing("_", with: "-")),
+        help: "Set the options and observe the connections' paths' idle limits (keepalive paths)."
+    )
+    var observePaths = false
+
     @Option(help: .hidden)
     var deferAccept: String?
 
@@ -243,7 +256,8 @@ struct PolicyArguments: ParsableArguments {
         return Policy(
             values,
             precedence: precedence.flatMap { try? Precedence(parsing: $0) } ?? .application,
-            rules: (try? parsedRules()) ?? []
+            rules: (try? parsedRules()) ?? [],
+            observation: Policy.Observation(only: observe, paths: observePaths)
         )
     }
 

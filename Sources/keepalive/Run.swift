@@ -128,6 +128,9 @@ struct Run: ParsableCommand, StateCommand {
         guard policy.precedence == .application else {
             throw CommandError("--precedence \(policy.precedence.name) needs the bpf mode (run as root)")
         }
+        guard policy.observation == .none else {
+            throw CommandError("--observe and --observe-paths need the bpf mode (run as root)")
+        }
         let library = Self.socketLibrary()
         // Found as the loader will look for it, or said now rather than by ld.so in every process.
         guard dlopen(library, RTLD_LAZY | RTLD_LOCAL) != nil else {

@@ -152,6 +152,7 @@ struct StatusOutput: Encodable, Sendable {
                     ),
                     shown: policy.rules.isEmpty ? "-" : "\(policy.rules.count)"
                 ),
+                Field("observe", "OBSERVE", .string(policy.observation.name)),
             ]
         )
     }

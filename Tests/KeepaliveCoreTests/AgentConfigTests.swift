@@ -30,6 +30,26 @@ import Testing
         #expect(config.policies.map(\.source) == ["k.yaml:2", "k.yaml:7", "k.yaml:9"])
     }
 
+    @Test func readsWhatAPolicyObserves() throws {
+        let text = """
+            policies:
+              - cgroup: a
+                observe: true
+                keepidle: 300
+              - cgroup: b
+                observe_paths: true
+              - cgroup: c
+                observe_paths: false
+              - cgroup: d
+                observe: true
+                observe_paths: false
+            """
+        let policies = try AgentConfig.parse(text, file: "k.yaml").policies.map(\.policy)
+        #expect(policies.map(\.observation) == [.only, .paths, .none, .only])  // observing only observes paths
+        #expect(policies[0].keepidle == 300 && policies[0].summary.hasSuffix(" observe"))
+        #expect(policies[1].summary.hasSuffix(" observe_paths") && !policies[2].summary.contains("observe"))
+    }
+
     @Test func parsesPodsContainersAndRuntimes() throws {
         let text = """
             runtime:
@@ -196,6 +216,8 @@ import Testing
         ("policies:\n  - cgroup: a/../b\n", 2, "must not contain '..'"),
         ("policies:\n  - unit: a/b.service\n", 2, "a unit name, not a path"),
         ("policies:\n  - cgroup: x\n    precedence: sometimes\n", 3, "neither 'application' nor 'policy'"),
+        ("policies:\n  - cgroup: x\n    observe: yes\n", 3, "'observe' must be true or false"),
+        ("policies:\n  - cgroup: x\n    observe_paths: 1\n", 3, "'observe_paths' must be true or false"),
         ("policy:\n  - cgroup: x\n", 1, "unknown key 'policy'"),
         ("- cgroup: x\n", 1, "expected a mapping"),
     ])

@@ -6,7 +6,7 @@ of Debian's kernels that test_kernels.py boots. Every kernel: the feature
 report equals the table's column for its series (a feature silently off, or
 claimed and not working, fails), the options read back on both ends, the
 most specific of nested policies, the agent covering a cgroup made after it
-started, a vanished peer detected on time, a crash repaired and an upgrade in
+started, a vanished peer detected on time, paths observed, a crash repaired and an upgrade in
 place. Each feature that is on is shown at work; each that is off is refused
 with one line naming it, and nothing in force changes.
 """
@@ -14,11 +14,14 @@ import json
 import os
 import platform
 import re
+import subprocess
+import time
 
 import pytest
 
-from cutcable import CASES, run_case
-from support import BUILD, KEEPALIVE, ROOT, hold, keepalive_values, probe, socket_values, values
+from cutcable import CASES, read_line, run_case
+from middlebox import IDLEPATH, Client
+from support import BUILD, KEEPALIVE, PYTHON, ROOT, hold, in_cgroup, keepalive_values, probe, socket_values, values
 from test_crash import crash_points, killed_at
 
 TABLE = os.path.join(ROOT, "docs", "kernels.md")
@@ -272,3 +275,39 @@ def test_the_states_kernel_memory_follows_the_policies_in_force(keepalive, cgrou
     # The next command's repair drops the removed cgroups' policies and frees both chunks.
     assert memory() == one, (one, second_chunk, with_rules)
     assert re.search(r"^programs .*; its maps take \d+ KiB of kernel memory$", keepalive("status").stdout, re.M)
+
+
+def test_paths_are_observed_where_the_kernel_can(keepalive, cgroups, netns_pair, features):
+    """A connection that survives a probe's gap and then dies of a vanished peer: both seen,
+    and the death, no longer than a gap survived, not taken for the path's idle limit."""
+    cg = cgroups.make()
+    flags = ["--observe-paths", "--keepidle", "2", "--keepintvl", "1", "--keepcnt", "2"]
+    if not features["reaped_counting"]:
+        refused = keepalive("attach", cg, *flags, check=False)
+        assert refused.returncode != 0 and "reaped-connection counting" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and keepalive.status() == []
+        return
+    keepalive("attach", cg, *flags)
+    server = subprocess.Popen([PYTHON, IDLEPATH, "--netns", netns_pair.far, "echo", "192.0.2.2", "7070"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    try:
+        assert read_line(server, 10) == "listening"
+        client = Client(subprocess.Popen(
+            in_cgroup(cg, [PYTHON, IDLEPATH, "--netns", netns_pair.near, "client", "192.0.2.2", "7070"]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0))
+        try:
+            assert read_line(client.proc, 10) == "connected"
+            assert client.ask("ping") == {"ok": True}
+            time.sleep(2.6)  # a probe after 2 s, answered
+            assert client.ask("ping") == {"ok": True}
+            netns_pair.silence(netns_pair.far)
+            assert client.ask("wait", timeout=20)["error"] == "ETIMEDOUT"
+        finally:
+            client.proc.kill()
+            client.proc.wait()
+    finally:
+        server.kill()
+        server.wait()
+    [path] = json.loads(keepalive("paths", "--json").stdout)
+    assert path["path"] == "192.0.2.2:7070" and path["survivals"] >= 1 and path["survived_ms"] >= 2000, path
+    assert path["timeouts"] == 1 and (path["died_ms"] is not None) + path["not_idle"] == 1, path

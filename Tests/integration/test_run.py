@@ -210,6 +210,7 @@ def test_a_forced_mode_that_cannot_work_is_one_line(keepalive):
         (["--mode", "bpf"], UNPRIVILEGED, "--mode bpf: missing privilege"),
         (["--rule", "remote=192.0.2.0/24,keepidle=5"], UNPRIVILEGED, "--rule needs the bpf mode"),
         (["--mode", "preload", "--precedence", "policy"], None, "--precedence policy needs the bpf mode"),
+        (["--observe"], UNPRIVILEGED, "--observe and --observe-paths need the bpf mode"),
         ([], None, "give the command after --"),
     ]:
         result = keepalive_run(keepalive, *args, *(["--", "true"] if args else []), user=user, cwd="/")

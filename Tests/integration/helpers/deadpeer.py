@@ -23,26 +23,14 @@ error. It then holds the dead sockets open until killed, as a program that
 has not noticed yet would.
 """
 import argparse
-import ctypes
 import errno
 import json
-import os
 import socket
 import sys
 import threading
 import time
 
-CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(name):
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
+from netns import enter_netns  # helpers/netns.py
 
 
 def connect(host, port):
