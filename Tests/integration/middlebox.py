@@ -81,12 +81,16 @@ table inet ka_test_middlebox {{
     def server_address(self, family=4):
         return ADDRESSES["server"][0 if family == 4 else 2]
 
-    def start_server(self, family=4):
-        server = subprocess.Popen([PYTHON, IDLEPATH, "--netns", self.server, "echo", self.server_address(family),
-                                   str(PORT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    def start_server(self, family=4, cgroup=None):
+        server = subprocess.Popen(in_cgroup(cgroup, [PYTHON, IDLEPATH, "--netns", self.server, "echo",
+                                                     self.server_address(family), str(PORT)]),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         self.processes.append(server)
         assert read_line(server, 10) == "listening", server.stderr.read1().decode()
         return server
+
+    def client_address(self, family=4):
+        return ADDRESSES["client"][0 if family == 4 else 2]
 
     def connect(self, cgroup, family=4):
         """A client connection from `cgroup`, through the router; a Client."""
@@ -106,7 +110,7 @@ table inet ka_test_down {
 }
 """)  # the dying server's FIN never leaves
         for proc in self.processes[:]:
-            if proc.args[:2] == [PYTHON, IDLEPATH] and "echo" in proc.args:
+            if "echo" in proc.args and IDLEPATH in proc.args:
                 proc.kill()
                 proc.wait()
                 self.processes.remove(proc)

@@ -110,6 +110,20 @@ def test_resetting_middlebox_observed_by_a_policy_that_sets_nothing(keepalive, c
     assert status["observe"] == "only" and status["sockets_configured"] == 1  # counted as it would be set
 
 
+def test_accepted_connections_are_observed_by_their_local_port(keepalive, cgroups, middlebox):
+    box = middlebox("drop")
+    server_cgroup = cgroups.make()
+    keepalive("attach", server_cgroup, "--observe-paths", "--keepidle", "30")
+    box.start_server(cgroup=server_cgroup)
+    client = box.connect(None)
+    assert client.ask("ping") == {"ok": True}
+    time.sleep(LIMIT - 1)
+    assert client.ask("ping") == {"ok": True}  # the server's answer: a survival on its side
+    [path] = paths(keepalive, server_cgroup)
+    assert path["accepted"] and path["path"] == f"{box.client_address()} -> :7070", path
+    assert path["port"] == 7070 and path["survivals"] == 1 and path["survived_ms"] >= (LIMIT - 1) * 1000
+
+
 def test_a_peer_that_restarts_is_not_taken_for_an_idle_limit(keepalive, cgroups, middlebox):
     box = middlebox("drop", limit=60)
     box.start_server()
