@@ -121,14 +121,15 @@ static __always_inline void forget_values(void *ctx, struct tcp_sock *tp, const 
 		set_opt(ctx, KA_OPT_USER_TIMEOUT, SOL_TCP, TCP_USER_TIMEOUT, 0);
 }
 
+/* Whether jiffies `a` come after `b`, across the counter's wrap. */
+static __always_inline bool after(__u32 a, __u32 b) { return (__s32)(a - b) > 0; }
+
 /* The peer's last packet (jiffies): an ACK (rcv_tstamp) or data (lrcvtime). */
 static __always_inline __u32 last_received(struct tcp_sock *tp)
 {
-	__u32 last = tp->rcv_tstamp;
+	__u32 ack = tp->rcv_tstamp, data = tp->inet_conn.icsk_ack.lrcvtime;
 
-	if ((__s32)(tp->inet_conn.icsk_ack.lrcvtime - last) > 0)
-		last = tp->inet_conn.icsk_ack.lrcvtime;
-	return last;
+	return after(data, ack) ? data : ack;
 }
 
 static __always_inline __u32 jiffies_to_ms(__u32 jiffies)
@@ -174,8 +175,6 @@ static __always_inline void record_survival(struct tcp_sock *tp, __u64 policy_cg
 	path->last_boot_ns = bpf_ktime_get_boot_ns();
 }
 
-static __always_inline bool after(__u32 a, __u32 b) { return (__s32)(a - b) > 0; }
-
 /*
  * An observed connection sends a segment. What the peer sent since our
  * previous one settles the gap that one waited on (an answer: survived),
@@ -186,8 +185,8 @@ static __always_inline bool after(__u32 a, __u32 b) { return (__s32)(a - b) > 0;
  */
 static __always_inline void observe_segment(struct bpf_sock_ops *skops, enum ka_build build)
 {
-	struct ka_policy *policy = NULL;
 	struct bpf_sock *sk = skops->sk;
+	struct ka_policy *policy;
 	__u32 now, received, gap = 0;
 	__u64 policy_cgroup_id;
 	struct ka_observed *o;

@@ -51,12 +51,15 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
     init(_ encoded: ka_cidr) {
         let network = withUnsafeBytes(of: encoded.network) { Array($0) }
         let prefix = Int(encoded.prefix)
-        self.init(
-            network: network,
-            prefix: prefix,
-            isIPv4: prefix >= 96 && Array(network.prefix(12)) == Self.mappedPrefix
-        )
+        self.init(network: network, prefix: prefix, isIPv4: prefix >= 96 && Self.isMapped(network))
     }
+
+    /// One address (16 bytes, IPv4 v4-mapped) as a block of its own.
+    init(address: [UInt8]) {
+        self.init(network: address, prefix: 128, isIPv4: Self.isMapped(address))
+    }
+
+    private static func isMapped(_ bytes: [UInt8]) -> Bool { bytes.prefix(12).elementsEqual(mappedPrefix) }
 
     public var encoded: ka_cidr {
         var cidr = ka_cidr()

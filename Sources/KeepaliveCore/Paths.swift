@@ -28,19 +28,19 @@ public struct PathEvidence: Equatable, Sendable {
     public var resets: UInt64 = 0
     /// The shortest gaps deaths came after, ascending, at most KA_PATH_DEATHS.
     public var deaths: [PathDeath] = []
-    /// Boot-clock nanoseconds of the latest evidence.
-    public var lastBootNanoseconds: UInt64 = 0
+    /// When the latest evidence came: seconds since the epoch.
+    public var lastSeen: Double = 0
 
     public init() {}
 
-    init(_ record: ka_path) {
+    init(_ record: ka_path, clock: KernelClock = KernelClock()) {
         longestSurvived = record.alive_max_ms
         survivals = UInt64(record.alive_count)
         timeouts = UInt64(record.timeouts)
         resets = UInt64(record.resets)
         deaths = withUnsafeBytes(of: record.deaths) { Array($0.bindMemory(to: UInt32.self)) }
             .filter { $0 != 0 }.map(PathDeath.init(encoded:))
-        lastBootNanoseconds = record.last_boot_ns
+        lastSeen = clock.wallTime(ofBootNanoseconds: record.last_boot_ns)
     }
 
     /// Two paths' evidence as one (a prefix's): the shortest deaths of both kept.
@@ -53,7 +53,7 @@ public struct PathEvidence: Equatable, Sendable {
             (deaths + other.deaths).sorted { $0.gapMilliseconds < $1.gapMilliseconds }
                 .prefix(Int(KA_PATH_DEATHS))
         )
-        lastBootNanoseconds = max(lastBootNanoseconds, other.lastBootNanoseconds)
+        lastSeen = max(lastSeen, other.lastSeen)
     }
 
     /// The limit's bounds: it is above `survived` and at most `died`.
@@ -134,9 +134,7 @@ public struct PathKey: Hashable, Sendable {
 
     init(_ key: ka_path_key) {
         policyCgroupID = key.policy_cgroup_id
-        let bytes = withUnsafeBytes(of: key.remote_addr) { Array($0) }
-        let v4 = bytes.prefix(12).elementsEqual(Array(repeating: 0, count: 10) + [0xff, 0xff])
-        remote = CIDR(network: bytes, prefix: 128, isIPv4: v4)
+        remote = CIDR(address: withUnsafeBytes(of: key.remote_addr) { Array($0) })
         port = key.port
         accepted = key.accepted != 0
     }
@@ -166,12 +164,11 @@ public struct PathKey: Hashable, Sendable {
     /// else its own (nil: keepalive off). A made connection's local port and
     /// an accepted one's remote port are ephemeral: no rule lists them.
     public func idleSeconds(under policy: Policy, systemDefault: Int32) -> Int32? {
-        let values =
-            policy.rules.first {
-                $0.matches(remote: remote.network, remotePort: accepted ? 0 : port, localPort: accepted ? port : 0)
-            }
-        if let values, values.off { return nil }
-        let keepidle = values.map { $0.values(under: policy).keepidle } ?? policy.keepidle
+        let rule = policy.rules.first {
+            $0.matches(remote: remote.network, remotePort: accepted ? 0 : port, localPort: accepted ? port : 0)
+        }
+        if let rule, rule.off { return nil }
+        let keepidle = rule.map { $0.values(under: policy).keepidle } ?? policy.keepidle
         return keepidle == 0 ? systemDefault : keepidle
     }
 }
@@ -179,7 +176,8 @@ public struct PathKey: Hashable, Sendable {
 extension PinnedKernel {
     /// Every path observed, by the kernel's record.
     func observedPaths() throws -> [(key: PathKey, evidence: PathEvidence)] {
-        try paths.entries().map { (PathKey($0.key), PathEvidence($0.value)) }
+        let clock = KernelClock()
+        return try paths.entries().map { (PathKey($0.key), PathEvidence($0.value, clock: clock)) }
     }
 }
 

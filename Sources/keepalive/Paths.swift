@@ -77,10 +77,10 @@ struct Paths: ParsableCommand, JSONOutputCommand, StateCommand {
         let evidence = report.evidence
         let bounds = report.bounds
         let survived = bounds.survived.map { "\(seconds($0)) (\(evidence.survivals))" } ?? "-"
+        let deaths = evidence.timeouts + evidence.resets
         let died =
-            bounds.died.map {
-                "\(seconds($0.gapMilliseconds)) \($0.reset ? "reset" : "timeout") (\(evidence.timeouts + evidence.resets))"
-            } ?? (evidence.timeouts + evidence.resets > 0 ? "- (\(evidence.timeouts + evidence.resets))" : "-")
+            bounds.died.map { "\(seconds($0.gapMilliseconds)) \($0.reset ? "reset" : "timeout") (\(deaths))" }
+            ?? (deaths > 0 ? "- (\(deaths))" : "-")
         return Row(fields: [
             Field("cgroup", "CGROUP", .string(cgroup)),
             Field("path", "PATH", .string(report.key.display)),
@@ -107,6 +107,15 @@ struct Paths: ParsableCommand, JSONOutputCommand, StateCommand {
             ),
             Field("verdict", "VERDICT", .string(report.verdict.key)),
             Field("suggested_rule", nil, report.suggestedRule.map(JSONValue.string) ?? .null),
+            Field(
+                "last_seen",
+                nil,
+                .string(
+                    Date(timeIntervalSince1970: evidence.lastSeen).ISO8601Format(
+                        .iso8601(timeZone: .gmt, includingFractionalSeconds: true)
+                    )
+                )
+            ),
         ])
     }
 

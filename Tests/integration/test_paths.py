@@ -9,6 +9,7 @@ follows the policy's idle time across it. A peer that restarts is not taken
 for the path, a path with too little evidence says so, and a policy that
 does not observe records nothing.
 """
+import datetime
 import json
 import time
 
@@ -60,6 +61,8 @@ def test_dropping_middlebox_bounds_contain_the_limit_and_the_verdict_follows_the
     assert path["path"] == f"{box.server_address()}:7070" and not path["accepted"]
     assert path["survivals"] >= 3 and 2000 <= path["survived_ms"] < LIMIT * 1000
     assert path["died_ms"] is None and path["verdict"] == "below"
+    seen = datetime.datetime.fromisoformat(path["last_seen"].replace("Z", "+00:00")).timestamp()
+    assert abs(seen - time.time()) < 5, path  # the last probe's answer, a moment ago
 
     # Above it: the first probe comes after the router forgot the flow, and the connection dies of it.
     keepalive("attach", cgroup, "--observe-paths", "--keepidle", "5", "--keepintvl", "1", "--keepcnt", "2")
