@@ -159,6 +159,7 @@ BPF_RULES_OWN = "BPF, 16 rules, the last giving keepidle 5"
 BPF_OBSERVE_PATHS = "BPF, default policy observing paths"
 BPF_OBSERVE_ONLY = "BPF, observing only (sets nothing)"
 OBSERVE_COST = "sock_ops, default policy observing paths"
+EMPTY_COST = "empty sock_ops program (the accounting's own floor)"
 
 
 # --- the program's own cost, from the kernel's accounting ---------------------
@@ -309,7 +310,7 @@ def main():
                  ("sock_ops, 16 rules of 8 blocks, none matching", *median_cost(mkcg("bpf-rules-missing"))),
                  ("sock_ops, 16 rules, the last matching", *median_cost(mkcg("bpf-rules-last"))),
                  ("sock_ops, 16 rules, the last giving keepidle 5", *median_cost(mkcg("bpf-rules-own"))),
-                 ("empty sock_ops program (the accounting's own floor)", *median_cost(mkcg("empty"), pin=PIN + "-empty")),
+                 (EMPTY_COST, *median_cost(mkcg("empty"), pin=PIN + "-empty")),
                  ("setsockopt, precedence policy, Go-style client",
                   *median_cost(mkcg("bpf-policy"), setup="go", pin=os.path.join(PIN, "keepalive_setsockopt"))),
                  (OBSERVE_COST, *median_cost(mkcg("bpf-observe-paths")))]
@@ -344,9 +345,15 @@ def report(rates, costs, scale, agent, pod_figures, memory_figures):
             print(f"{name:48} {rate:9.0f} {'-':>9}")
         else:
             print(f"{name:48} {rate:9.0f} {overhead:+8.1f}% {q1:+7.1f} to {q3:+.1f}")
-    print(f"\n{'BPF program cost (kernel.bpf_stats_enabled)':58} {'ns/run':>8} {'runs/conn':>10} {'ns/conn':>8}")
+    # A run as the kernel accounts it includes the accounting's own clock
+    # reads and the call into the program, which an empty program costs as
+    # much: what a program adds to a connection is its time above that floor.
+    floor = next(ns for name, ns, _ in costs if name == EMPTY_COST)
+    own = {name: (ns - floor) * per_conn for name, ns, per_conn in costs}
+    print(f"\n{'BPF program cost (kernel.bpf_stats_enabled)':58} {'ns/run':>8} {'runs/conn':>10} {'ns/conn':>8} "
+          f"{'above floor':>12}")
     for name, ns, per_conn in costs:
-        print(f"{name:58} {ns:8.0f} {per_conn:10.2f} {ns * per_conn:8.0f}")
+        print(f"{name:58} {ns:8.0f} {per_conn:10.2f} {ns * per_conn:8.0f} {own[name]:12.0f}")
     print(f"\n{'sock_ops cost by policies in force and cgroup depth':58} {'ns/run':>8}")
     for name, ns in scale:
         print(f"{name:58} {ns:8.0f}")
@@ -360,16 +367,16 @@ def report(rates, costs, scale, agent, pod_figures, memory_figures):
     memory_targets = memory.report(*memory_figures)
     overhead = {name: o for name, _, o, q1, q3 in rates if o is not None}
     spread = {name: q3 - q1 for name, _, o, q1, q3 in rates if o is not None}
-    ns_per_conn = costs[0][1] * costs[0][2]
+    ns_per_conn = own[costs[0][0]]
     # The rules' cost in points of a connection's time: the program's extra
     # nanoseconds per connection (the kernel's accounting, a median of five
     # rounds) over the time one connection takes without keepalive (the rate
     # table's). The rate table itself cannot resolve half a point: its
     # quartiles span several.
     connection_ns = 1e9 / next(rate for name, rate, *_ in rates if name == NONE)
-    rule_points = {name: (cost[1] * cost[2] - ns_per_conn) / connection_ns * 100
+    rule_points = {name: (own[cost[0]] - ns_per_conn) / connection_ns * 100
                    for name, cost in zip((BPF_RULES_MISSING, BPF_RULES_LAST, BPF_RULES_OWN), costs[1:4])}
-    observe_ns = next(ns * per_conn for name, ns, per_conn in costs if name == OBSERVE_COST)
+    observe_ns = own[OBSERVE_COST]
     print(f"\nobserving paths: {overhead[BPF_OBSERVE_PATHS] - overhead[BPF]:+.1f} points over the default policy "
           f"in the rate table, {observe_ns - ns_per_conn:+.0f} ns per connection of the program's time "
           f"(it runs on each segment sent: {next(c for n, _, c in costs if n == OBSERVE_COST):.1f} runs per connection)")
@@ -379,7 +386,9 @@ def report(rates, costs, scale, agent, pod_figures, memory_figures):
          overhead[BPF] <= overhead[SELF_POLICY]),
         (f"BPF within 2 points of SO_KEEPALIVE alone ({overhead[BPF] - overhead[SELF_KEEPALIVE]:+.1f} points)",
          overhead[BPF] - overhead[SELF_KEEPALIVE] <= 2.0),
-        (f"the program's own cost at most 600 ns per connection ({ns_per_conn:.0f} ns)", ns_per_conn <= 600),
+        (f"the program's own cost at most 600 ns per connection, its time above the empty program's "
+         f"({ns_per_conn:.0f} ns; {costs[0][1] * costs[0][2]:.0f} with the floor's {floor:.0f} ns a run)",
+         ns_per_conn <= 600),
         (f"a policy without rules within run-to-run noise of the previous release's "
          f"({overhead[BPF] - overhead[BPF_PREVIOUS]:+.1f} points, IQR {max(spread[BPF], spread[BPF_PREVIOUS]):.1f} points)",
          abs(overhead[BPF] - overhead[BPF_PREVIOUS]) <= max(spread[BPF], spread[BPF_PREVIOUS])),

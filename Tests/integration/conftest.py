@@ -78,10 +78,10 @@ def agent(keepalive, tmp_path):
     """Starts agents on a policy text with the test's pin path; stops them all at the end."""
     started = []
 
-    def start(policy_text, metrics=True, wait=True, env=None):
+    def start(policy_text, metrics=True, wait=True, env=None, args=()):
         config = tmp_path / f"keepalive-{len(started)}.yaml"
         config.write_text(policy_text)
-        process = AgentProcess(str(config), keepalive.pin_path, metrics, env=env)
+        process = AgentProcess(str(config), keepalive.pin_path, metrics, env=env, args=args)
         started.append(process)
         if wait:
             process.wait_for("ready:")

@@ -281,19 +281,20 @@ def free_port():
 class AgentProcess:
     """A running `keepalive agent`; its log lines are collected as they come."""
 
-    def __init__(self, config, pin_path, metrics=True, env=None):
+    def __init__(self, config, pin_path, metrics=True, env=None, args=()):
         self.port = free_port() if metrics else None
-        cmd = [KEEPALIVE, "agent", "--config", config, "--pin-path", pin_path]
+        cmd = [KEEPALIVE, "agent", "--config", config, "--pin-path", pin_path, *args]
         if metrics:
             cmd += ["--metrics-address", f"127.0.0.1:{self.port}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.lines, self.cond = [], threading.Condition()
+        self.lines, self.arrivals, self.cond = [], [], threading.Condition()
         threading.Thread(target=self._collect, daemon=True).start()
 
     def _collect(self):
         for line in self.proc.stderr:
             with self.cond:
                 self.lines.append(line.rstrip("\n"))
+                self.arrivals.append(time.monotonic())
                 self.cond.notify_all()
         with self.cond:
             self.cond.notify_all()
@@ -314,6 +315,12 @@ class AgentProcess:
     def mark(self):
         with self.cond:
             return len(self.lines)
+
+    def timeline(self, since):
+        """Its log lines from time.monotonic() `since` on, each with when it came (ms after `since`)."""
+        with self.cond:
+            return "\n".join(f"{(at - since) * 1000:+8.1f} ms  {line}"
+                             for at, line in zip(self.arrivals, self.lines) if at >= since)
 
     def get(self, path):
         """(status, body) of GET path on the metrics listener."""

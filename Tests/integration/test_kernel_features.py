@@ -310,4 +310,6 @@ def test_paths_are_observed_where_the_kernel_can(keepalive, cgroups, netns_pair,
         server.wait()
     [path] = json.loads(keepalive("paths", "--json").stdout)
     assert path["path"] == "192.0.2.2:7070" and path["survivals"] >= 1 and path["survived_ms"] >= 2000, path
-    assert path["timeouts"] == 1 and (path["died_ms"] is not None) + path["not_idle"] == 1, path
+    # When it fails: what the reaped program recorded of the death, if anything.
+    assert path["timeouts"] == 1 and (path["died_ms"] is not None) + path["not_idle"] == 1, (
+        path, keepalive("events").stdout, keepalive("status").stdout)

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 import uuid
 
@@ -51,6 +52,17 @@ def pod_sockets(pod, count=2):
         found = [v for pid in pids for v in socket_values(pid)]
         return found if len(found) == count else None
     return wait_until(held, timeout=10, what=f"{count} TCP sockets in pod {pod['name']}")
+
+
+def socket_cgroups(pod):
+    """The pod's nc processes: each one's cgroup now, and the cgroups its TCP sockets were made in (ss)."""
+    lines = []
+    for pid in pids_named(pod_path(pod), "nc"):
+        with open(f"/proc/{pid}/cgroup") as f:
+            now = [line.strip() for line in f if line.startswith("0::")]
+        made = subprocess.run(["ss", "-tnp", "--cgroup"], capture_output=True, text=True).stdout
+        lines += [f"nc {pid} in {now}"] + [line for line in made.splitlines() if f"pid={pid}," in line]
+    return "\n".join(lines)
 
 
 def in_force(keepalive):
@@ -224,13 +236,21 @@ def test_the_first_connect_of_a_new_pod_is_configured_by_the_program(containerd,
     container starts: with existing: false, only the sock_ops program can
     have set the options of the container's very first connect."""
     process, _ = agent(policy_file(containerd, "  - pods: {}\n    keepidle: 31\n    keepintvl: 5\n    keepcnt: 3\n"
-                                               "    existing: false\n"))
+                                               "    existing: false\n"), args=["--verbose"])
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         for index in range(5):
+            asked = time.monotonic()
             pod = containerd.run_pod(f"p{index}", "race")
+            ran = time.monotonic()
             containerd.start_container(pod, "app", client_command(port))
-            assert pod_sockets(pod, count=1) == [TIGHT], f"pod {index}"
+            started = time.monotonic()
+            # When it fails: what the agent did meanwhile, against the runtime's calls,
+            # and the cgroup the socket was made in against its process's now.
+            assert pod_sockets(pod, count=1) == [TIGHT], (
+                f"pod {index}: RunPodSandbox returned after {(ran - asked) * 1000:.1f} ms, the container "
+                f"started {(started - asked) * 1000:.1f} ms after the ask; the agent's log since the ask:\n"
+                + process.timeline(asked) + "\n" + socket_cgroups(pod) + "\n" + keepalive("status").stdout)
             listener.accept()[0].close()
 
 
