@@ -159,14 +159,22 @@ def options_of_fd(fd):
         s.close()
 
 
+TCP_CLOSE = 7  # tcpi_state of a socket neither connected, connecting nor listening
+
+
 def socket_values(pid):
-    """Keepalive values of every TCP socket a process holds, read from its own fds."""
+    """Keepalive values of every TCP socket a process holds that is connected
+    or listening, read from its own fds. A socket the process made but has
+    not connected yet is left out: keepalive sets its options when it
+    connects, and reading it before (a busy machine can hold a process
+    between socket() and connect() for milliseconds) would race the process."""
     values = []
     for fd in sorted(socket_fds(pid)):
         copy = pidfd_getfd(pid, fd)
         with socket.socket(fileno=os.dup(copy)) as s:
             tcp = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP
-        if tcp:
+            opened = tcp and s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != TCP_CLOSE
+        if opened:
             values.append(options_of_fd(copy))
         else:
             os.close(copy)
