@@ -11,7 +11,7 @@ import struct SystemPackage.FilePath
 
 /// inotify's records as the watcher decodes them: directories only, the
 /// path rebuilt from the watch, overflow and removed watches understood.
-@Suite struct CgroupWatcherTests {
+@Suite final class CgroupWatcherTests {
     let root: URL
     let watcher: CgroupWatcher
 
@@ -23,6 +23,9 @@ import struct SystemPackage.FilePath
         )
         watcher = try CgroupWatcher(cgroups: CgroupFS(mount: FilePath(root.path)))
     }
+
+    /// Each test has its own tree in the temporary directory: removed when it ends.
+    deinit { try? FileManager.default.removeItem(at: root) }
 
     /// One inotify_event record: wd, mask, cookie, len, then the name padded.
     func record(wd: Int32, mask: UInt32, name: [UInt8]) -> [UInt8] {

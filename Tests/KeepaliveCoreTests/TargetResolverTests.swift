@@ -8,7 +8,7 @@ import struct SystemPackage.FilePath
 
 /// Glob and unit resolution over a directory tree shaped like a cgroup
 /// hierarchy (the resolver only reads directories, so any tree will do).
-@Suite struct TargetResolverTests {
+@Suite final class TargetResolverTests {
     let root: URL
     let resolver: TargetResolver
 
@@ -25,6 +25,9 @@ import struct SystemPackage.FilePath
         }
         resolver = TargetResolver(cgroups: CgroupFS(mount: FilePath(root.path)))
     }
+
+    /// Each test has its own tree in the temporary directory: removed when it ends.
+    deinit { try? FileManager.default.removeItem(at: root) }
 
     func paths(_ resolution: TargetResolver.Resolution) -> Set<String> {
         Set(resolution.matches.values.map(\.cgroup.path.string))
