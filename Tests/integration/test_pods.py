@@ -56,12 +56,12 @@ def pod_sockets(pod, count=2):
 
 def socket_cgroups(pod):
     """The pod's nc processes: each one's cgroup now, and the cgroups its TCP sockets were made in (ss)."""
+    made = subprocess.run(["ss", "-tnp", "--cgroup"], capture_output=True, text=True).stdout.splitlines()
     lines = []
     for pid in pids_named(pod_path(pod), "nc"):
         with open(f"/proc/{pid}/cgroup") as f:
             now = [line.strip() for line in f if line.startswith("0::")]
-        made = subprocess.run(["ss", "-tnp", "--cgroup"], capture_output=True, text=True).stdout
-        lines += [f"nc {pid} in {now}"] + [line for line in made.splitlines() if f"pid={pid}," in line]
+        lines += [f"nc {pid} in {now}"] + [line for line in made if f"pid={pid}," in line]
     return "\n".join(lines)
 
 
