@@ -64,13 +64,8 @@ struct Events: ParsableCommand, JSONOutputCommand, StateCommand {
 /// process that still holds it, times as people read them.
 struct EventRows {
     let cgroups: CgroupFS
-    private let time: ISO8601DateFormatter
 
-    init(_ cgroups: CgroupFS) {
-        self.cgroups = cgroups
-        time = ISO8601DateFormatter()
-        time.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    }
+    init(_ cgroups: CgroupFS) { self.cgroups = cgroups }
 
     func rows(_ events: [ReapedEvent]) -> [Row] {
         let owners = ProcessTable.socketOwnersOnTheMachine(of: Set(events.map(\.inode)))
@@ -79,7 +74,7 @@ struct EventRows {
             let cgroup = path(of: event.cgroupID, below: event.policyPath)
             return Row(
                 fields: [
-                    Field("time", "TIME", .string(time.string(from: Date(timeIntervalSince1970: event.time)))),
+                    Field("time", "TIME", .time(event.time)),
                     Field("sequence", nil, .unsigned(event.sequence)),
                     Field(
                         "cgroup",

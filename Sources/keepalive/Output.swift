@@ -26,6 +26,16 @@ enum JSONValue: Encodable, Sendable {
         }
     }
 
+    /// A wall-clock time (seconds since the epoch) as every command prints one:
+    /// ISO 8601 in UTC, to the millisecond.
+    static func time(_ secondsSinceEpoch: Double) -> JSONValue {
+        .string(
+            Date(timeIntervalSince1970: secondsSinceEpoch).ISO8601Format(
+                .iso8601(timeZone: .gmt, includingFractionalSeconds: true)
+            )
+        )
+    }
+
     var text: String {
         switch self {
         case .string(let value): value

@@ -107,15 +107,7 @@ struct Paths: ParsableCommand, JSONOutputCommand, StateCommand {
             ),
             Field("verdict", "VERDICT", .string(report.verdict.key)),
             Field("suggested_rule", nil, report.suggestedRule.map(JSONValue.string) ?? .null),
-            Field(
-                "last_seen",
-                nil,
-                .string(
-                    Date(timeIntervalSince1970: evidence.lastSeen).ISO8601Format(
-                        .iso8601(timeZone: .gmt, includingFractionalSeconds: true)
-                    )
-                )
-            ),
+            Field("last_seen", nil, .time(evidence.lastSeen)),
         ])
     }
 
