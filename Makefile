@@ -43,7 +43,7 @@ PRELOAD_SHARED := preload/keepalive_options.c preload/keepalive_options.h bpf/ke
 
 BPF_OBJECTS   := keepalive keepalive_iter keepalive_probes
 BPF_SKELETONS := $(BPF_OBJECTS:%=Sources/CLibBPF/generated/%.skel.h)
-BPF_HEADERS   := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h
+BPF_HEADERS   := bpf/keepalive_policy.h bpf/keepalive_common.bpf.h bpf/keepalive_kfuncs.bpf.h
 BPF_CFLAGS    := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Werror -I$(BUILD)/bpf -Ibpf \
                  -DKA_PROGRAM_VERSION=$(PROGRAM_VERSION)
 SWIFT_SOURCES := $(shell find Sources -path '*/generated' -prune -o \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) -print) Package.swift

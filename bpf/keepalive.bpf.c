@@ -194,7 +194,7 @@ static __always_inline void observe_segment(struct bpf_sock_ops *skops, enum ka_
 
 	if (!skops->skb_tcp_flags || !sk)  /* an MSS computation, not a segment */
 		return;
-	tp = bpf_skc_to_tcp_sock(sk);
+	tp = sockops_tcp_sock(skops, build);
 	if (!tp || tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == TCP_SYN_SENT ||
 	    tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == TCP_SYN_RECV)
 		return;
@@ -232,7 +232,6 @@ static __always_inline int on_sockops(struct bpf_sock_ops *skops, enum ka_build 
 	const struct ka_values *values;
 	struct ka_policy *policy;
 	__u64 policy_cgroup_id;
-	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 	__u32 op = skops->op, rule = KA_MAX_RULES;
 	bool by_rule;
@@ -245,10 +244,7 @@ static __always_inline int on_sockops(struct bpf_sock_ops *skops, enum ka_build 
 	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
 	    op != BPF_SOCK_OPS_TCP_LISTEN_CB)
 		return 1;
-	sk = skops->sk;
-	if (!sk)
-		return 1;
-	tp = bpf_skc_to_tcp_sock(sk);
+	tp = sockops_tcp_sock(skops, build);
 	if (!tp)
 		return 1;
 	policy = nearest_policy(tp, &policy_cgroup_id, build);
@@ -283,6 +279,8 @@ static __always_inline int on_sockops(struct bpf_sock_ops *skops, enum ka_build 
 	return 1;
 }
 
+SEC("sockops")
+int keepalive_sockops_cast(struct bpf_sock_ops *skops) { return on_sockops(skops, KA_BUILD_CAST); }
 SEC("sockops")
 int keepalive_sockops(struct bpf_sock_ops *skops) { return on_sockops(skops, KA_BUILD_FULL); }
 SEC("sockops")

@@ -12,6 +12,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
 #include "keepalive_policy.h"
+#include "keepalive_kfuncs.bpf.h"
 
 /* What vmlinux.h cannot carry (preprocessor constants of the UAPI headers);
  * IPPROTO_TCP and SOCK_STREAM are enums, and come from it. */
@@ -130,12 +131,16 @@ static __always_inline void set_opt(void *ctx, __u32 option, int level, int optn
  * code), and userspace loads the first build this kernel can run
  * (KernelFeatures.swift):
  *
+ *   KA_BUILD_CAST     the full build, whose sock_ops program reads the socket
+ *                     through bpf_rdonly_cast (Linux 6.2); sock_ops only: the
+ *                     other programs take the full build's
  *   KA_BUILD_FULL     walks with bpf_loop (Linux 5.17): any depth; rules
  *   KA_BUILD_BOUNDED  walks with a bounded loop of KA_BOUNDED_DEPTH steps; rules
  *   KA_BUILD_BASIC    the bounded walk, no rules (their matching is two global
  *                     functions with pointer arguments: Linux 5.12)
  */
 enum ka_build {
+	KA_BUILD_CAST,
 	KA_BUILD_FULL,
 	KA_BUILD_BOUNDED,
 	KA_BUILD_BASIC,
@@ -144,6 +149,31 @@ enum ka_build {
 static __always_inline bool build_has_rules(enum ka_build build)
 {
 	return build != KA_BUILD_BASIC;
+}
+
+static __always_inline bool build_walks_with_loop(enum ka_build build)
+{
+	return build == KA_BUILD_CAST || build == KA_BUILD_FULL;
+}
+
+/*
+ * The TCP socket of a sock_ops call, or NULL: a full socket of protocol TCP,
+ * as bpf_skc_to_tcp_sock tests. That helper is a call, and a call costs tens
+ * of nanoseconds on every connection (return thunks: spectre mitigations);
+ * the cast costs none, and its pointer is read as the helper's is, through
+ * loads the kernel makes fault-tolerant.
+ */
+static __always_inline struct tcp_sock *sockops_tcp_sock(struct bpf_sock_ops *skops, enum ka_build build)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return NULL;
+	if (build != KA_BUILD_CAST)
+		return bpf_skc_to_tcp_sock(sk);
+	if (!skops->is_fullsock || sk->protocol != IPPROTO_TCP)
+		return NULL;
+	return bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock));
 }
 
 /*
@@ -240,7 +270,7 @@ static __always_inline void walk_up(struct ka_walk *w, enum ka_build build)
 {
 	if (!w->cgrp)
 		return;
-	if (build == KA_BUILD_FULL) {
+	if (build_walks_with_loop(build)) {
 		bpf_loop(w->cgrp->level + 1, walk_step, w, 0);
 		return;
 	}

@@ -6,6 +6,8 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "keepalive_kfuncs.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -26,4 +28,17 @@ int probe_global_pointer_arguments(struct bpf_sock_ops *skops)
 
 	/* The result is used: a call whose result is not, clang drops. */
 	return ka_probe_pointer_argument(&argument) & 1;
+}
+
+/* bpf_rdonly_cast in a sock_ops program (Linux 6.2), as the cast build's. */
+SEC("sockops")
+int probe_readonly_cast(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct tcp_sock *tp;
+
+	if (!sk)
+		return 1;
+	tp = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock));
+	return tp->snd_cwnd & 1;
 }

@@ -15,7 +15,7 @@ public struct KernelFeatures: Sendable, Equatable {
     public enum Requirement: String, CaseIterable, Sendable {
         case btf, skcToTCPSockInSockOps, loop, globalFunctionPointerArguments, currentTaskInSockopt,
             errorReportTracepoint, tcpIterator, setsockoptInTCPIterator, getsockoptInTCPIterator,
-            windowClampInSetsockopt, maxsegInSetsockopt
+            windowClampInSetsockopt, maxsegInSetsockopt, readOnlyCast
 
         /// What the kernel lacks, as it reads after "this kernel has no".
         public var what: String {
@@ -31,6 +31,7 @@ public struct KernelFeatures: Sendable, Equatable {
             case .getsockoptInTCPIterator: "bpf_getsockopt in TCP iterators"
             case .windowClampInSetsockopt: "TCP_WINDOW_CLAMP in bpf_setsockopt"
             case .maxsegInSetsockopt: "TCP_MAXSEG in bpf_setsockopt"
+            case .readOnlyCast: "bpf_rdonly_cast in sock_ops programs"
             }
         }
 
@@ -47,6 +48,7 @@ public struct KernelFeatures: Sendable, Equatable {
             case .setsockoptInTCPIterator, .getsockoptInTCPIterator: "5.15"
             case .windowClampInSetsockopt: "5.11"
             case .maxsegInSetsockopt: "6.0"
+            case .readOnlyCast: "6.2"
             }
         }
 
@@ -124,7 +126,8 @@ public struct KernelFeatures: Sendable, Equatable {
     /// Which build of the programs this kernel runs (enum ka_build in bpf/keepalive_common.bpf.h).
     public var build: ProgramBuild {
         guard has(.rules) else { return .basic }
-        return has(.unlimitedDepth) ? .full : .bounded
+        guard has(.unlimitedDepth) else { return .bounded }
+        return present.contains(.readOnlyCast) ? .cast : .full
     }
 
     /// The base keepalive needs, or a one-line error naming what is missing.
@@ -173,8 +176,12 @@ public struct KernelFeatures: Sendable, Equatable {
 }
 
 /// The build of keepalive's programs a kernel runs: each program is compiled
-/// in three (bpf/keepalive_common.bpf.h, enum ka_build), named by suffix.
+/// in three (bpf/keepalive_common.bpf.h, enum ka_build), named by suffix, and
+/// the sock_ops program in a fourth.
 public enum ProgramBuild: String, Sendable, CaseIterable {
+    /// The full build, its sock_ops program reading the socket through
+    /// bpf_rdonly_cast, which costs no call on the connection's path.
+    case cast
     /// bpf_loop walks: any depth; rules.
     case full
     /// A bounded walk (KA_BOUNDED_DEPTH levels); rules.
@@ -220,6 +227,8 @@ private final class Prober {
             return try KernelProbe.helper(BPF_FUNC_loop, in: BPF_PROG_TYPE_SOCK_OPS)
         case .globalFunctionPointerArguments:
             return try ProbeObject.globalFunctionPointerArguments()
+        case .readOnlyCast:  // a weak kfunc: libbpf resolves it only from the kernel's BTF
+            return try kernelBTF()?.hasFunction("bpf_rdonly_cast") == true && ProbeObject.readOnlyCast()
         case .currentTaskInSockopt:
             let setsockopt = KernelProbe.AttachPoint(type: BPF_CGROUP_SETSOCKOPT, btfID: 0)
             return try KernelProbe.programType(BPF_PROG_TYPE_CGROUP_SOCKOPT, attach: setsockopt)

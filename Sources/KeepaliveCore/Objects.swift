@@ -21,8 +21,9 @@ public struct ProgramIdentity: Equatable, Sendable, CustomStringConvertible {
 
 /// keepalive.bpf.o (bpf/keepalive.bpf.c), opened through its generated
 /// skeleton: the maps and programs are its fields, not names in strings.
-/// Each program is there in three builds (ProgramBuild); the object loads
-/// the one the kernel runs, and only the programs whose feature it has.
+/// Each program is there in three builds, sock_ops in four (ProgramBuild);
+/// the object loads the one the kernel runs, and only the programs whose
+/// feature it has.
 /// KEEPALIVE_BPF_OBJECT names another build of the object to use instead of
 /// the embedded one (development: try a program without rebuilding the binary).
 final class MainObject {
@@ -88,6 +89,7 @@ final class MainObject {
         let (m, p) = (skeleton.pointee.maps, skeleton.pointee.progs)
         let chosen: (OpaquePointer?, OpaquePointer?, OpaquePointer?) =
             switch features.build {
+            case .cast: (p.keepalive_sockops_cast, p.keepalive_setsockopt, p.keepalive_reaped)
             case .full: (p.keepalive_sockops, p.keepalive_setsockopt, p.keepalive_reaped)
             case .bounded: (p.keepalive_sockops_bounded, p.keepalive_setsockopt_bounded, p.keepalive_reaped_bounded)
             case .basic: (p.keepalive_sockops_basic, p.keepalive_setsockopt_basic, p.keepalive_reaped_basic)
@@ -192,7 +194,7 @@ final class IteratorObject {
         let p = skeleton.pointee.progs
         let chosen =
             switch build {
-            case .full: p.keepalive_iter
+            case .cast, .full: p.keepalive_iter
             case .bounded: p.keepalive_iter_bounded
             case .basic: p.keepalive_iter_basic
             }
@@ -231,14 +233,38 @@ enum ProbeObject {
     /// (rules' matching is two). Refused, the verifier says "Arg#0 type PTR
     /// in ...() is not supported yet"; any other refusal is no answer.
     static func globalFunctionPointerArguments() throws -> Bool {
+        try loads(\.progs.probe_global_pointer_arguments) {
+            $0.errno == EINVAL && $0.log.contains("Arg#0 type PTR in ")
+        }
+    }
+
+    /// Whether a sock_ops program may call bpf_rdonly_cast, which the
+    /// kernel's BTF has (the caller asks that first). Refused, the verifier
+    /// names the function; any other refusal is no answer.
+    static func readOnlyCast() throws -> Bool {
+        try loads(\.progs.probe_readonly_cast) { $0.log.contains("bpf_rdonly_cast") }
+    }
+
+    /// Loads one program of the object, alone: whether the kernel takes it,
+    /// false when its refusal is `refused`, else the error.
+    private static func loads(
+        _ program: KeyPath<keepalive_probes_bpf, OpaquePointer?>,
+        refused: (LoadError) -> Bool
+    ) throws -> Bool {
         let loader = BPFObject(name: "keepalive_probes")
         let skeleton = try loader.open(pinRoot: nil) { keepalive_probes_bpf__open_opts($0) }
         defer { keepalive_probes_bpf__destroy(skeleton) }
+        let wanted = skeleton.pointee[keyPath: program]
+        var current = bpf_object__next_program(skeleton.pointee.obj, nil)
+        while let each = current {
+            bpf_program__set_autoload(each, each == wanted)
+            current = bpf_object__next_program(skeleton.pointee.obj, each)
+        }
         do {
             try loader.load(skeleton.pointee.obj) { keepalive_probes_bpf__load(skeleton) }
             return true
         } catch {
-            if error.errno == EINVAL, error.log.contains("Arg#0 type PTR in ") { return false }
+            if refused(error) { return false }
             throw error
         }
     }
