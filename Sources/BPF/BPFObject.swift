@@ -67,6 +67,16 @@ public final class BPFObject {
         )
     }
 
+    /// Marks `programs` the only ones of the object to load: the kernel verifies
+    /// those alone (each program is there in several builds).
+    public static func loadOnly(_ programs: [OpaquePointer], of object: OpaquePointer) {
+        var current = bpf_object__next_program(object, nil)
+        while let program = current {
+            bpf_program__set_autoload(program, programs.contains(program))
+            current = bpf_object__next_program(object, program)
+        }
+    }
+
     /// A loaded program of the object, named `name` (its pin's) or as the object names it.
     public static func program(_ program: OpaquePointer, name: String? = nil) throws(SyscallError) -> BPFProgram {
         let name = name ?? String(cString: bpf_program__name(program))

@@ -145,11 +145,7 @@ final class MainObject {
         let wanted =
             [programs.sockops] + (programs.hasSetsockopt ? [programs.setsockopt] : [])
             + (programs.hasReaped ? [programs.reaped] : [])
-        var program = bpf_object__next_program(skeleton.pointee.obj, nil)
-        while let current = program {
-            bpf_program__set_autoload(current, wanted.contains(current))
-            program = bpf_object__next_program(skeleton.pointee.obj, current)
-        }
+        BPFObject.loadOnly(wanted, of: skeleton.pointee.obj)
         skeleton.pointee.rodata.pointee.ka_hz = KernelClock.ticksPerSecond
         let result = Result { () throws(LoadError) in
             try loader.load(skeleton.pointee.obj) { keepalive_bpf__load(skeleton) }
@@ -217,11 +213,7 @@ final class IteratorObject {
     deinit { keepalive_iter_bpf__destroy(skeleton) }
 
     func load() throws(LoadError) {
-        var current = bpf_object__next_program(skeleton.pointee.obj, nil)
-        while let each = current {
-            bpf_program__set_autoload(each, each == program)
-            current = bpf_object__next_program(skeleton.pointee.obj, each)
-        }
+        BPFObject.loadOnly([program], of: skeleton.pointee.obj)
         try loader.load(skeleton.pointee.obj) { keepalive_iter_bpf__load(skeleton) }
     }
 }
@@ -254,12 +246,10 @@ enum ProbeObject {
         let loader = BPFObject(name: "keepalive_probes")
         let skeleton = try loader.open(pinRoot: nil) { keepalive_probes_bpf__open_opts($0) }
         defer { keepalive_probes_bpf__destroy(skeleton) }
-        let wanted = skeleton.pointee[keyPath: program]
-        var current = bpf_object__next_program(skeleton.pointee.obj, nil)
-        while let each = current {
-            bpf_program__set_autoload(each, each == wanted)
-            current = bpf_object__next_program(skeleton.pointee.obj, each)
+        guard let wanted = skeleton.pointee[keyPath: program] else {
+            throw SyscallError("open BPF object keepalive_probes: its skeleton lacks a program", errno: EINVAL)
         }
+        BPFObject.loadOnly([wanted], of: skeleton.pointee.obj)
         do {
             try loader.load(skeleton.pointee.obj) { keepalive_probes_bpf__load(skeleton) }
             return true

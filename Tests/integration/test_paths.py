@@ -48,10 +48,10 @@ def events(keepalive):
     return json.loads(keepalive("events", "--json").stdout)
 
 
-def missing_death(keepalive, cgroup, path, died):
+def missing_death(keepalive, path, died):
     """What tells a death the reaped program never recorded from one it ran past: the policy's reaped
     counts, and the program's runs the kernel skipped (recursion_misses, shown when not 0)."""
-    [policy] = [p for p in keepalive.report()["policies"] if p["cgroup"].endswith(cgroup.rsplit("/", 1)[-1])]
+    [policy] = [p for p in keepalive.report()["policies"] if p["cgroup"] == path["cgroup"]]
     program = subprocess.run(["bpftool", "-j", "prog", "show", "pinned",
                               os.path.join(keepalive.pin_path, "keepalive_reaped")], capture_output=True, text=True)
     return f"path {json.dumps(path)}; events {json.dumps(died)}; policy {json.dumps(policy)}; reaped program {program.stdout}"
@@ -83,7 +83,7 @@ def test_dropping_middlebox_bounds_contain_the_limit_and_the_verdict_follows_the
     [path] = paths(keepalive, cgroup)
     died = events(keepalive)  # the death, with the gap it died of (and, when it fails, what the kernel saw)
     assert path["survived_ms"] < LIMIT * 1000 < (path["died_ms"] or 0) <= 5000 * 9 // 8, \
-        missing_death(keepalive, cgroup, path, died)
+        missing_death(keepalive, path, died)
     assert (path["died_by"], path["timeouts"], path["resets"], path["not_idle"]) == ("timeout", 1, 0, 0), path
     assert path["verdict"] == "above" and path["keepidle"] == 5
     [event] = died
