@@ -13,7 +13,7 @@ import Synchronization
 /// chunks it opened for writing only while it holds the lock
 /// (`forgetOpened`): another process may remove or replace a chunk
 /// meanwhile, and one written in its place would count nothing. Reads find
-/// each chunk anew.
+/// each chunk anew: per read, or once per pass (`readPass`).
 public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     public let handle: MapHandle
     public let chunkSize: Int
@@ -51,6 +51,28 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
         return try self.chunk(at: chunk)?.lookup(index)
     }
 
+    /// Reads of many keys, each chunk looked up and opened once: a lookup
+    /// in an array of maps from userspace waits for an RCU grace period on
+    /// some kernels (about 10 ms each in a Linux 6.1 guest). For one pass
+    /// (a status, a scrape): a chunk may be replaced after it.
+    public final class ReadPass {
+        private let chunks: PerCPUChunks
+        private var opened: [UInt32: BPFPerCPUMap<UInt32, Value>?] = [:]
+
+        init(_ chunks: PerCPUChunks) { self.chunks = chunks }
+
+        /// Every CPU's value at `key`; nil if its chunk is not there.
+        public func lookup(_ key: UInt32) throws -> [Value]? {
+            let (chunk, index) = chunks.locate(key)
+            if let map = opened[chunk] { return try map?.lookup(index) }
+            let map = try chunks.chunk(at: chunk)
+            opened[chunk] = .some(map)
+            return try map?.lookup(index)
+        }
+    }
+
+    public func readPass() -> ReadPass { ReadPass(self) }
+
     /// The chunks there, by index.
     public func chunks() throws -> [UInt32] {
         try (0..<UInt32(handle.capacity)).filter { try chunkID(at: $0) != nil }
@@ -68,7 +90,7 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
         try chunks().reduce(0) { $0 &+ (try self.chunk(at: $1)?.handle.memory() ?? 0) }
     }
 
-    private func locate(_ key: UInt32) -> (chunk: UInt32, index: UInt32) {
+    fileprivate func locate(_ key: UInt32) -> (chunk: UInt32, index: UInt32) {
         (key / UInt32(chunkSize), key % UInt32(chunkSize))
     }
 
@@ -88,7 +110,7 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     }
 
     /// The chunk at `chunk`, opened (nil if there is none, or it went meanwhile).
-    private func chunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value>? {
+    fileprivate func chunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value>? {
         guard let id = try chunkID(at: chunk) else { return nil }
         let raw = bpf_map_get_fd_by_id(id)
         if raw < 0 && errno == ENOENT { return nil }  // removed since the lookup

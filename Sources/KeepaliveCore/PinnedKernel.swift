@@ -270,14 +270,24 @@ final class PinnedKernel: StateKernel, Sendable {
     }
 
     /// A policy's counters; a slot that is not there counts nothing yet.
-    func counters(of record: PolicyRecord) throws -> PolicyCounters {
-        sum(try counters.lookup(record.slot) ?? [])
+    func counters(of record: PolicyRecord, in pass: CounterPass) throws -> PolicyCounters {
+        sum(try pass.policies.lookup(record.slot) ?? [])
     }
 
     /// Each rule's counters, in order.
-    func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] {
+    func ruleCounters(of record: PolicyRecord, in pass: CounterPass) throws -> [PolicyCounters] {
         let keys = Self.ruleCounterKeys(record.ruleSlot)
-        return try record.policy.rules.indices.map { sum(try ruleCounters.lookup(keys[$0]) ?? []) }
+        return try record.policy.rules.indices.map { sum(try pass.rules.lookup(keys[$0]) ?? []) }
+    }
+
+    /// One pass of counter reads (a status, a scrape): each chunk opened once.
+    struct CounterPass {
+        let policies: PerCPUChunks<ka_counters>.ReadPass
+        let rules: PerCPUChunks<ka_counters>.ReadPass
+    }
+
+    func counterPass() -> CounterPass {
+        CounterPass(policies: counters.readPass(), rules: ruleCounters.readPass())
     }
 
     /// Where a rule set's counters are, rule by rule: every rule a set may

@@ -90,6 +90,7 @@ public final class PinnedState: Sendable {
         /// What the kernel the programs run on gives.
         public let features: KernelFeatures
         let kernel: PinnedKernel
+        private let counterPass: PinnedKernel.CounterPass
 
         init(_ transaction: Transaction, report: Transaction.Report = Transaction.Report(), kernel: PinnedKernel) {
             self.transaction = transaction
@@ -98,13 +99,16 @@ public final class PinnedState: Sendable {
             countingReaped = kernel.countingReaped
             features = kernel.features
             self.kernel = kernel
+            counterPass = kernel.counterPass()
         }
 
         /// Sockets configured and connections reaped under a policy.
-        public func counters(of record: PolicyRecord) throws -> PolicyCounters { try kernel.counters(of: record) }
+        public func counters(of record: PolicyRecord) throws -> PolicyCounters {
+            try kernel.counters(of: record, in: counterPass)
+        }
         /// Each of a policy's rules' counters, in the rules' order.
         public func ruleCounters(of record: PolicyRecord) throws -> [PolicyCounters] {
-            try kernel.ruleCounters(of: record)
+            try kernel.ruleCounters(of: record, in: counterPass)
         }
         /// Failed bpf_setsockopt calls since the state was made, by option key.
         public func setsockoptErrors() throws -> [(option: String, count: UInt64)] { try kernel.setsockoptErrors() }
@@ -232,9 +236,12 @@ public final class PinnedState: Sendable {
     public func snapshot() throws -> Snapshot {
         guard let kernel = try pinnedKernel() else { return Snapshot() }
         var snapshot = Snapshot(programs: kernel.identity, countingReaped: kernel.countingReaped)
-        snapshot.policies = try kernel.readPolicies().map { ($0.key, $0.value, try kernel.counters(of: $0.value)) }
+        let pass = kernel.counterPass()
+        snapshot.policies = try kernel.readPolicies().map {
+            ($0.key, $0.value, try kernel.counters(of: $0.value, in: pass))
+        }
         for (id, record, _) in snapshot.policies where !record.policy.rules.isEmpty {
-            snapshot.ruleCounters[id] = try kernel.ruleCounters(of: record)
+            snapshot.ruleCounters[id] = try kernel.ruleCounters(of: record, in: pass)
         }
         snapshot.setsockoptErrors = try kernel.setsockoptErrors()
         snapshot.kernelMemory = try kernel.kernelMemory()
