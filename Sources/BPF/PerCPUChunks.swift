@@ -13,7 +13,7 @@ import Synchronization
 /// chunks it opened for writing only while it holds the lock
 /// (`forgetOpened`): another process may remove or replace a chunk
 /// meanwhile, and one written in its place would count nothing. Reads find
-/// each chunk anew: per read, or once per pass (`readPass`).
+/// each chunk anew, once per pass (`readPass`).
 public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     public let handle: MapHandle
     public let chunkSize: Int
@@ -43,12 +43,6 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     /// Forgets the chunks opened for writing: the caller's lock is released.
     public func forgetOpened() {
         opened.withLock { $0 = [:] }
-    }
-
-    /// Every CPU's value at `key`; nil if its chunk is not there.
-    public func lookup(_ key: UInt32) throws -> [Value]? {
-        let (chunk, index) = locate(key)
-        return try self.chunk(at: chunk)?.lookup(index)
     }
 
     /// Reads of many keys, each chunk looked up and opened once: a lookup
