@@ -84,6 +84,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ka_rules SEC(".maps");
 
+/*
+ * A rule set alone, in a single-entry array made for each set written: a set
+ * (8 kB) is replaced by swapping its map whole, so a reader never sees half
+ * of one, and its memory is taken only for the sets in force. Its value has
+ * no BTF type, as the cells userspace makes have none: Linux 6.1 refuses an
+ * inner map whose BTF-derived fields (the timer's offset) differ from its
+ * template's (EINVAL).
+ */
+struct ka_rule_set_cell {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(value_size, sizeof(struct ka_rule_set));
+};
+
+/* rule slot -> the rule set there: for a policy with KA_POLICY_RULES_AT_SLOT,
+ * the programs find its rules by two array lookups, which the verifier
+ * inlines, instead of a hash lookup by cgroup id (ka_rules) on every
+ * connection. Written by userspace only, after ka_rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, KA_MAX_RULE_SETS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct ka_rule_set_cell);
+} ka_rule_sets SEC(".maps");
+
 /* rule set slot * KA_MAX_RULES + rule -> its counters, in chunks as ka_counters_v4. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -494,12 +521,20 @@ static __always_inline const struct ka_rule *rule_at(const struct ka_rule_set *s
 	return &set->rules[index & (KA_MAX_RULES - 1)];
 }
 
-/* The rules of a policy that has them, in a build that has rules; else NULL. */
+/* The rules of a policy that has them, in a build that has rules; else
+ * NULL. At the policy's rule slot; through ka_rules for a record an older
+ * binary wrote, or while the slot is empty (a removal under way, an
+ * outside hand). */
 static __always_inline const struct ka_rule_set *rules_of(const struct ka_policy *policy, __u64 policy_cgroup_id,
 							   enum ka_build build)
 {
+	__u32 slot = KA_POLICY_RULE_SLOT(policy->flags), first = 0;
+	void *cell;
+
 	if (!build_has_rules(build) || !(policy->flags & KA_POLICY_HAS_RULES))
 		return NULL;
+	if (policy->flags & KA_POLICY_RULES_AT_SLOT && (cell = bpf_map_lookup_elem(&ka_rule_sets, &slot)))
+		return bpf_map_lookup_elem(cell, &first);
 	return bpf_map_lookup_elem(&ka_rules, &policy_cgroup_id);
 }
 
@@ -519,7 +554,7 @@ values_for_peer(const struct ka_policy *policy, const struct ka_rule_set *set, c
 		*rule = KA_MAX_RULES;
 		return &policy->values;
 	}
-	*counters = counter_at(&ka_rule_counters_v4, set->slot * KA_MAX_RULES + *rule);
+	*counters = counter_at(&ka_rule_counters_v4, KA_RULE_SET_SLOT(set->slot) * KA_MAX_RULES + *rule);
 	return matched->flags & KA_RULE_OFF ? NULL : &matched->values;
 }
 

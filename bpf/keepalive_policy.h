@@ -128,6 +128,12 @@ enum ka_bpf_option {
 #define KA_POLICY_HAS_RULES             (1u << 3)  /* ka_rules holds its rules, under the same cgroup id */
 #define KA_POLICY_OBSERVE_PATHS         (1u << 4)  /* its connections' idle gaps are observed (ka_paths) */
 #define KA_POLICY_OBSERVE_ONLY          (1u << 5)  /* sets nothing: counts what it would set, observes paths */
+#define KA_POLICY_RULES_AT_SLOT         (1u << 6)  /* ka_rule_sets holds its rules too, at its rule slot */
+/* The rule slot, in a policy that has KA_POLICY_RULES_AT_SLOT: the flags'
+ * high bits, so that the record keeps its layout (an older binary's records,
+ * without the flag, are read through ka_rules). */
+#define KA_POLICY_RULE_SLOT_SHIFT       16
+#define KA_POLICY_RULE_SLOT(flags)      ((flags) >> KA_POLICY_RULE_SLOT_SHIFT)
 
 /* Observation keys in files, flags and output. */
 #define KA_OBSERVE_KEY        "observe"         /* observe only */
@@ -233,7 +239,9 @@ struct ka_rule {
 	char name[KA_RULE_NAME_MAX];            /* userspace only; "" = none */
 };
 
-/* A policy's rules, in "ka_rules" under the policy's cgroup id. */
+/* A policy's rules, in "ka_rules" under the policy's cgroup id (userspace's
+ * record), and alone in a map of its own at its slot in "ka_rule_sets" (what
+ * the programs read, KA_POLICY_RULES_AT_SLOT). */
 struct ka_rule_set {
 	__u32 count;
 	/* their counters: at slot * KA_MAX_RULES + rule in ka_rule_counters_v4,
@@ -250,7 +258,17 @@ struct ka_rule_set {
 	struct ka_rule rules[KA_MAX_RULES];
 };
 
+/* In ka_rules' record only, the slot's top bit: a write of the set to
+ * ka_rule_sets and then of its policy is under way. A run killed there
+ * leaves it, and the next run writes both again, without reading back
+ * ka_rule_sets (a grace period per lookup before Linux 6.7). Programs mask
+ * it off; an older one, which multiplies the slot by KA_MAX_RULES in 32
+ * bits, loses it there. */
+#define KA_RULE_SET_WRITING   (1u << 31)
+#define KA_RULE_SET_SLOT(slot) ((slot) & ~KA_RULE_SET_WRITING)
+
 _Static_assert(KA_MAX_RULES <= 16, "covered holds a bit per rule in 16");
+_Static_assert(KA_MAX_RULE_SETS <= 1u << (32 - KA_POLICY_RULE_SLOT_SHIFT), "a rule slot fits the flags' high bits");
 _Static_assert(KA_RULE_BOUNDS == 2 * KA_MAX_RULES * KA_RULE_MAX_REMOTES, "a bound for each CIDR's start and end");
 _Static_assert((KA_RULE_BOUNDS & (KA_RULE_BOUNDS - 1)) == 0, "the search halves KA_RULE_BOUNDS down to 1");
 

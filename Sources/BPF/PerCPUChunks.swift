@@ -15,21 +15,15 @@ import Synchronization
 /// meanwhile, and one written in its place would count nothing. Reads find
 /// each chunk anew, once per pass (`readPass`).
 public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
-    public let handle: MapHandle
+    public let chunks: MapOfMaps
     public let chunkSize: Int
     private let chunkName: String
     private let opened = Mutex<[UInt32: BPFPerCPUMap<UInt32, Value>]>([:])
 
+    public var handle: MapHandle { chunks.handle }
+
     public init(_ fd: FileDescriptor, name: String, chunkSize: Int) throws {
-        handle = try MapHandle(
-            fd,
-            name: name,
-            expecting: MapShape(
-                type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
-                keySize: 4,
-                valueSize: 4
-            )
-        )
+        chunks = try MapOfMaps(fd, name: name)
         self.chunkSize = chunkSize
         chunkName = String(name.prefix(9)) + "_chunk"  // BPF_OBJ_NAME_LEN: 15 characters
     }
@@ -57,41 +51,38 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
 
         /// Every CPU's value at `key`; nil if its chunk is not there.
         public func lookup(_ key: UInt32) throws -> [Value]? {
-            let (chunk, index) = chunks.locate(key)
-            if let map = opened[chunk] { return try map?.lookup(index) }
+            try open(key)?.lookup(chunks.locate(key).index)
+        }
+
+        /// The kernel memory of the chunks holding `keys` (bytes): those
+        /// this pass opened, each once. A chunk no key uses (a removal that
+        /// failed) is not found: finding it would take a lookup of every
+        /// index, each a grace period on those kernels.
+        public func memory(holding keys: some Sequence<UInt32>) throws -> UInt64 {
+            for key in keys { _ = try open(key) }
+            return try opened.values.reduce(0) { $0 &+ (try $1?.handle.memory() ?? 0) }
+        }
+
+        private func open(_ key: UInt32) throws -> BPFPerCPUMap<UInt32, Value>? {
+            let chunk = chunks.locate(key).chunk
+            if let map = opened[chunk] { return map }
             let map = try chunks.chunk(at: chunk)
             opened[chunk] = .some(map)
-            return try map?.lookup(index)
+            return map
         }
     }
 
     public func readPass() -> ReadPass { ReadPass(self) }
 
-    /// The chunks there, by index.
-    public func chunks() throws -> [UInt32] {
-        try (0..<UInt32(handle.capacity)).filter { try chunkID(at: $0) != nil }
-    }
-
     /// Removes the chunk that holds `key` (none there: nothing to do).
     public func removeChunk(holding key: UInt32) throws(SyscallError) {
         let chunk = locate(key).chunk
         _ = opened.withLock { $0.removeValue(forKey: chunk) }
-        _ = try handle.delete(chunk)
-    }
-
-    /// The kernel memory the chunks there take (bytes).
-    public func chunksMemory() throws -> UInt64 {
-        try chunks().reduce(0) { $0 &+ (try self.chunk(at: $1)?.handle.memory() ?? 0) }
+        try chunks.remove(at: chunk)
     }
 
     fileprivate func locate(_ key: UInt32) -> (chunk: UInt32, index: UInt32) {
         (key / UInt32(chunkSize), key % UInt32(chunkSize))
-    }
-
-    private func chunkID(at chunk: UInt32) throws(SyscallError) -> UInt32? {
-        var chunk = chunk
-        var id: UInt32 = 0
-        return try handle.lookup(&chunk, into: &id) ? id : nil
     }
 
     /// The chunk at `chunk` for writing: the one opened since the lock was
@@ -105,15 +96,11 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
 
     /// The chunk at `chunk`, opened (nil if there is none, or it went meanwhile).
     fileprivate func chunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value>? {
-        guard let id = try chunkID(at: chunk) else { return nil }
-        let raw = bpf_map_get_fd_by_id(id)
-        if raw < 0 && errno == ENOENT { return nil }  // removed since the lookup
-        let fd = FileDescriptor(owning: try SyscallError.check("open chunk \(id) of map \(handle.name)", raw))
+        guard let fd = try chunks.inner(at: chunk) else { return nil }
         return try BPFPerCPUMap(fd, name: chunkName, type: BPF_MAP_TYPE_PERCPU_ARRAY)
     }
 
-    /// A new chunk (zero) at `chunk`. The update waits for a grace period
-    /// (the kernel's for any array of maps): paid once per chunk.
+    /// A new chunk (zero) at `chunk`: a grace period paid once per chunk.
     private func makeChunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value> {
         let fd = FileDescriptor(
             owning: try SyscallError.check(
@@ -128,9 +115,7 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
                 )
             )
         )
-        var chunk = chunk
-        var raw = fd.raw
-        try handle.update(&chunk, &raw, flags: Int32(BPF_ANY))
+        try chunks.put(fd, at: chunk)
         return try BPFPerCPUMap(fd, name: chunkName, type: BPF_MAP_TYPE_PERCPU_ARRAY)
     }
 }

@@ -39,10 +39,12 @@ final class MainObject {
 
     /// The skeleton's maps, unwrapped once (it fills every field when it opens).
     struct Maps {
-        let policies, counters, errors, meta, events, eventsHead, rules, ruleCounters, paths: OpaquePointer
+        let policies, counters, errors, meta, events, eventsHead, rules, ruleSets, ruleCounters, paths: OpaquePointer
 
         /// Every map, as libbpf pins them.
-        var all: [OpaquePointer] { [policies, counters, errors, meta, events, eventsHead, rules, ruleCounters, paths] }
+        var all: [OpaquePointer] {
+            [policies, counters, errors, meta, events, eventsHead, rules, ruleSets, ruleCounters, paths]
+        }
     }
 
     /// The programs of the kernel's build, each pinned under its role's name
@@ -96,7 +98,8 @@ final class MainObject {
             }
         guard let policies = m.ka_policies_v3, let counters = m.ka_counters_v4, let errors = m.ka_errors,
             let meta = m.ka_meta, let events = m.ka_events, let eventsHead = m.ka_events_head,
-            let rules = m.ka_rules, let ruleCounters = m.ka_rule_counters_v4, let paths = m.ka_paths,
+            let rules = m.ka_rules, let ruleSets = m.ka_rule_sets, let ruleCounters = m.ka_rule_counters_v4,
+            let paths = m.ka_paths,
             let sockops = chosen.0, let setsockopt = chosen.1, let reaped = chosen.2
         else {
             keepalive_bpf__destroy(skeleton)
@@ -110,6 +113,7 @@ final class MainObject {
             events: events,
             eventsHead: eventsHead,
             rules: rules,
+            ruleSets: ruleSets,
             ruleCounters: ruleCounters,
             paths: paths
         )
@@ -202,7 +206,7 @@ final class IteratorObject {
         if pinRoot == nil {
             let maps = skeleton.pointee.maps
             for map in [
-                maps.ka_policies_v3, maps.ka_counters_v4, maps.ka_errors, maps.ka_rules,
+                maps.ka_policies_v3, maps.ka_counters_v4, maps.ka_errors, maps.ka_rules, maps.ka_rule_sets,
                 maps.ka_rule_counters_v4,
             ].compactMap({ $0 }) {
                 try BPFObject.unpinned(map)

@@ -47,7 +47,10 @@ final class PinnedKernel: StateKernel, Sendable {
     let policies: BPFMap<UInt64, ka_policy>
     /// Each policy's counters, at its slot, in chunks made as slots are taken.
     let counters: PerCPUChunks<ka_counters>
+    /// Each policy's rules by its cgroup id: what userspace reads back.
     let rules: BPFMap<UInt64, ka_rule_set>
+    /// The same rule sets at their rule slots: what the programs read.
+    let ruleSets: MapCells<ka_rule_set>
     /// Each rule set's counters, KA_MAX_RULES from its slot * KA_MAX_RULES, likewise.
     let ruleCounters: PerCPUChunks<ka_counters>
     let errors: BPFPerCPUMap<UInt32, UInt64>
@@ -103,6 +106,7 @@ final class PinnedKernel: StateKernel, Sendable {
             try PerCPUChunks(fd, name: name, chunkSize: Int(KA_COUNTER_CHUNK))
         }
         rules = try map(maps.rules) { try BPFMap($0, name: $1, type: $2) }
+        ruleSets = try map(maps.ruleSets) { fd, name, _ in try MapCells(fd, name: name) }
         ruleCounters = try map(maps.ruleCounters) { fd, name, _ in
             try PerCPUChunks(fd, name: name, chunkSize: Int(KA_COUNTER_CHUNK))
         }
@@ -188,14 +192,28 @@ final class PinnedKernel: StateKernel, Sendable {
 
     // MARK: policies
 
-    /// The policies, each with its rules (ka_rules, under the same id).
+    /// The policies, each with its rules (ka_rules, under the same id), and
+    /// whether the programs read those rules at its rule slot: the record
+    /// points there and no write of them was under way (ka_rules' mark).
+    /// The set there is never read back: before Linux 6.7 each lookup in an
+    /// array of maps from userspace waits for a grace period.
     func readPolicies() throws -> [UInt64: PolicyRecord] {
-        var ruleSets: [UInt64: (rules: [Rule], slot: UInt32)] = [:]
-        for (id, set) in try rules.entries() { ruleSets[id] = (RuleSetRecord.rules(of: set), set.slot) }
-        return Dictionary(
-            try policies.entries().map { ($0.key, PolicyRecord($0.value, rules: ruleSets[$0.key])) },
-            uniquingKeysWith: { $1 }
-        )
+        let sets = Dictionary(try rules.entries().map { ($0.key, $0.value) }, uniquingKeysWith: { $1 })
+        var records: [UInt64: PolicyRecord] = [:]
+        for (id, pinned) in try policies.entries() {
+            let set = sets[id]
+            var record = PolicyRecord(
+                pinned,
+                rules: set.map { (RuleSetRecord.rules(of: $0), $0.slot & ~KA_RULE_SET_WRITING) }
+            )
+            if let set, !record.policy.rules.isEmpty {
+                record.rulesStale =
+                    set.slot & KA_RULE_SET_WRITING != 0 || pinned.flags & KA_POLICY_RULES_AT_SLOT == 0
+                    || pinned.flags >> KA_POLICY_RULE_SLOT_SHIFT != set.slot
+            }
+            records[id] = record
+        }
+        return records
     }
 
     func readRuleSetIDs() throws -> Set<UInt64> {
@@ -205,27 +223,35 @@ final class PinnedKernel: StateKernel, Sendable {
     var policyCapacity: Int { policies.handle.capacity }
     var ruleSetCapacity: Int { rules.handle.capacity }
 
-    /// Rules go in before the record that points at them: the program never
-    /// finds a new policy whose rules are not there yet. (Removing them is
-    /// the Transaction's: deleteRules.)
+    /// Rules go in before the record that points at them: userspace's copy
+    /// (marked: a write under way), the programs' at the rule slot, then the
+    /// record, then the mark goes. The program never finds a new policy
+    /// whose rules are not there yet, and a run killed anywhere between
+    /// leaves the mark for the next to find. (Removing them is the
+    /// Transaction's: deleteRules.)
     func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool, freshRuleCounters: Bool) throws {
         let encoded = try record.encoded()
         if freshCounters { try counters.update(record.slot, perCPU: { _ in ka_counters() }) }
-        if let ruleSet = record.encodedRules {
-            if freshRuleCounters {
-                for key in Self.ruleCounterKeys(record.ruleSlot) {
-                    try ruleCounters.update(key, perCPU: { _ in ka_counters() })
-                }
-            }
-            try insert(ruleSet, into: rules, at: id, whenFull: .rulesFull(capacity: ruleSetCapacity))
+        guard let ruleSet = record.encodedRules else {
+            return try insert(encoded, into: policies, at: id, whenFull: .full(capacity: policyCapacity))
         }
+        if freshRuleCounters {
+            for key in Self.ruleCounterKeys(record.ruleSlot) {
+                try ruleCounters.update(key, perCPU: { _ in ka_counters() })
+            }
+        }
+        var marked = ruleSet
+        marked.slot |= KA_RULE_SET_WRITING
+        try insert(marked, into: rules, at: id, whenFull: .rulesFull(capacity: ruleSetCapacity))
+        try ruleSets.write(record.ruleSlot, ruleSet)
         do {
             try insert(encoded, into: policies, at: id, whenFull: .full(capacity: policyCapacity))
         } catch StateError.full(let capacity) {
             // Full: the id was not in the map, so the rules just written were its new ones alone.
-            if record.encodedRules != nil { try deleteRules(id) }
+            try deleteRules(id, releasingSetAt: { _ in true })
             throw StateError.full(capacity: capacity)
         }
+        try rules.update(id, ruleSet)
     }
 
     /// A map full of cgroups is said as such, not as E2BIG.
@@ -248,8 +274,17 @@ final class PinnedKernel: StateKernel, Sendable {
         try policies.delete(id)
     }
 
-    /// A rule set, if there is one.
-    func deleteRules(_ id: UInt64) throws {
+    /// A rule set, if there is one: marked, then the programs' copy goes
+    /// (they read userspace's meanwhile), then userspace's. A run killed
+    /// between leaves the mark, and the next puts the copy back.
+    func deleteRules(_ id: UInt64, releasingSetAt release: (UInt32) -> Bool) throws {
+        guard var set = try rules.lookup(id) else { return }
+        let slot = set.slot & ~KA_RULE_SET_WRITING
+        if release(slot) {
+            set.slot |= KA_RULE_SET_WRITING
+            try rules.update(id, set)
+            try ruleSets.remove(slot)
+        }
         try rules.delete(id)
     }
 
@@ -305,14 +340,20 @@ final class PinnedKernel: StateKernel, Sendable {
         }
     }
 
-    /// The kernel memory the state's maps take, by the kernel's account
-    /// (the counters' chunks included).
-    func kernelMemory() throws -> UInt64 {
-        try [
-            policies.handle, counters.handle, rules.handle, ruleCounters.handle, errors.handle, meta.handle,
-            events.handle, eventsHead.handle, paths.handle,
+    /// The kernel memory the state's maps take, by the kernel's account:
+    /// the maps, the counters' chunks that hold the records' slots (in the
+    /// pass: its counter reads open them too), and a rule set's copy for
+    /// each record with rules (as much as a copy made to be measured).
+    func kernelMemory(of records: some Sequence<PolicyRecord>, in pass: CounterPass) throws -> UInt64 {
+        let withRules = records.filter { !$0.policy.rules.isEmpty }
+        let maps = try [
+            policies.handle, counters.handle, rules.handle, ruleSets.outer.handle, ruleCounters.handle, errors.handle,
+            meta.handle, events.handle, eventsHead.handle, paths.handle,
         ].reduce(0) { $0 &+ (try $1.memory()) }
-            &+ (try counters.chunksMemory()) &+ (try ruleCounters.chunksMemory())
+        let chunks =
+            try pass.policies.memory(holding: records.map(\.slot))
+            &+ (try pass.rules.memory(holding: withRules.map { $0.ruleSlot * UInt32(KA_MAX_RULES) }))
+        return maps &+ chunks &+ UInt64(withRules.count) &* (try ruleSets.cellMemory())
     }
 
     func setsockoptErrors() throws -> [(option: String, count: UInt64)] {

@@ -191,7 +191,7 @@ extension PinnedState {
     func unknownPins(_ kernel: PinnedKernel) throws -> [String] {
         let maps = [
             kernel.policies.handle, kernel.counters.handle, kernel.errors.handle, kernel.meta.handle,
-            kernel.events.handle, kernel.eventsHead.handle, kernel.rules.handle,
+            kernel.events.handle, kernel.eventsHead.handle, kernel.rules.handle, kernel.ruleSets.outer.handle,
             kernel.ruleCounters.handle, kernel.paths.handle,
         ].map(\.name)
         let known = Set(

@@ -113,7 +113,9 @@ public final class PinnedState: Sendable {
         /// Failed bpf_setsockopt calls since the state was made, by option key.
         public func setsockoptErrors() throws -> [(option: String, count: UInt64)] { try kernel.setsockoptErrors() }
         /// The kernel memory the state's maps take (bytes).
-        public func kernelMemory() throws -> UInt64 { try kernel.kernelMemory() }
+        public func kernelMemory() throws -> UInt64 {
+            try kernel.kernelMemory(of: transaction.records.values, in: counterPass)
+        }
         public func reapedEvents() throws -> [ReapedEvent] { try kernel.reapedEvents() }
         /// Every path the policies that observe paths have seen.
         public func observedPaths() throws -> [(key: PathKey, evidence: PathEvidence)] {
@@ -244,7 +246,7 @@ public final class PinnedState: Sendable {
             snapshot.ruleCounters[id] = try kernel.ruleCounters(of: record, in: pass)
         }
         snapshot.setsockoptErrors = try kernel.setsockoptErrors()
-        snapshot.kernelMemory = try kernel.kernelMemory()
+        snapshot.kernelMemory = try kernel.kernelMemory(of: snapshot.policies.map(\.record), in: pass)
         let observing = snapshot.policies.filter { $0.record.policy.observation.observesPaths }
         if !observing.isEmpty {
             snapshot.paths = PathReport.reports(

@@ -195,6 +195,10 @@ public struct PolicyRecord: Equatable, Sendable {
     public var ruleSlot: UInt32
     /// The record says it has rules, but ka_rules holds none for it (an outside hand).
     public var rulesMissing = false
+    /// The programs may not read these rules at its rule slot: an older
+    /// binary wrote the record, or a run was killed while writing them
+    /// (ka_rules' mark). Read from the kernel, never written.
+    public var rulesStale = false
 
     public init(
         policy: Policy,
@@ -242,7 +246,9 @@ public struct PolicyRecord: Equatable, Sendable {
         var flags = owner == .agent ? KA_POLICY_AGENT : 0
         if policy.derivesUserTimeout { flags |= KA_POLICY_USER_TIMEOUT_DERIVED }
         if policy.precedence == .policy { flags |= KA_POLICY_PRECEDENCE_POLICY }
-        if !policy.rules.isEmpty { flags |= KA_POLICY_HAS_RULES }
+        if !policy.rules.isEmpty {
+            flags |= KA_POLICY_HAS_RULES | KA_POLICY_RULES_AT_SLOT | ruleSlot << KA_POLICY_RULE_SLOT_SHIFT
+        }
         flags |= policy.observation.flags
         var record = ka_policy()
         record.values = policy.encodedValues
@@ -265,6 +271,6 @@ public struct PolicyRecord: Equatable, Sendable {
     /// Same policy, owner, cgroup and origin: writing it again would change nothing (its slots are bookkeeping).
     public func sameSettings(as other: PolicyRecord) -> Bool {
         policy == other.policy && owner == other.owner && path == other.path && origin == other.origin
-            && rulesMissing == other.rulesMissing
+            && rulesMissing == other.rulesMissing && rulesStale == other.rulesStale
     }
 }

@@ -35,8 +35,10 @@ public protocol StateKernel: AnyObject {
     func writePolicy(_ record: PolicyRecord, for id: UInt64, freshCounters: Bool, freshRuleCounters: Bool) throws
     /// Removes a policy (its rules are the caller's to remove, first).
     func deletePolicy(_ id: UInt64) throws
-    /// Removes rules kept under an id (none there: nothing to do).
-    func deleteRules(_ id: UInt64) throws
+    /// Removes rules kept under an id (none there: nothing to do), and the
+    /// copy the programs read at their rule slot when `releasingSetAt` says
+    /// so of that slot (no other policy's rules are there).
+    func deleteRules(_ id: UInt64, releasingSetAt: (UInt32) -> Bool) throws
     /// Counters are kept in chunks of this many policy slots (and rule slots).
     var counterChunk: (slots: Int, ruleSlots: Int) { get }
     /// Frees the chunk of counters that holds a policy slot: no policy uses any slot in it.

@@ -98,6 +98,7 @@ public final class Transaction {
     private func repairSlots(_ report: inout Report) throws {
         var taken: Set<UInt32> = []
         var takenRules: Set<UInt32> = []
+        var sharedRuleSlots: Set<UInt32> = []
         for (id, record) in records.sorted(by: { $0.key < $1.key }) {
             var moved = record
             if !taken.insert(record.slot).inserted || Int(record.slot) >= kernel.policyCapacity {
@@ -117,6 +118,8 @@ public final class Transaction {
                 )
             }
             guard moved.slot != record.slot || moved.ruleSlot != record.ruleSlot else { continue }
+            moved.rulesStale = false  // written where the programs read them
+            if moved.ruleSlot != record.ruleSlot { sharedRuleSlots.insert(record.ruleSlot) }
             try announce()
             try write(
                 moved,
@@ -128,31 +131,53 @@ public final class Transaction {
             taken.insert(moved.slot)
             if !moved.policy.rules.isEmpty { takenRules.insert(moved.ruleSlot) }
         }
+        // The set at a slot two policies shared may be the one that moved: the one left there is written again.
+        for (id, record) in records where !record.policy.rules.isEmpty && sharedRuleSlots.contains(record.ruleSlot) {
+            records[id]?.rulesStale = true
+        }
     }
 
-    /// Rules no policy points at (a crash between the two writes) go; a
+    /// Rules no policy points at (a crash between the writes) go; a
     /// policy whose rules an outside hand removed keeps its own values, as
-    /// the program already gives it, and says so.
+    /// the program already gives it, and says so; rules the programs do not
+    /// read where the record says are written there again.
     private func repairRules(_ report: inout Report) throws {
         for id in ruleSetIDs.sorted() where records[id].map({ $0.policy.rules.isEmpty }) ?? true {
             try announce()
-            try kernel.deleteRules(id)
+            try deleteRules(id)
             ruleSetIDs.remove(id)
             report.repaired.append(
                 "removed the rules kept for \(records[id]?.path.cgroupDisplay ?? "cgroup id \(id)"), "
                     + "which no policy has"
             )
         }
-        for (id, record) in records.sorted(by: { $0.key < $1.key }) where record.rulesMissing {
+        try rewrite(\.rulesMissing, &report) {
+            "the policy on \($0.path.cgroupDisplay) had lost its rules (ka_rules held none): "
+                + "its own values apply to all its connections"
+        }
+        // Rules the programs do not read at the policy's rule slot: an older
+        // binary's records point elsewhere, and a run killed while writing
+        // them left its mark in ka_rules.
+        try rewrite(\.rulesStale, &report) {
+            "put the rules of the policy on \($0.path.cgroupDisplay) where the programs read them "
+                + "(rule slot \($0.ruleSlot))"
+        }
+    }
+
+    /// Writes again each record the kernel's account flags (`flag`, which
+    /// it never writes), saying so.
+    private func rewrite(
+        _ flag: WritableKeyPath<PolicyRecord, Bool>,
+        _ report: inout Report,
+        saying: (PolicyRecord) -> String
+    ) throws {
+        for (id, record) in records.sorted(by: { $0.key < $1.key }) where record[keyPath: flag] {
             var fixed = record
-            fixed.rulesMissing = false
+            fixed[keyPath: flag] = false
             try announce()
             try write(fixed, for: id, freshCounters: false, freshRuleCounters: false)
             remember(fixed, for: id)
-            report.repaired.append(
-                "the policy on \(record.path.cgroupDisplay) had lost its rules (ka_rules held none): "
-                    + "its own values apply to all its connections"
-            )
+            report.repaired.append(saying(record))
         }
     }
 
@@ -468,7 +493,7 @@ public final class Transaction {
         try kernel.writePolicy(record, for: id, freshCounters: freshCounters, freshRuleCounters: freshRuleCounters)
         if hadRules && record.policy.rules.isEmpty {
             ruleSetIDs.remove(id)
-            try kernel.deleteRules(id)
+            try deleteRules(id)
         }
     }
 
@@ -476,10 +501,18 @@ public final class Transaction {
     /// falls back to its own values, and a command run again still finds it.
     private func delete(_ id: UInt64) throws {
         if ruleSetIDs.contains(id) {
-            try kernel.deleteRules(id)
+            try deleteRules(id)
             ruleSetIDs.remove(id)
         }
         try kernel.deletePolicy(id)
+    }
+
+    /// Removes the rules kept under an id, and the set the programs read at
+    /// their slot unless another policy's rules are there too (until
+    /// repair() gives each its own).
+    private func deleteRules(_ id: UInt64) throws {
+        let own = records[id].flatMap { $0.policy.rules.isEmpty ? nil : $0.ruleSlot }
+        try kernel.deleteRules(id, releasingSetAt: { ruleSlots.users(of: $0) == ($0 == own ? 1 : 0) })
     }
 
     private func remember(_ record: PolicyRecord, for id: UInt64) {
@@ -607,6 +640,9 @@ struct SlotPool {
     private var lowestFree: UInt32 = 0  // no slot below it is free
 
     mutating func take(_ slot: UInt32) { inUse[slot, default: 0] += 1 }
+
+    /// How many policies use `slot`.
+    func users(of slot: UInt32) -> Int { inUse[slot] ?? 0 }
 
     mutating func release(_ slot: UInt32) {
         inUse[slot, default: 1] -= 1

@@ -13,8 +13,10 @@ final class InMemoryKernel: StateKernel {
     /// path -> id of every cgroup that exists.
     var cgroups: [FilePath: UInt64] = [FilePath(): 1]
     var policies: [UInt64: PolicyRecord] = [:]
-    /// ka_rules: rules and their counters' slot, by policy id.
-    var ruleSets: [UInt64: (rules: [Rule], slot: UInt32)] = [:]
+    /// ka_rules: rules, their counters' slot and the mark of a write under way, by policy id.
+    var ruleSets: [UInt64: (rules: [Rule], slot: UInt32, writing: Bool)] = [:]
+    /// ka_rule_sets: the rules the programs read, by rule slot.
+    var ruleSetsAtSlots: [UInt32: [Rule]] = [:]
     /// Slots whose counters were zeroed for a policy, in order.
     var zeroedSlots: [UInt32] = []
     /// Rule slots whose counters were zeroed, in order.
@@ -66,6 +68,7 @@ final class InMemoryKernel: StateKernel {
             let id = policies.first { $0.value == stored }!.key
             if let set = ruleSets[id] {
                 (record.policy.rules, record.ruleSlot) = (set.rules, set.slot)
+                record.rulesStale = set.writing || stored.ruleSlot != set.slot
             } else {
                 record.policy.rules = []
                 record.rulesMissing = true
@@ -90,14 +93,17 @@ final class InMemoryKernel: StateKernel {
                 throw StateError.rulesFull(capacity: ruleCapacity)
             }
             if freshRuleCounters { zeroedRuleSlots.append(record.ruleSlot) }
-            ruleSets[id] = (record.policy.rules, record.ruleSlot)
+            ruleSets[id] = (record.policy.rules, record.ruleSlot, true)
+            ruleSetsAtSlots[record.ruleSlot] = record.policy.rules
             operations.append("rules \(record.path)")
         }
         if policies[id] == nil && policies.count >= capacity {
             ruleSets[id] = nil  // as the real one: a new policy's rules go with it
+            ruleSetsAtSlots[record.ruleSlot] = nil
             throw StateError.full(capacity: capacity)
         }
         policies[id] = record
+        ruleSets[id]?.writing = false
         operations.append("write \(record.path)")
     }
 
@@ -106,7 +112,13 @@ final class InMemoryKernel: StateKernel {
         operations.append("delete \(id)")
     }
 
-    func deleteRules(_ id: UInt64) throws {
+    func deleteRules(_ id: UInt64, releasingSetAt release: (UInt32) -> Bool) throws {
+        guard let set = ruleSets[id] else { return }
+        if release(set.slot) {
+            ruleSets[id]?.writing = true
+            ruleSetsAtSlots[set.slot] = nil
+            operations.append("release rule slot \(set.slot)")
+        }
         ruleSets[id] = nil
         operations.append("delete rules \(id)")
     }

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+import CLibBPF
 import Glibc
 import Testing
 
@@ -78,7 +79,8 @@ import struct SystemPackage.FilePath
     @Test func repairRemovesRulesNoPolicyHasAndAPolicyMissingItsRulesSaysSo() throws {
         let a = kernel.mkdir("a")
         let b = kernel.mkdir("b")
-        kernel.ruleSets[a.id] = ([Self.dbRule], 3)  // a crash after the rules, before the policy
+        kernel.ruleSets[a.id] = ([Self.dbRule], 3, true)  // a crash after the rules, before the policy
+        kernel.ruleSetsAtSlots[3] = [Self.dbRule]
         kernel.policies[b.id] = PolicyRecord(
             policy: Policy([:], rules: [Self.dbRule]),
             owner: .cli,
@@ -86,7 +88,7 @@ import struct SystemPackage.FilePath
             ruleSlot: 2
         )
         let report = try transaction().repair()
-        #expect(kernel.ruleSets.isEmpty)
+        #expect(kernel.ruleSets.isEmpty && kernel.ruleSetsAtSlots.isEmpty)
         #expect(
             report.repaired.contains("removed the rules kept for cgroup id \(a.id), which no policy has"),
             "\(report.repaired)"
@@ -95,6 +97,74 @@ import struct SystemPackage.FilePath
             kernel.policies[b.id]?.policy.rules == []
                 && report.repaired.contains { $0.contains("b") && $0.contains("rules") }
         )
+    }
+
+    @Test func theProgramsReadEachRuleSetAtItsSlotPutThereBeforeThePolicyAndReleasedAfterIt() throws {
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
+        let txn = try transaction()
+        try txn.apply(Policy([:], rules: [Self.dbRule]), to: a)
+        try txn.apply(Policy([.keepidle: 30], rules: [Self.dbRule]), to: b)
+        #expect(kernel.ruleSetsAtSlots == [0: [Self.dbRule], 1: [Self.dbRule]])
+        let flags = try #require(try kernel.policies[b.id]?.encoded().flags)
+        #expect(flags & KA_POLICY_RULES_AT_SLOT != 0 && flags >> KA_POLICY_RULE_SLOT_SHIFT == 1)
+        let other = [Rule(localPorts: [8443], off: true)]
+        try txn.apply(Policy([:], rules: other), to: a)  // other rules, at the same slot
+        #expect(kernel.ruleSetsAtSlots[0] == other && !kernel.operations.contains("release rule slot 0"))
+        try txn.apply(Policy(), to: a)  // no rules any more: the set at its slot goes after the policy
+        #expect(kernel.ruleSetsAtSlots.keys.sorted() == [1])
+        #expect(kernel.operations.suffix(3) == ["write a", "release rule slot 0", "delete rules \(a.id)"])
+        #expect(try txn.remove(b.id) && kernel.ruleSetsAtSlots.isEmpty)
+        let released = try #require(kernel.operations.lastIndex(of: "release rule slot 1"))
+        #expect(
+            kernel.operations[released...].prefix(3) == [
+                "release rule slot 1", "delete rules \(b.id)", "delete \(b.id)",
+            ]
+        )
+        #expect(kernel.ruleSets.isEmpty)
+        #expect(try transaction().repair().repaired == [])
+    }
+
+    @Test func repairPutsRulesWhereTheProgramsReadThemWhenAWriteWasCutShort() throws {
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
+        let c = kernel.mkdir("c")
+        let txn = try transaction()
+        for cgroup in [a, b, c] { try txn.apply(Policy([:], rules: [Self.dbRule]), to: cgroup) }
+        // Killed between ka_rules and the slot: the mark says so, whatever the slot holds.
+        kernel.ruleSets[a.id]!.writing = true
+        kernel.ruleSetsAtSlots[0] = [Rule(localPorts: [22])]
+        // An older binary's record: it does not point at the slot its rules have.
+        kernel.policies[b.id]!.ruleSlot = 7
+        let report = try transaction().repair()
+        #expect(kernel.ruleSetsAtSlots == [0: [Self.dbRule], 1: [Self.dbRule], 2: [Self.dbRule]])
+        #expect(kernel.ruleSets.values.allSatisfy { !$0.writing } && kernel.policies[b.id]?.ruleSlot == 1)
+        #expect(
+            report.repaired == [
+                "put the rules of the policy on a where the programs read them (rule slot 0)",
+                "put the rules of the policy on b where the programs read them (rule slot 1)",
+            ],
+            "\(report.repaired)"
+        )
+        #expect(try transaction().repair().repaired == [])
+    }
+
+    @Test func aRuleSlotTwoPoliciesSharedHoldsTheRulesOfTheOneLeftThere() throws {
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
+        let txn = try transaction()
+        try txn.apply(Policy([:], rules: [Self.dbRule]), to: a)
+        let other = [Rule(localPorts: [22])]
+        try txn.apply(Policy([:], rules: other), to: b)
+        // An outside hand gives b a's rule slot, with b's rules in the set there.
+        kernel.ruleSets[b.id]!.slot = 0
+        kernel.policies[b.id]!.ruleSlot = 0
+        kernel.ruleSetsAtSlots = [0: other]
+        _ = try transaction().repair()
+        let slots = (kernel.ruleSets[a.id]!.slot, kernel.ruleSets[b.id]!.slot)
+        #expect(slots.0 != slots.1)
+        #expect(kernel.ruleSetsAtSlots == [slots.0: [Self.dbRule], slots.1: other])
+        #expect(try transaction().repair().repaired == [])
     }
 
     @Test func aFullRuleMapIsAnErrorAndChangesNothing() throws {

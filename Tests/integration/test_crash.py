@@ -25,6 +25,7 @@ WRITES = {"BPF_MAP_CREATE", "BPF_PROG_LOAD", "BPF_MAP_UPDATE_ELEM", "BPF_MAP_DEL
 FILE_CALLS = ["unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat"]
 NEXT_OBJECT = os.path.join(BUILD, "test", "keepalive-next.bpf.o")
 TREE = ["p", "p/c1", "p/c2", "q"]
+LOOPBACK_RULE = "name=loopback,remote=127.0.0.0/8,keepidle={}"  # the probe's connections match it
 
 
 def crash_points(argv, env):
@@ -75,14 +76,15 @@ class Scenario:
         self.keepalive.cleanup()
 
     def check(self, expected, env=None):
-        """The state is what `expected` says ({name: (keepidle, precedence)}), by the kernel's account,
-        and real sockets get what it says."""
+        """The state is what `expected` says ({name: (keepidle, precedence[, a loopback rule's keepidle])}),
+        by the kernel's account, and real sockets (over the loopback) get what it says."""
         self.check_policies(expected, env)
         seen = probe("across", *self.paths.values())
         for name, path in self.paths.items():
             covering = [a for a in expected if name == a or name.startswith(a + "/")]
             out = seen[path]["connected"]
-            want = expected[max(covering, key=len)][0] if covering else 7200
+            entry = expected[max(covering, key=len)] if covering else (7200,)
+            want = entry[2] if len(entry) > 2 else entry[0]
             assert out["keepidle"] == want, (name, out)
 
     def check_policies(self, expected, env=None):
@@ -90,7 +92,7 @@ class Scenario:
         report = json.loads(run(self.argv("status", "--json"), env=env).stdout)
         assert report["failed"] == [], report
         in_force = {p["cgroup"]: (p["keepidle"], p["precedence"]) for p in report["policies"]}
-        assert in_force == {self.rel(name): value for name, value in expected.items()}, report
+        assert in_force == {self.rel(name): value[:2] for name, value in expected.items()}, report
         for name, path in self.paths.items():
             ancestors = [a for a in expected if name != a and name.startswith(a + "/")]
             programs = attached_programs(path)
@@ -161,6 +163,22 @@ def test_attach_update(scenario):
     s = scenario
     run_scenario(s, lambda: s.attach("p/c1", "--keepidle", "11"),
                  s.argv("attach", s.paths["p/c1"], "--keepidle", "12"), {"p/c1": (12, "application")})
+
+
+def test_rules_for_a_new_policy(scenario):
+    s = scenario
+    run_scenario(s, lambda: s.attach("q"),
+                 s.argv("attach", s.paths["p"], "--keepidle", "13", "--rule", LOOPBACK_RULE.format(21)),
+                 {"q": (15, "application"), "p": (13, "application", 21)})
+
+
+def test_rules_change(scenario):
+    """ka_rules, then the programs' copy at the rule slot, then the policy: the run again puts the new
+    rules where the programs read them, wherever it was killed."""
+    s = scenario
+    run_scenario(s, lambda: s.attach("p", "--keepidle", "13", "--rule", LOOPBACK_RULE.format(21)),
+                 s.argv("attach", s.paths["p"], "--keepidle", "13", "--rule", LOOPBACK_RULE.format(22)),
+                 {"p": (13, "application", 22)})
 
 
 def test_attach_a_parent_of_linked_children(scenario):

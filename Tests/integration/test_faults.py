@@ -32,7 +32,7 @@ import pytest
 
 from conftest import require_privilege, require_tool
 from support import BPFFS, Keepalive, bpffs_mounted, run, unique
-from test_crash import NEXT_OBJECT, Scenario
+from test_crash import LOOPBACK_RULE, NEXT_OBJECT, Scenario
 
 ERRNOS = {
     "bpf": ["EMFILE", "ENOMEM", "EPERM", "EAGAIN", "EACCES"],
@@ -99,8 +99,10 @@ def check_status(scenario, expected, env):
     report = json.loads(run(scenario.argv("status", "--json"), env=env).stdout)
     assert report["failed"] == [], report
     in_force = {p["cgroup"]: (p["keepidle"], p["precedence"]) for p in report["policies"]}
-    assert in_force == {scenario.rel(name): value for name, value in expected.items()}, report
+    assert in_force == {scenario.rel(name): value[:2] for name, value in expected.items()}, report
     assert all(p["covered"] for p in report["policies"]), report
+    # Rules the programs would read from anywhere but the policy's rule slot show only here (and in sockets).
+    assert not [line for line in report["repaired"] if "rule" in line], report
 
 
 WORKERS = 2
@@ -191,6 +193,14 @@ def test_attach_update(scenarios):
     inject_everywhere(scenarios, lambda s: (lambda: s.attach("p/c1", "--keepidle", "11"),
                                             s.argv("attach", s.paths["p/c1"], "--keepidle", "12")),
                       {"p/c1": (12, "application")})
+
+
+def test_rules_change(scenarios):
+    """Rules left where the programs do not read them are repaired by status, which says so."""
+    inject_everywhere(scenarios, lambda s: (lambda: s.attach("p", "--keepidle", "13", "--rule", LOOPBACK_RULE.format(21)),
+                                            s.argv("attach", s.paths["p"], "--keepidle", "13",
+                                                   "--rule", LOOPBACK_RULE.format(22))),
+                      {"p": (13, "application", 22)})
 
 
 def test_attach_a_parent_of_linked_children(scenarios):

@@ -177,6 +177,10 @@ def test_rules(keepalive, cgroups, features):
     pair = probe("pair", cgroup=cg)
     assert pair["connected"]["keepidle"] == pair["accepted"]["keepidle"] == 7
     assert pair["listening"]["keepidle"] == 30
+    # A changed rule set is a new inner map swapped in at the policy's rule slot.
+    keepalive("attach", cg, "--keepidle", "30", "--rule", "remote=127.0.0.0/8,keepidle=8")
+    assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 8
+    assert json.loads(keepalive("status", "--json").stdout)["repaired"] == []
 
 
 @pytest.mark.parametrize("option, value", [("window_clamp", 20000), ("maxseg", 1200)])

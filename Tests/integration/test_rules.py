@@ -7,12 +7,14 @@ from the kernel; on the cut cable a rule's values decide when a connection
 dies.
 """
 import json
+import os
 import subprocess
 
 import pytest
 
+from conftest import require_tool
 from cutcable import CASES, PEER_ADDR, POLICY_ADDR, run_case
-from support import PYTHON, SOCKPROBE, in_cgroup, keepalive_values, metric, run, values
+from support import PYTHON, SOCKPROBE, in_cgroup, keepalive_values, metric, probe, run, values
 
 NEAR_V6, FAR_V6 = "2001:db8::1", "2001:db8::2"
 DB_V4, DB_V6, OFF_V6 = "198.51.100.2", "2001:db8:1::2", "2001:db8:2::2"  # on the far end's loopback
@@ -188,3 +190,34 @@ def test_bad_rules_are_one_line_errors_and_change_nothing(keepalive, cgroups):
     result = keepalive("attach", cg, *many, check=False)
     assert result.returncode != 0 and "17 rules: a policy holds at most 16" in result.stderr, result.stderr
     assert keepalive.status() == before
+
+
+def rule_set_maps(keepalive):
+    """ka_rule_sets as the kernel has it: rule slot -> inner map id (bpftool lists the occupied slots)."""
+    dump = json.loads(run(["bpftool", "-j", "map", "dump", "pinned", os.path.join(keepalive.pin_path, "ka_rule_sets")]).stdout)
+    return {int.from_bytes(bytes(int(b, 16) for b in e["key"]), "little"): e["value"] if isinstance(e["value"], int)
+            else int.from_bytes(bytes(int(b, 16) for b in e["value"]), "little") for e in dump}
+
+
+def test_the_programs_read_each_rule_set_at_its_slot_and_userspaces_copy_without_it(keepalive, cgroups):
+    """Each policy with rules has its set alone at its rule slot of ka_rule_sets, swapped for a new one
+    when the rules change and gone with them. With the set there gone (an outside hand), the programs
+    read userspace's copy (ka_rules): the rule still applies."""
+    require_tool("bpftool")
+    cg, other = cgroups.make(), cgroups.make()
+    loopback = "remote=127.0.0.0/8,keepidle={}"
+    keepalive("attach", cg, "--keepidle", "60", "--rule", loopback.format(7))
+    keepalive("attach", other, "--keepidle", "60", "--rule", DB)
+    sets = rule_set_maps(keepalive)
+    assert len(sets) == 2, sets
+    keepalive("attach", cg, "--keepidle", "60", "--rule", loopback.format(8))
+    after = rule_set_maps(keepalive)
+    assert after.keys() == sets.keys() and len(set(after.values()) - set(sets.values())) == 1, (sets, after)
+    assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 8
+    slot = next(k for k in after if after[k] not in sets.values())
+    run(["bpftool", "map", "delete", "pinned", os.path.join(keepalive.pin_path, "ka_rule_sets"),
+         "key", *[str(b) for b in slot.to_bytes(4, "little")]])
+    assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 8
+    keepalive("detach", cg)
+    keepalive("detach", other)
+    assert rule_set_maps(keepalive) == {}
