@@ -21,7 +21,7 @@ public struct MapOfMaps: Sendable {
     }
 
     /// The id of the inner map at `index`; nil for none.
-    public func innerID(at index: UInt32) throws(SyscallError) -> UInt32? {
+    private func innerID(at index: UInt32) throws(SyscallError) -> UInt32? {
         var index = index
         var id: UInt32 = 0
         return try handle.lookup(&index, into: &id) ? id : nil

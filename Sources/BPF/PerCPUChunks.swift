@@ -15,15 +15,15 @@ import Synchronization
 /// meanwhile, and one written in its place would count nothing. Reads find
 /// each chunk anew, once per pass (`readPass`).
 public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
-    public let chunks: MapOfMaps
+    private let outer: MapOfMaps
     public let chunkSize: Int
     private let chunkName: String
     private let opened = Mutex<[UInt32: BPFPerCPUMap<UInt32, Value>]>([:])
 
-    public var handle: MapHandle { chunks.handle }
+    public var handle: MapHandle { outer.handle }
 
     public init(_ fd: FileDescriptor, name: String, chunkSize: Int) throws {
-        chunks = try MapOfMaps(fd, name: name)
+        outer = try MapOfMaps(fd, name: name)
         self.chunkSize = chunkSize
         chunkName = String(name.prefix(9)) + "_chunk"  // BPF_OBJ_NAME_LEN: 15 characters
     }
@@ -78,7 +78,7 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
     public func removeChunk(holding key: UInt32) throws(SyscallError) {
         let chunk = locate(key).chunk
         _ = opened.withLock { $0.removeValue(forKey: chunk) }
-        try chunks.remove(at: chunk)
+        try outer.remove(at: chunk)
     }
 
     fileprivate func locate(_ key: UInt32) -> (chunk: UInt32, index: UInt32) {
@@ -96,7 +96,7 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
 
     /// The chunk at `chunk`, opened (nil if there is none, or it went meanwhile).
     fileprivate func chunk(at chunk: UInt32) throws -> BPFPerCPUMap<UInt32, Value>? {
-        guard let fd = try chunks.inner(at: chunk) else { return nil }
+        guard let fd = try outer.inner(at: chunk) else { return nil }
         return try BPFPerCPUMap(fd, name: chunkName, type: BPF_MAP_TYPE_PERCPU_ARRAY)
     }
 
@@ -115,7 +115,7 @@ public final class PerCPUChunks<Value: BitwiseCopyable>: Sendable {
                 )
             )
         )
-        try chunks.put(fd, at: chunk)
+        try outer.put(fd, at: chunk)
         return try BPFPerCPUMap(fd, name: chunkName, type: BPF_MAP_TYPE_PERCPU_ARRAY)
     }
 }

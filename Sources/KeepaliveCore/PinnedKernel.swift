@@ -202,19 +202,19 @@ final class PinnedKernel: StateKernel, Sendable {
         var records: [UInt64: PolicyRecord] = [:]
         for (id, pinned) in try policies.entries() {
             let set = sets[id]
-            var record = PolicyRecord(
-                pinned,
-                rules: set.map { (RuleSetRecord.rules(of: $0), $0.slot & ~KA_RULE_SET_WRITING) }
-            )
+            var record = PolicyRecord(pinned, rules: set.map { (RuleSetRecord.rules(of: $0), Self.slot(of: $0)) })
             if let set, !record.policy.rules.isEmpty {
                 record.rulesStale =
                     set.slot & KA_RULE_SET_WRITING != 0 || pinned.flags & KA_POLICY_RULES_AT_SLOT == 0
-                    || pinned.flags >> KA_POLICY_RULE_SLOT_SHIFT != set.slot
+                    || pinned.flags >> KA_POLICY_RULE_SLOT_SHIFT != Self.slot(of: set)
             }
             records[id] = record
         }
         return records
     }
+
+    /// A rule set's slot, without the mark of a write under way.
+    private static func slot(of set: ka_rule_set) -> UInt32 { set.slot & ~KA_RULE_SET_WRITING }
 
     func readRuleSetIDs() throws -> Set<UInt64> {
         Set(try rules.keys())
@@ -279,7 +279,7 @@ final class PinnedKernel: StateKernel, Sendable {
     /// between leaves the mark, and the next puts the copy back.
     func deleteRules(_ id: UInt64, releasingSetAt release: (UInt32) -> Bool) throws {
         guard var set = try rules.lookup(id) else { return }
-        let slot = set.slot & ~KA_RULE_SET_WRITING
+        let slot = Self.slot(of: set)
         if release(slot) {
             set.slot |= KA_RULE_SET_WRITING
             try rules.update(id, set)
@@ -353,7 +353,8 @@ final class PinnedKernel: StateKernel, Sendable {
         let chunks =
             try pass.policies.memory(holding: records.map(\.slot))
             &+ (try pass.rules.memory(holding: withRules.map { $0.ruleSlot * UInt32(KA_MAX_RULES) }))
-        return maps &+ chunks &+ UInt64(withRules.count) &* (try ruleSets.cellMemory())
+        let sets = withRules.isEmpty ? 0 : UInt64(withRules.count) &* (try ruleSets.cellMemory())
+        return maps &+ chunks &+ sets
     }
 
     func setsockoptErrors() throws -> [(option: String, count: UInt64)] {

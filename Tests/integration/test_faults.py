@@ -196,7 +196,8 @@ def test_attach_update(scenarios):
 
 
 def test_rules_change(scenarios):
-    """Rules left where the programs do not read them are repaired by status, which says so."""
+    """A change of rules failing at any call: the same command run again leaves the programs reading
+    the new rules (the thorough checks probe them), and status finds nothing of the rules to repair."""
     inject_everywhere(scenarios, lambda s: (lambda: s.attach("p", "--keepidle", "13", "--rule", LOOPBACK_RULE.format(21)),
                                             s.argv("attach", s.paths["p"], "--keepidle", "13",
                                                    "--rule", LOOPBACK_RULE.format(22))),
