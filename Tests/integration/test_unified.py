@@ -8,7 +8,11 @@ A Debian 12 machine booted by systemd-nspawn with the unified hierarchy
 (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1), on the tree the deployment tests use,
 runs the suites in which the layout matters, with this build bound in
 read-only: BPF (attach, detach, status by path), the agent (discovery,
-targets, its start), and crashes (repair proves cgroups gone by path). The
+targets, its start), and the crashes whose repair walks a tree of cgroups
+by path (a parent over its children, detach, detach --all, the agent's
+reload). The other crash points (a first attach, an update, rules, an
+upgrade) change only the pinned state, the same on both layouts, and took
+226 of the run's 358 s at 3f00ae4: the host's run covers them. The
 suites of what the programs do with a socket (existing sockets, precedence,
 reaped connections) run on the host only: the programs see cgroup ids, never
 the mount. It sees its
@@ -19,7 +23,10 @@ import pytest
 from conftest import require_privilege, require_tool
 from machines import NspawnMachine
 
-SUITES = ["test_bpf.py", "test_agent.py", "test_agent_lifecycle.py", "test_crash.py"]
+CRASHES_BY_PATH = ["test_attach_a_parent_of_linked_children", "test_precedence_change", "test_detach_a_parent",
+                   "test_detach_all", "test_agent_reload"]
+SUITES = ["test_bpf.py", "test_agent.py", "test_agent_lifecycle.py",
+          *(f"test_crash.py::{test}" for test in CRASHES_BY_PATH)]
 
 
 @pytest.fixture
