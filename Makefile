@@ -17,6 +17,10 @@ PREVIOUS_COMMIT := 616bdd1c4b5d5fbf3b9663f5fc50c9fbe85e02ca
 PREVIOUS        := $(BUILD)/previous/bin/keepalive
 PROGRAM_VERSION := $(shell echo '$(VERSION)' | awk -F'[.~+-]' '{print $$1 * 10000 + $$2 * 100 + $$3}')
 SWIFT      ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
+# SwiftPM leaves an empty TemporaryDirectory.* in $TMPDIR at every run: here
+# in the build tree, which make clean removes, not in the machine's /tmp.
+SWIFT_TMP  := $(abspath $(BUILD))/swift-tmp
+SWIFT_RUN   = mkdir -p $(SWIFT_TMP) && TMPDIR=$(SWIFT_TMP) $(SWIFT)
 BPF_CLANG  ?= clang-14
 LLVM_STRIP ?= llvm-strip-14
 PYTHON     ?= $(shell command -v python3)
@@ -139,16 +143,16 @@ swift: $(BUILD)/bin/keepalive
 # committed Package.resolved; the offline package copies' commit ids are not
 # GitHub's, so one made here would not resolve anywhere else.)
 $(BUILD)/.versions: Package.swift Package.versions
-	$(SWIFT) package resolve
+	$(SWIFT_RUN) package resolve
 	@diff -u <(grep -v '^#' Package.versions) \
 	    <(awk -F'"' '/"identity"/ {id = $$4} /"version" *: *"/ {print id, $$4}' Package.resolved | sort) \
 	    || { echo "Package.resolved differs from Package.versions (above): the build would use other versions" >&2; exit 1; }
 	@mkdir -p $(@D) && touch $@
 
 $(BUILD)/bin/keepalive: $(SWIFT_SOURCES) $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP) $(BUILD)/.versions
-	$(SWIFT) build -c release --static-swift-stdlib --product keepalive
+	$(SWIFT_RUN) build -c release --static-swift-stdlib --product keepalive
 	@mkdir -p $(@D)
-	cp "$$($(SWIFT) build -c release --show-bin-path)/keepalive" $@
+	cp "$$($(SWIFT_RUN) build -c release --show-bin-path)/keepalive" $@
 
 # --- CRI: the vendored api.proto (third_party/cri-api) as Swift, committed ----
 # `make proto` regenerates Sources/CRI with the plugins of the package versions
@@ -166,8 +170,8 @@ $(BUILD)/cri/api.proto: $(CRI_PROTO)
 proto: $(BUILD)/cri/api.proto | $(BUILD)/.test-deps
 	rm -rf $(PROTO_TOOLS) && mkdir -p $(PROTO_TOOLS)
 	git clone -q --branch $(GRPC_PROTOBUF_VERSION) https://github.com/grpc/grpc-swift-protobuf $(PROTO_TOOLS)/grpc-swift-protobuf
-	$(SWIFT) build -c release --package-path $(PROTO_TOOLS)/grpc-swift-protobuf --product protoc-gen-grpc-swift-2
-	$(SWIFT) build -c release --package-path $(PROTO_TOOLS)/grpc-swift-protobuf --product protoc-gen-swift
+	$(SWIFT_RUN) build -c release --package-path $(PROTO_TOOLS)/grpc-swift-protobuf --product protoc-gen-grpc-swift-2
+	$(SWIFT_RUN) build -c release --package-path $(PROTO_TOOLS)/grpc-swift-protobuf --product protoc-gen-swift
 	protoc -I $(BUILD)/cri \
 	    --plugin=$(PROTO_TOOLS)/grpc-swift-protobuf/.build/release/protoc-gen-swift \
 	    --plugin=$(PROTO_TOOLS)/grpc-swift-protobuf/.build/release/protoc-gen-grpc-swift-2 \
@@ -204,9 +208,9 @@ RELEASE_DATE  = $(shell date -u -d "$$(sed -n 's/^ -- .*>  //p' debian/changelog
 MAN_PAGES     := $(BUILD)/man/keepalive.8 $(BUILD)/man/keepalive.yaml.5 $(BUILD)/man/libkeepalive.8
 
 $(BUILD)/man/keepalive.8: $(BUILD)/bin/keepalive debian/changelog
-	$(SWIFT) build -c release --product generate-manual
+	$(SWIFT_RUN) build -c release --product generate-manual
 	@mkdir -p $(@D)
-	"$$($(SWIFT) build -c release --show-bin-path)/generate-manual" $< --section 8 --date $(RELEASE_DATE) \
+	"$$($(SWIFT_RUN) build -c release --show-bin-path)/generate-manual" $< --section 8 --date $(RELEASE_DATE) \
 	    --authors "keepalive maintainers" --output-directory $(@D)
 
 $(BUILD)/man/%: docs/man/%.md debian/changelog | $(BUILD)/.deps
@@ -313,9 +317,9 @@ $(BUILD)/fuzz/preload-env: fuzz/preload_env.c preload/keepalive_options.c $(PREL
 	$(BPF_CLANG) $(FUZZ_CFLAGS) -o $@ $< -ldl
 
 $(BUILD)/fuzz/keepalive-fuzz: $(SWIFT_SOURCES) fuzz/Package.swift fuzz/Sources/keepalive-fuzz/KeepaliveFuzz.swift $(BPF_OBJECTS_STAMP)
-	$(SWIFT) build -c release --package-path fuzz --scratch-path $(BUILD)/fuzz/swift --sanitize fuzzer --sanitize address
+	$(SWIFT_RUN) build -c release --package-path fuzz --scratch-path $(BUILD)/fuzz/swift --sanitize fuzzer --sanitize address
 	@mkdir -p $(@D)
-	cp "$$($(SWIFT) build -c release --package-path fuzz --scratch-path $(BUILD)/fuzz/swift --show-bin-path)/keepalive-fuzz" $@
+	cp "$$($(SWIFT_RUN) build -c release --package-path fuzz --scratch-path $(BUILD)/fuzz/swift --show-bin-path)/keepalive-fuzz" $@
 
 fuzz: $(BUILD)/fuzz/preload-env $(BUILD)/fuzz/keepalive-fuzz | $(BUILD)/.test-deps
 	@status=0; \
@@ -365,7 +369,8 @@ $(PREVIOUS): | $(BUILD)/.deps
 	    || { echo "the previous release $(PREVIOUS_COMMIT) is not in this clone's history (a shallow clone?)"; exit 1; }
 	rm -rf $(BUILD)/previous && mkdir -p $(BUILD)/previous/src
 	git archive $(PREVIOUS_COMMIT) | tar -x -C $(BUILD)/previous/src
-	$(MAKE) --no-print-directory -C $(BUILD)/previous/src swift > $(BUILD)/previous/build.log 2>&1 \
+	mkdir -p $(SWIFT_TMP) && TMPDIR=$(SWIFT_TMP) $(MAKE) --no-print-directory -C $(BUILD)/previous/src swift \
+	    > $(BUILD)/previous/build.log 2>&1 \
 	    || { tail -20 $(BUILD)/previous/build.log; exit 1; }
 	@mkdir -p $(@D)
 	cp $(BUILD)/previous/src/build/bin/keepalive $@
@@ -401,7 +406,7 @@ format:
 	$(SWIFT_FORMAT) format --in-place --parallel $(FORMATTED)
 
 test-swift: $(BPF_SKELETONS) $(BPF_OBJECTS_STAMP) $(BUILD)/.versions
-	$(SWIFT) test
+	$(SWIFT_RUN) test
 
 # TESTS: a part of the suite, e.g. make test-integration TESTS=Tests/integration/test_bpf.py
 TESTS ?= Tests/integration

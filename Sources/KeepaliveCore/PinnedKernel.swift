@@ -283,9 +283,13 @@ final class PinnedKernel: StateKernel, Sendable {
         if release(slot) {
             set.slot |= KA_RULE_SET_WRITING
             try rules.update(id, set)
-            try ruleSets.remove(slot)
+            try releaseRuleSet(at: slot)
         }
         try rules.delete(id)
+    }
+
+    func releaseRuleSet(at slot: UInt32) throws {
+        try ruleSets.remove(slot)
     }
 
     /// Forgets the counters' chunks opened for writing (see PerCPUChunks).

@@ -195,6 +195,9 @@ public struct PolicyRecord: Equatable, Sendable {
     public var ruleSlot: UInt32
     /// The record says it has rules, but ka_rules holds none for it (an outside hand).
     public var rulesMissing = false
+    /// With rulesMissing: the rule slot the record names, where the programs
+    /// may still read a set. Read from the kernel, never written.
+    public var orphanedRuleSlot: UInt32?
     /// The programs may not read these rules at its rule slot: an older
     /// binary wrote the record, or a run was killed while writing them
     /// (ka_rules' mark). Read from the kernel, never written.
@@ -237,6 +240,9 @@ public struct PolicyRecord: Equatable, Sendable {
                 ruleSlot = rules.slot
             } else {
                 rulesMissing = true
+                if record.flags & KA_POLICY_RULES_AT_SLOT != 0 {
+                    orphanedRuleSlot = record.flags >> KA_POLICY_RULE_SLOT_SHIFT
+                }
             }
         }
     }

@@ -39,6 +39,9 @@ public protocol StateKernel: AnyObject {
     /// copy the programs read at their rule slot when `releasingSetAt` says
     /// so of that slot (no other policy's rules are there).
     func deleteRules(_ id: UInt64, releasingSetAt: (UInt32) -> Bool) throws
+    /// Takes away the set the programs read at a rule slot (none there:
+    /// nothing to do); they then read ka_rules under the policy's id.
+    func releaseRuleSet(at slot: UInt32) throws
     /// Counters are kept in chunks of this many policy slots (and rule slots).
     var counterChunk: (slots: Int, ruleSlots: Int) { get }
     /// Frees the chunk of counters that holds a policy slot: no policy uses any slot in it.

@@ -151,6 +151,14 @@ public final class Transaction {
                     + "which no policy has"
             )
         }
+        // The set the programs may still read at such a policy's rule slot
+        // goes first (they then read ka_rules, which holds none): a run
+        // killed between finds the policy as it was and does both again.
+        for record in records.values where record.rulesMissing {
+            guard let slot = record.orphanedRuleSlot, ruleSlots.users(of: slot) == 0 else { continue }
+            try announce()
+            try kernel.releaseRuleSet(at: slot)
+        }
         try rewrite(\.rulesMissing, &report) {
             "the policy on \($0.path.cgroupDisplay) had lost its rules (ka_rules held none): "
                 + "its own values apply to all its connections"

@@ -72,6 +72,7 @@ final class InMemoryKernel: StateKernel {
             } else {
                 record.policy.rules = []
                 record.rulesMissing = true
+                (record.ruleSlot, record.orphanedRuleSlot) = (0, stored.ruleSlot)
             }
             return record
         }
@@ -116,11 +117,15 @@ final class InMemoryKernel: StateKernel {
         guard let set = ruleSets[id] else { return }
         if release(set.slot) {
             ruleSets[id]?.writing = true
-            ruleSetsAtSlots[set.slot] = nil
-            operations.append("release rule slot \(set.slot)")
+            try releaseRuleSet(at: set.slot)
         }
         ruleSets[id] = nil
         operations.append("delete rules \(id)")
+    }
+
+    func releaseRuleSet(at slot: UInt32) throws {
+        ruleSetsAtSlots[slot] = nil
+        operations.append("release rule slot \(slot)")
     }
 
     /// Small chunks, so that tests can fill one.

@@ -87,6 +87,7 @@ import struct SystemPackage.FilePath
             path: b.path,
             ruleSlot: 2
         )
+        kernel.ruleSetsAtSlots[2] = [Self.dbRule]  // the programs' copy: ka_rules lost b's (an outside hand)
         let report = try transaction().repair()
         #expect(kernel.ruleSets.isEmpty && kernel.ruleSetsAtSlots.isEmpty)
         #expect(
@@ -97,6 +98,23 @@ import struct SystemPackage.FilePath
             kernel.policies[b.id]?.policy.rules == []
                 && report.repaired.contains { $0.contains("b") && $0.contains("rules") }
         )
+    }
+
+    @Test func aPolicyMissingItsRulesLeavesAnotherPolicysSetAtTheSameSlot() throws {
+        let a = kernel.mkdir("a")
+        let b = kernel.mkdir("b")
+        try transaction().apply(Policy([:], rules: [Self.dbRule]), to: a)
+        let slot = kernel.policies[a.id]!.ruleSlot
+        kernel.policies[b.id] = PolicyRecord(
+            policy: Policy([:], rules: [Self.dbRule]),
+            owner: .cli,
+            path: b.path,
+            slot: 1,
+            ruleSlot: slot
+        )
+        try transaction().repair()
+        #expect(kernel.policies[b.id]?.policy.rules == [] && kernel.ruleSetsAtSlots[slot] == [Self.dbRule])
+        #expect(!kernel.operations.contains("release rule slot \(slot)"))
     }
 
     @Test func theProgramsReadEachRuleSetAtItsSlotPutThereBeforeThePolicyAndReleasedAfterIt() throws {

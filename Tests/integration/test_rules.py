@@ -221,3 +221,21 @@ def test_the_programs_read_each_rule_set_at_its_slot_and_userspaces_copy_without
     keepalive("detach", cg)
     keepalive("detach", other)
     assert rule_set_maps(keepalive) == {}
+
+
+def test_a_policy_whose_rules_an_outside_hand_removed_gets_its_own_values_and_its_set_goes(keepalive, cgroups):
+    """ka_rules' record of a policy deleted by an outside hand: the programs still read the set at its rule
+    slot, until the next command says the policy lost its rules, takes that set away, then writes the policy
+    without them. Its own values apply, and no set is left behind."""
+    require_tool("bpftool")
+    cg = cgroups.make()
+    keepalive("attach", cg, "--keepidle", "60", "--rule", "remote=127.0.0.0/8,keepidle=7")
+    assert len(rule_set_maps(keepalive)) == 1
+    run(["bpftool", "map", "delete", "pinned", os.path.join(keepalive.pin_path, "ka_rules"),
+         "key", *[str(b) for b in os.stat(cg).st_ino.to_bytes(8, "little")]])
+    assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 7
+    result = keepalive("status")
+    assert "had lost its rules" in result.stdout + result.stderr, result
+    assert rule_set_maps(keepalive) == {}
+    assert probe("pair", cgroup=cg)["connected"]["keepidle"] == 60
+    keepalive("detach", cg)
