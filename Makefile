@@ -17,10 +17,11 @@ PREVIOUS_COMMIT := 616bdd1c4b5d5fbf3b9663f5fc50c9fbe85e02ca
 PREVIOUS        := $(BUILD)/previous/bin/keepalive
 PROGRAM_VERSION := $(shell echo '$(VERSION)' | awk -F'[.~+-]' '{print $$1 * 10000 + $$2 * 100 + $$3}')
 SWIFT      ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
-# SwiftPM leaves an empty TemporaryDirectory.* in $TMPDIR at every run: here
-# in the build tree, which make clean removes, not in the machine's /tmp.
-SWIFT_TMP  := $(abspath $(BUILD))/swift-tmp
-SWIFT_RUN   = mkdir -p $(SWIFT_TMP) && TMPDIR=$(SWIFT_TMP) $(SWIFT)
+# SwiftPM leaves an empty TemporaryDirectory.* and lock files in $TMPDIR at
+# every run, lintian a file of its cache: here in the build tree, which make
+# clean removes, not in the machine's /tmp.
+TOOLS_TMP  := $(abspath $(BUILD))/tmp
+SWIFT_RUN   = mkdir -p $(TOOLS_TMP) && TMPDIR=$(TOOLS_TMP) $(SWIFT)
 BPF_CLANG  ?= clang-14
 LLVM_STRIP ?= llvm-strip-14
 PYTHON     ?= $(shell command -v python3)
@@ -223,7 +224,7 @@ deb: $(DEB)
 $(DEB): $(BUILD)/bin/keepalive $(PRELOAD_LIBS) $(MAN_PAGES) $(wildcard debian/*) deploy/systemd/keepalive.service \
         deploy/keepalive.yaml README.md $(wildcard docs/*.md)
 	debian/build-deb $@ $(VERSION) $(BUILD)/bin/keepalive $(BUILD)/lib $(BUILD)/man
-	lintian --fail-on error --suppress-tags-from-file /dev/null $@
+	mkdir -p $(TOOLS_TMP) && TMPDIR=$(TOOLS_TMP) lintian --fail-on error --suppress-tags-from-file /dev/null $@
 
 # The release before this one, packaged the same way: what the package's
 # upgrade test starts from (it had no man pages).
@@ -369,7 +370,7 @@ $(PREVIOUS): | $(BUILD)/.deps
 	    || { echo "the previous release $(PREVIOUS_COMMIT) is not in this clone's history (a shallow clone?)"; exit 1; }
 	rm -rf $(BUILD)/previous && mkdir -p $(BUILD)/previous/src
 	git archive $(PREVIOUS_COMMIT) | tar -x -C $(BUILD)/previous/src
-	mkdir -p $(SWIFT_TMP) && TMPDIR=$(SWIFT_TMP) $(MAKE) --no-print-directory -C $(BUILD)/previous/src swift \
+	mkdir -p $(TOOLS_TMP) && TMPDIR=$(TOOLS_TMP) $(MAKE) --no-print-directory -C $(BUILD)/previous/src swift \
 	    > $(BUILD)/previous/build.log 2>&1 \
 	    || { tail -20 $(BUILD)/previous/build.log; exit 1; }
 	@mkdir -p $(@D)
