@@ -21,7 +21,8 @@ SWIFT      ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
 # every run, lintian a file of its cache: here in the build tree, which make
 # clean removes, not in the machine's /tmp.
 TOOLS_TMP  := $(abspath $(BUILD))/tmp
-SWIFT_RUN   = mkdir -p $(TOOLS_TMP) && TMPDIR=$(TOOLS_TMP) $(SWIFT)
+IN_TOOLS_TMP = mkdir -p $(TOOLS_TMP) && TMPDIR=$(TOOLS_TMP)
+SWIFT_RUN   = $(IN_TOOLS_TMP) $(SWIFT)
 BPF_CLANG  ?= clang-14
 LLVM_STRIP ?= llvm-strip-14
 PYTHON     ?= $(shell command -v python3)
@@ -224,7 +225,7 @@ deb: $(DEB)
 $(DEB): $(BUILD)/bin/keepalive $(PRELOAD_LIBS) $(MAN_PAGES) $(wildcard debian/*) deploy/systemd/keepalive.service \
         deploy/keepalive.yaml README.md $(wildcard docs/*.md)
 	debian/build-deb $@ $(VERSION) $(BUILD)/bin/keepalive $(BUILD)/lib $(BUILD)/man
-	mkdir -p $(TOOLS_TMP) && TMPDIR=$(TOOLS_TMP) lintian --fail-on error --suppress-tags-from-file /dev/null $@
+	$(IN_TOOLS_TMP) lintian --fail-on error --suppress-tags-from-file /dev/null $@
 
 # The release before this one, packaged the same way: what the package's
 # upgrade test starts from (it had no man pages).
@@ -370,7 +371,7 @@ $(PREVIOUS): | $(BUILD)/.deps
 	    || { echo "the previous release $(PREVIOUS_COMMIT) is not in this clone's history (a shallow clone?)"; exit 1; }
 	rm -rf $(BUILD)/previous && mkdir -p $(BUILD)/previous/src
 	git archive $(PREVIOUS_COMMIT) | tar -x -C $(BUILD)/previous/src
-	mkdir -p $(TOOLS_TMP) && TMPDIR=$(TOOLS_TMP) $(MAKE) --no-print-directory -C $(BUILD)/previous/src swift \
+	$(IN_TOOLS_TMP) $(MAKE) --no-print-directory -C $(BUILD)/previous/src swift \
 	    > $(BUILD)/previous/build.log 2>&1 \
 	    || { tail -20 $(BUILD)/previous/build.log; exit 1; }
 	@mkdir -p $(@D)
